@@ -1,0 +1,149 @@
+"""Enclave configuration: ``enclave.toml`` baked into the image (so measured by PCR0),
+plus the simulator seams taken from the environment.
+
+Nothing the parent sends at run time can change these values. On hardware the
+environment is the image's own; under the simulator, ``nitro-cli run-enclave`` sets
+exactly two variables: ``NITRO_SIM_VSOCK_DIR`` and ``NITRO_SIM_NSM_SOCKET``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enclave_app.transport import Transport
+
+VSOCK_DIR_ENV = "NITRO_SIM_VSOCK_DIR"
+ENCLAVE_CID_ENV = "NITRO_SIM_ENCLAVE_CID"
+DEFAULT_ENCLAVE_CID = 16
+
+_SECTIONS: dict[str, set[str]] = {
+    "server": {"port", "max_frame_bytes", "max_connections"},
+    "kms": {
+        "region",
+        "endpoint_scheme",
+        "endpoint_host",
+        "proxy_port",
+        "allowed_key_ids",
+        "timeout_seconds",
+    },
+    "key_cache": {"max_entries", "ttl_seconds"},
+    "signing": {"allow_pre_eip155"},
+}
+
+
+class ConfigError(ValueError):
+    """The baked configuration is unusable: the enclave refuses to start."""
+
+
+@dataclass(frozen=True)
+class EnclaveConfig:
+    port: int = 5000
+    max_frame_bytes: int = 256 * 1024
+    max_connections: int = 32
+    region: str = "us-east-1"
+    kms_endpoint_scheme: str = "https"
+    kms_endpoint_host: str = "kms.us-east-1.amazonaws.com"
+    kms_proxy_port: int = 8000
+    kms_timeout_seconds: int = 10
+    allowed_key_ids: tuple[str, ...] = ()
+    key_cache_max_entries: int = 1024
+    key_cache_ttl_seconds: int = 900
+    allow_pre_eip155: bool = False
+    transport: Transport = Transport.vsock()
+    # The CID the enclave listens on. Hardware listens on any CID; the simulator
+    # needs the one `nitro-cli run-enclave --enclave-cid` gave it.
+    listen_cid: int = DEFAULT_ENCLAVE_CID
+
+    @classmethod
+    def load(cls, path: Path, environ: Mapping[str, str] = os.environ) -> EnclaveConfig:
+        try:
+            with path.open("rb") as handle:
+                raw = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read enclave config {path}: {exc}") from exc
+        return cls.from_mapping(raw, environ)
+
+    @classmethod
+    def from_mapping(
+        cls, raw: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+    ) -> EnclaveConfig:
+        for section, values in raw.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"unknown section [{section}]")
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section}] must be a table")
+            unknown = set(values) - _SECTIONS[section]
+            if unknown:
+                raise ConfigError(f"unknown keys in [{section}]: {sorted(unknown)}")
+        server = raw.get("server", {})
+        kms = raw.get("kms", {})
+        cache = raw.get("key_cache", {})
+        signing = raw.get("signing", {})
+        vsock_dir = environ.get(VSOCK_DIR_ENV)
+        config = cls(
+            port=_int(server, "port", 5000, 1, 2**32 - 1),
+            max_frame_bytes=_int(server, "max_frame_bytes", 256 * 1024, 1024, 16 * 1024 * 1024),
+            max_connections=_int(server, "max_connections", 32, 1, 4096),
+            region=_str(kms, "region", "us-east-1"),
+            kms_endpoint_scheme=_str(kms, "endpoint_scheme", "https"),
+            kms_endpoint_host=_str(kms, "endpoint_host", "kms.us-east-1.amazonaws.com"),
+            kms_proxy_port=_int(kms, "proxy_port", 8000, 1, 2**32 - 1),
+            kms_timeout_seconds=_int(kms, "timeout_seconds", 10, 1, 120),
+            allowed_key_ids=_str_list(kms, "allowed_key_ids"),
+            key_cache_max_entries=_int(cache, "max_entries", 1024, 0, 1_000_000),
+            key_cache_ttl_seconds=_int(cache, "ttl_seconds", 900, 0, 86_400),
+            allow_pre_eip155=_bool(signing, "allow_pre_eip155", False),
+            transport=Transport.unix(vsock_dir) if vsock_dir else Transport.vsock(),
+            listen_cid=_cid(environ.get(ENCLAVE_CID_ENV)),
+        )
+        if config.kms_endpoint_scheme not in {"https", "http"}:
+            raise ConfigError("kms.endpoint_scheme must be https (AWS) or http (simulator)")
+        if not config.allowed_key_ids:
+            raise ConfigError("kms.allowed_key_ids is empty: the enclave would trust any key")
+        return config
+
+    @property
+    def kms_endpoint_url_template(self) -> str:
+        """Endpoint with a ``{port}`` placeholder for the in-enclave forwarder's port."""
+        return f"{self.kms_endpoint_scheme}://{self.kms_endpoint_host}:{{port}}"
+
+
+def _cid(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_ENCLAVE_CID
+    if not value.isdigit() or not 4 <= int(value) < 2**32 - 1:
+        raise ConfigError(f"{ENCLAVE_CID_ENV} must be a CID >= 4")
+    return int(value)
+
+
+def _int(table: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _str(table: Mapping[str, Any], key: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise ConfigError(f"{key} must be a non-empty string")
+    return value
+
+
+def _bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false")
+    return value
+
+
+def _str_list(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key} must be a list of non-empty strings")
+    return tuple(value)

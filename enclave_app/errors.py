@@ -1,0 +1,48 @@
+"""Typed errors with stable codes, shared by the enclave and the parent relay.
+
+The codes are part of the wire protocol and of the relay's HTTP API: never rename
+one, only add. Messages must never carry key material or credentials.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # Framing and protocol
+    BAD_FRAME = "bad_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_OP = "unknown_op"
+    INVALID_PARAMS = "invalid_params"
+    # KMS and attestation
+    KMS_KEY_NOT_ALLOWED = "kms_key_not_allowed"
+    KMS_ATTESTATION_DENIED = "kms_attestation_denied"
+    KMS_UNAVAILABLE = "kms_unavailable"
+    KMS_BAD_RESPONSE = "kms_bad_response"
+    NSM_UNAVAILABLE = "nsm_unavailable"
+    # Key material
+    CIPHERTEXT_INVALID = "ciphertext_invalid"
+    ADDRESS_MISMATCH = "address_mismatch"
+    # Signing
+    SIGNING_POLICY_VIOLATION = "signing_policy_violation"
+    # Anything unexpected: details stay in the enclave.
+    INTERNAL = "internal_error"
+
+
+class EnclaveError(Exception):
+    """An error the enclave reports to its caller with a stable code."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def invalid(message: str) -> EnclaveError:
+    """Shorthand for the most common error: a field failed validation."""
+    return EnclaveError(ErrorCode.INVALID_PARAMS, message)

@@ -1,0 +1,221 @@
+"""Attested KMS client: data keys released only to this enclave's attestation.
+
+Every call makes a fresh ephemeral RSA-2048 key pair, asks the NSM for an
+attestation document carrying its public key, and sends that document as KMS's
+``Recipient``. KMS checks the document and the key policy's
+``kms:RecipientAttestation:*`` conditions, then returns the secret only inside
+``CiphertextForRecipient`` (CMS EnvelopedData to our ephemeral key), never as
+``Plaintext``. The parent, relaying the TLS stream, sees nothing usable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from enclave_app.cms import CmsError, decrypt_enveloped_data
+from enclave_app.errors import EnclaveError, ErrorCode
+from enclave_app.nsm import Nsm
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms.client import KMSClient
+
+KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
+_CLIENT_CACHE_SIZE = 4
+
+
+@dataclass(frozen=True)
+class AwsCredentials:
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    plaintext: bytes = field(repr=False)
+    ciphertext_blob: bytes
+    key_arn: str
+
+
+class AttestedKms:
+    def __init__(
+        self,
+        nsm: Nsm,
+        endpoint_url: str,
+        region: str,
+        allowed_key_ids: tuple[str, ...],
+        timeout_seconds: int = 10,
+        describe_measurements: Callable[[bytes], str] | None = None,
+    ) -> None:
+        self._nsm = nsm
+        self._endpoint_url = endpoint_url
+        self._region = region
+        self._allowed = frozenset(allowed_key_ids)
+        self._describe = describe_measurements
+        self._config = Config(
+            connect_timeout=timeout_seconds,
+            read_timeout=timeout_seconds,
+            retries={"max_attempts": 2, "mode": "standard"},
+        )
+        self._clients: OrderedDict[tuple[str, str, str | None], KMSClient] = OrderedDict()
+        self._clients_lock = threading.Lock()
+
+    def check_key_allowed(self, key_id: str) -> None:
+        if key_id not in self._allowed:
+            raise EnclaveError(
+                ErrorCode.KMS_KEY_NOT_ALLOWED,
+                "this enclave image only uses the KMS keys it was built with; "
+                f"{key_id!r} is not one of them",
+            )
+
+    def generate_data_key(
+        self, key_id: str, context: Mapping[str, str], credentials: AwsCredentials
+    ) -> DataKey:
+        self.check_key_allowed(key_id)
+        private_key, document = self._attested_recipient()
+        response = self._call(
+            credentials,
+            document,
+            lambda client, recipient: client.generate_data_key(
+                KeyId=key_id,
+                KeySpec="AES_256",
+                EncryptionContext=dict(context),
+                Recipient=recipient,  # type: ignore[typeddict-item]
+            ),
+        )
+        key_arn = self._returned_key(response)
+        plaintext = self._unwrap(response, private_key)
+        blob = response.get("CiphertextBlob")
+        if not isinstance(blob, bytes) or not blob:
+            raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS returned no CiphertextBlob")
+        return DataKey(plaintext=plaintext, ciphertext_blob=blob, key_arn=key_arn)
+
+    def decrypt(
+        self,
+        ciphertext_blob: bytes,
+        key_id: str,
+        context: Mapping[str, str],
+        credentials: AwsCredentials,
+    ) -> bytes:
+        self.check_key_allowed(key_id)
+        private_key, document = self._attested_recipient()
+        response = self._call(
+            credentials,
+            document,
+            lambda client, recipient: client.decrypt(
+                CiphertextBlob=ciphertext_blob,
+                KeyId=key_id,
+                EncryptionContext=dict(context),
+                Recipient=recipient,  # type: ignore[typeddict-item]
+            ),
+        )
+        self._returned_key(response)
+        return self._unwrap(response, private_key)
+
+    def _attested_recipient(self) -> tuple[rsa.RSAPrivateKey, bytes]:
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public_der = private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        document = self._nsm.attest(user_data=None, nonce=None, public_key=public_der)
+        return private_key, document
+
+    def _call(
+        self,
+        credentials: AwsCredentials,
+        document: bytes,
+        operation: Callable[[KMSClient, dict[str, Any]], Mapping[str, Any]],
+    ) -> Mapping[str, Any]:
+        recipient = {
+            "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
+            "AttestationDocument": document,
+        }
+        try:
+            return operation(self._client(credentials), recipient)
+        except ClientError as exc:
+            raise self._translate(exc, document) from None
+        except BotoCoreError as exc:
+            raise EnclaveError(
+                ErrorCode.KMS_UNAVAILABLE, f"KMS unreachable: {type(exc).__name__}"
+            ) from None
+
+    def _translate(self, exc: ClientError, document: bytes) -> EnclaveError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        if code == "AccessDeniedException":
+            measured = f" ({self._describe(document)})" if self._describe else ""
+            return EnclaveError(
+                ErrorCode.KMS_ATTESTATION_DENIED,
+                "KMS denied the attested request: the key policy does not allow this "
+                f"enclave's attestation{measured}",
+            )
+        if code in {"InvalidCiphertextException", "IncorrectKeyException"}:
+            return EnclaveError(
+                ErrorCode.CIPHERTEXT_INVALID,
+                f"KMS refused the data key for this account ({code})",
+            )
+        return EnclaveError(ErrorCode.KMS_UNAVAILABLE, f"KMS call failed: {code}")
+
+    def _returned_key(self, response: Mapping[str, Any]) -> str:
+        key_arn = response.get("KeyId")
+        if not isinstance(key_arn, str) or not key_arn:
+            raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS response names no key")
+        if key_arn not in self._allowed and not any(
+            key_arn.endswith(f":key/{allowed}") for allowed in self._allowed
+        ):
+            raise EnclaveError(
+                ErrorCode.KMS_BAD_RESPONSE, "KMS answered with a key this enclave does not use"
+            )
+        return key_arn
+
+    @staticmethod
+    def _unwrap(response: Mapping[str, Any], private_key: rsa.RSAPrivateKey) -> bytes:
+        if response.get("Plaintext"):
+            raise EnclaveError(
+                ErrorCode.KMS_BAD_RESPONSE, "KMS sent a plaintext key to an attested request"
+            )
+        envelope = response.get("CiphertextForRecipient")
+        if not isinstance(envelope, bytes) or not envelope:
+            raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS returned no CiphertextForRecipient")
+        try:
+            return decrypt_enveloped_data(envelope, private_key)
+        except CmsError as exc:
+            raise EnclaveError(
+                ErrorCode.KMS_BAD_RESPONSE, f"CiphertextForRecipient unusable: {exc}"
+            ) from None
+
+    def _client(self, credentials: AwsCredentials) -> KMSClient:
+        cache_key = (
+            credentials.access_key_id,
+            credentials.secret_access_key,
+            credentials.session_token,
+        )
+        with self._clients_lock:
+            client = self._clients.get(cache_key)
+            if client is not None:
+                self._clients.move_to_end(cache_key)
+                return client
+        client = boto3.session.Session().client(
+            "kms",
+            region_name=self._region,
+            endpoint_url=self._endpoint_url,
+            aws_access_key_id=credentials.access_key_id,
+            aws_secret_access_key=credentials.secret_access_key,
+            aws_session_token=credentials.session_token,
+            config=self._config,
+        )
+        with self._clients_lock:
+            self._clients[cache_key] = client
+            while len(self._clients) > _CLIENT_CACHE_SIZE:
+                self._clients.popitem(last=False)
+        return client

@@ -1,0 +1,388 @@
+"""The whole appliance as plain processes on one machine, without root.
+
+Used by ``make dev`` (``python -m nitro_sim.dev``) and by the end-to-end tests. It
+drives the same production code (enclave_app, parent_app) through the same seams as
+a real host, with the simulator standing in for Nitro and AWS:
+
+    nitro-sim kms, nitro-sim imds          the AWS edges
+    nitro-sim vsock-proxy 8000 -> KMS      the parent's vsock-proxy, allowlisted
+    nitro-cli build-enclave / run-enclave  the EIF and the enclave (simulated)
+    python -m parent_app                   the relay on 127.0.0.1
+
+The KMS key is created first (its ARN is baked into the image), then the EIF is
+built and measured, then the key policy is rendered from that PCR0, validated and
+applied: the same order as the Ansible playbooks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import jinja2
+
+from parent_app.key_policy import render_key_policy, validate_key_policy
+
+if TYPE_CHECKING:
+    from mypy_boto3_kms.client import KMSClient
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENCLAVE_CONTEXT = REPO_ROOT / "enclave"
+ENCLAVE_REQUIREMENTS = REPO_ROOT / "requirements" / "enclave.txt"
+ENCLAVE_CID = 16
+ENCLAVE_PORT = 5000
+KMS_PROXY_PORT = 8000
+ENCLAVE_NAME = "nitro-wallet"
+KEY_ALIAS = "alias/nitro-wallet"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Measurements:
+    eif: Path
+    pcr0: str
+    pcr1: str
+    pcr2: str
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    relay_port: int = 8080
+    kms_port: int = field(default_factory=free_port)
+    imds_port: int = field(default_factory=free_port)
+    region: str = "us-east-1"
+    allow_debug: bool = False
+    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    key_arn: str = ""
+    measurements: Measurements | None = None
+
+    # ---------------------------------------------------------------- layout
+    @property
+    def sim_dir(self) -> Path:
+        return self.root / "sim"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def relay_url(self) -> str:
+        return f"http://127.0.0.1:{self.relay_port}"
+
+    @property
+    def kms_url(self) -> str:
+        return f"http://127.0.0.1:{self.kms_port}"
+
+    @property
+    def relay_db(self) -> Path:
+        return self.root / "relay" / "accounts.db"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["NITRO_SIM_DIR"] = str(self.sim_dir)
+        env["PYTHONPATH"] = str(REPO_ROOT)
+        return env
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> LocalStack:
+        for directory in (self.root, self.sim_dir, self.log_dir, self.relay_db.parent):
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._run(["-m", "nitro_sim", "init", "--state-dir", str(self.sim_dir)])
+            self._spawn("kms", ["-m", "nitro_sim", "kms", "--state-dir", str(self.sim_dir),
+                                "--host", "127.0.0.1", "--port", str(self.kms_port)])
+            self._spawn("imds", ["-m", "nitro_sim", "imds", "--state-dir", str(self.sim_dir),
+                                 "--host", "127.0.0.1", "--port", str(self.imds_port)])
+            wait_for_port(self.kms_port, "KMS simulator", self._processes["kms"])
+            wait_for_port(self.imds_port, "IMDS simulator", self._processes["imds"])
+            self.key_arn = self.ensure_key()
+            self.measurements = self.build_eif("nitro-wallet")
+            self.apply_policy([self.measurements.pcr0])
+            self.start_vsock_proxy()
+            self.run_enclave(self.measurements.eif)
+            self.start_relay()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._stop_process("relay")
+        if self.sim_dir.exists():
+            self.nitro_cli(["terminate-enclave", "--all"], check=False)
+        for name in list(self._processes):
+            self._stop_process(name)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------- principals
+    def principals(self) -> list[dict[str, Any]]:
+        raw = json.loads((self.sim_dir / "principals.json").read_text())
+        principals: list[dict[str, Any]] = raw["principals"]
+        return principals
+
+    def _principal(self, flag: str) -> dict[str, Any]:
+        for principal in self.principals():
+            if principal.get(flag):
+                return principal
+        raise StackError(f"principals.json has no principal with {flag}")
+
+    @property
+    def admin_arn(self) -> str:
+        return str(self._principal("administrator")["arn"])
+
+    @property
+    def role_arn(self) -> str:
+        return str(self._principal("imds_role")["arn"])
+
+    def kms_client(self, who: str = "administrator") -> KMSClient:
+        """A boto3 KMS client signed with the admin's or the instance role's keys."""
+        principal = self._principal(who)
+        return boto3.session.Session().client(
+            "kms",
+            region_name=self.region,
+            endpoint_url=self.kms_url,
+            aws_access_key_id=principal["access_key_id"],
+            aws_secret_access_key=principal["secret_access_key"],
+            aws_session_token=principal.get("session_token"),
+        )
+
+    # ------------------------------------------------------------------ KMS
+    def ensure_key(self) -> str:
+        kms = self.kms_client()
+        for alias in kms.list_aliases()["Aliases"]:
+            if alias.get("AliasName") == KEY_ALIAS and alias.get("TargetKeyId"):
+                return kms.describe_key(KeyId=alias["TargetKeyId"])["KeyMetadata"]["Arn"]
+        key = kms.create_key(Description="nitro-wallet data keys (simulator)")["KeyMetadata"]
+        kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyId"])
+        return key["Arn"]
+
+    def apply_policy(self, pcr0s: Iterable[str], *, allow_debug: bool | None = None) -> None:
+        policy = render_key_policy(
+            admin_arns=[self.admin_arn], enclave_arns=[self.role_arn], pcr0s=pcr0s
+        )
+        validate_key_policy(
+            policy, allow_debug=self.allow_debug if allow_debug is None else allow_debug
+        )
+        (self.root / "kms-key-policy.json").write_text(json.dumps(policy, indent=2) + "\n")
+        self.kms_client().put_key_policy(
+            KeyId=self.key_arn, PolicyName="default", Policy=json.dumps(policy)
+        )
+
+    # -------------------------------------------------------------- enclave
+    def stage_enclave_context(
+        self, name: str, mutate: Callable[[Path], None] | None = None
+    ) -> Path:
+        """The build context: enclave/ + enclave_app/ + the rendered enclave.toml."""
+        context = self.root / "build" / name
+        shutil.rmtree(context, ignore_errors=True)
+        context.mkdir(parents=True)
+        shutil.copy2(ENCLAVE_CONTEXT / "Dockerfile", context / "Dockerfile")
+        shutil.copy2(ENCLAVE_CONTEXT / "entrypoint.sh", context / "entrypoint.sh")
+        if ENCLAVE_REQUIREMENTS.exists():
+            shutil.copy2(ENCLAVE_REQUIREMENTS, context / "requirements-enclave.txt")
+        shutil.copytree(
+            REPO_ROOT / "enclave_app",
+            context / "enclave_app",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        (context / "enclave.toml").write_text(self.render_enclave_config())
+        if mutate is not None:
+            mutate(context)
+        return context
+
+    def render_enclave_config(self, **overrides: Any) -> str:
+        variables: dict[str, Any] = {
+            "enclave_vsock_port": ENCLAVE_PORT,
+            "enclave_region": self.region,
+            "enclave_kms_endpoint_scheme": "http",
+            "enclave_kms_endpoint_host": "127.0.0.1",
+            "enclave_kms_proxy_port": KMS_PROXY_PORT,
+            "enclave_kms_key_ids": [self.key_arn],
+        }
+        variables.update(overrides)
+        environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(ENCLAVE_CONTEXT),
+            undefined=jinja2.StrictUndefined,
+            autoescape=False,  # noqa: S701 - renders TOML
+            keep_trailing_newline=True,
+        )
+        environment.filters["bool"] = bool
+        return environment.get_template("enclave.toml.j2").render(**variables)
+
+    def build_eif(self, name: str, mutate: Callable[[Path], None] | None = None) -> Measurements:
+        context = self.stage_enclave_context(name, mutate)
+        eif = self.root / f"{name}.eif"
+        output = self.nitro_cli(
+            ["build-enclave", "--docker-uri", f"{name}:dev", "--docker-dir", str(context),
+             "--output-file", str(eif)]
+        )
+        pcrs = json.loads(output)["Measurements"]
+        return Measurements(eif=eif, pcr0=pcrs["PCR0"], pcr1=pcrs["PCR1"], pcr2=pcrs["PCR2"])
+
+    def run_enclave(self, eif: Path, *, debug: bool = False) -> dict[str, Any]:
+        self.nitro_cli(["terminate-enclave", "--enclave-name", ENCLAVE_NAME], check=False)
+        args = ["run-enclave", "--eif-path", str(eif), "--cpu-count", "2", "--memory", "512",
+                "--enclave-cid", str(ENCLAVE_CID), "--enclave-name", ENCLAVE_NAME]
+        if debug:
+            args.append("--debug-mode")
+        result: dict[str, Any] = json.loads(self.nitro_cli(args))
+        return result
+
+    def nitro_cli(self, args: list[str], *, check: bool = True) -> str:
+        return self._run(["-m", "nitro_sim.nitro_cli", *args], check=check)
+
+    def start_vsock_proxy(self) -> None:
+        allowlist = self.root / "vsock-proxy.yaml"
+        allowlist.write_text(
+            "allowlist:\n" f"  - {{address: 127.0.0.1, port: {self.kms_port}}}\n"
+        )
+        self._spawn("vsock-proxy", ["-m", "nitro_sim", "vsock-proxy", str(KMS_PROXY_PORT),
+                                    "127.0.0.1", str(self.kms_port), "--config", str(allowlist)])
+        socket_path = self.sim_dir / "vsock" / f"3_{KMS_PROXY_PORT}.sock"
+        wait_until(socket_path.exists, "vsock-proxy socket", self._processes["vsock-proxy"])
+
+    # ---------------------------------------------------------------- relay
+    def relay_config(self) -> str:
+        return (
+            "[relay]\n"
+            f'listen_host = "127.0.0.1"\nlisten_port = {self.relay_port}\n'
+            "[enclave]\n"
+            f'transport = "unix:{self.sim_dir / "vsock"}"\n'
+            f"cid = {ENCLAVE_CID}\nport = {ENCLAVE_PORT}\ntimeout_seconds = 30\n"
+            "[kms]\n"
+            f'key_id = "{self.key_arn}"\nregion = "{self.region}"\n'
+            "[storage]\n"
+            f'backend = "sqlite"\nsqlite_path = "{self.relay_db}"\n'
+            "[credentials]\n"
+            f'source = "imds"\nimds_endpoint = "http://127.0.0.1:{self.imds_port}"\n'
+        )
+
+    def start_relay(self) -> None:
+        config = self.root / "relay.toml"
+        config.write_text(self.relay_config())
+        self._spawn("relay", ["-m", "parent_app", "--config", str(config)])
+        wait_for_http(f"{self.relay_url}/readyz", self._processes["relay"])
+
+    def restart_relay(self) -> None:
+        self._stop_process("relay")
+        self.start_relay()
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # ------------------------------------------------------------ processes
+    def _run(self, args: list[str], *, check: bool = True) -> str:
+        completed = subprocess.run(
+            [sys.executable, *args], cwd=REPO_ROOT, env=self.env(), capture_output=True,
+            timeout=120, check=False,
+        )
+        if check and completed.returncode != 0:
+            raise StackError(
+                f"{' '.join(args[:3])} failed ({completed.returncode}): "
+                f"{completed.stderr.decode(errors='replace').strip()}"
+            )
+        return completed.stdout.decode()
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self._processes[name] = subprocess.Popen(
+            [sys.executable, *args], cwd=REPO_ROOT, env=self.env(), stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+
+    def _stop_process(self, name: str) -> None:
+        process = self._processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if process is not None and process.poll() is not None:
+            raise StackError(f"{what}: process exited with {process.returncode}")
+        time.sleep(0.05)
+    raise StackError(f"{what}: not ready after {timeout:.0f}s")
+
+
+def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    def accepting() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_until(accepting, what, process)
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+                return int(response.status) == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    wait_until(ready, url, process, timeout=60)
+
+
+def http_json(
+    method: str, url: str, body: Mapping[str, Any] | bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """A small JSON HTTP client for the demo and tests (status, decoded body)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback
+    request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
+            return int(response.status), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return int(error.code), json.loads(error.read() or b"{}")

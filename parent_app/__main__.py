@@ -1,0 +1,108 @@
+"""``nitro-wallet-relay --config /etc/nitro-wallet/relay.toml``: run the parent relay."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from parent_app.config import ConfigError, RelayConfig
+from parent_app.credentials import CredentialSource, ImdsCredentialSource
+from parent_app.enclave_client import EnclaveClient
+from parent_app.errors import RelayError
+from parent_app.http_server import RelayHTTPServer
+from parent_app.metrics import RelayMetrics
+from parent_app.routes import RelayApi
+from parent_app.service import WalletService
+from parent_app.storage import SqliteStorage
+
+log = logging.getLogger("parent_app")
+
+DEFAULT_CONFIG = "/etc/nitro-wallet/relay.toml"
+
+
+def build_relay(
+    config: RelayConfig, credentials: CredentialSource | None = None
+) -> RelayHTTPServer:
+    """Wire storage, credentials, enclave client, service and API into a bound server."""
+    storage = SqliteStorage(config.storage.sqlite_path)
+    try:
+        source = credentials or ImdsCredentialSource(
+            config.credentials.imds_endpoint, config.credentials.imds_timeout_seconds
+        )
+        enclave = EnclaveClient(
+            config.enclave.transport,
+            config.enclave.cid,
+            config.enclave.port,
+            config.enclave.timeout_seconds,
+            config.enclave.max_frame_bytes,
+        )
+        service = WalletService(storage, enclave, source, config.kms.key_id, RelayMetrics())
+        return RelayHTTPServer(RelayApi(service), config.relay)
+    except BaseException:
+        storage.close()
+        raise
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # botocore's metadata fetcher logs IMDS response bodies (credentials) at DEBUG.
+    for noisy in ("botocore", "urllib3", "boto3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nitro-wallet-relay", description=__doc__)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="path to relay.toml")
+    args = parser.parse_args(argv)
+    try:
+        config = RelayConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"nitro-wallet-relay: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.relay.log_level)
+    try:
+        server = build_relay(config)
+    except (RelayError, OSError) as exc:
+        log.error("cannot start the relay: %s", exc)
+        return 1
+
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    host, port = server.server_address[:2]
+    log.info(
+        "relay listening on %s:%s (enclave %s cid=%d port=%d)",
+        host,
+        port,
+        config.enclave.transport.spec,
+        config.enclave.cid,
+        config.enclave.port,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("relay stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

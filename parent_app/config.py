@@ -1,0 +1,265 @@
+"""Relay configuration: ``relay.toml``, strictly validated.
+
+Unknown sections or keys are refused (a typo must not silently fall back to a
+default), every value is type- and range-checked, and binding a non-loopback
+address needs ``allow_non_loopback = true``: the relay is loopback-only by default.
+
+    [relay]       listen_host, listen_port, max_body_bytes, log_level,
+                  allow_non_loopback, max_concurrent_requests, request_timeout_seconds
+    [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes
+    [kms]         key_id (required), region
+    [storage]     backend ("sqlite"), sqlite_path
+    [credentials] source ("imds"), imds_endpoint, imds_timeout_seconds
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from enclave_app.transport import Transport
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_CONFIG_BYTES = 64 * 1024
+_REGION_RE = re.compile(r"\A[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
+_KEY_ID_RE = re.compile(r"\A[A-Za-z0-9:/_+=,.@-]{1,2048}\Z")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    max_body_bytes: int = 65536
+    log_level: str = "INFO"
+    allow_non_loopback: bool = False
+    max_concurrent_requests: int = 64
+    request_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class EnclaveSettings:
+    transport: Transport
+    cid: int = 16
+    port: int = 5000
+    timeout_seconds: float = 15.0
+    max_frame_bytes: int = 262144
+
+
+@dataclass(frozen=True)
+class KmsSettings:
+    key_id: str
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    backend: str = "sqlite"
+    sqlite_path: Path = Path("/var/lib/nitro-wallet/accounts.db")
+
+
+@dataclass(frozen=True)
+class CredentialsSettings:
+    source: str = "imds"
+    imds_endpoint: str = "http://169.254.169.254"
+    imds_timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    relay: RelaySettings
+    enclave: EnclaveSettings
+    kms: KmsSettings
+    storage: StorageSettings
+    credentials: CredentialsSettings
+
+    @classmethod
+    def load(cls, path: str | Path) -> RelayConfig:
+        file = Path(path)
+        try:
+            with file.open("rb") as handle:
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {file}: {exc.strerror}") from exc
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{file} is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            document = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
+        return cls.from_mapping(document)
+
+    @classmethod
+    def from_mapping(cls, document: dict[str, Any]) -> RelayConfig:
+        known = {"relay", "enclave", "kms", "storage", "credentials"}
+        unknown = sorted(set(document) - known)
+        if unknown:
+            raise ConfigError(f"unknown section(s) {unknown}: expected {sorted(known)}")
+        config = cls(
+            relay=_relay(_Section(document, "relay")),
+            enclave=_enclave(_Section(document, "enclave")),
+            kms=_kms(_Section(document, "kms", required=True)),
+            storage=_storage(_Section(document, "storage")),
+            credentials=_credentials(_Section(document, "credentials")),
+        )
+        return config
+
+
+class _Section:
+    """Takes typed values out of one TOML table; ``done()`` refuses leftovers."""
+
+    def __init__(self, document: dict[str, Any], name: str, required: bool = False) -> None:
+        self.name = name
+        table = document.get(name)
+        if table is None:
+            if required:
+                raise ConfigError(f"section [{name}] is required")
+            table = {}
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{name}] must be a table")
+        self._values = dict(table)
+
+    def _take(self, key: str, default: T | None, kind: str, check: Callable[[Any], bool]) -> Any:
+        if key not in self._values:
+            if default is None:
+                raise ConfigError(f"{self.name}.{key} is required")
+            return default
+        value = self._values.pop(key)
+        if not check(value):
+            raise ConfigError(f"{self.name}.{key} must be {kind}, not {value!r}")
+        return value
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value: str = self._take(key, default, "a non-empty string", _is_nonempty_str)
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value: int = self._take(
+            key, default, f"an integer in [{low}, {high}]", lambda v: _is_int_in(v, low, high)
+        )
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self._take(
+            key, default, f"a number in ({low}, {high}]", lambda v: _is_number_in(v, low, high)
+        )
+        return float(value)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value: bool = self._take(key, default, "true or false", lambda v: isinstance(v, bool))
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value: str = self._take(key, default, f"one of {list(choices)}", lambda v: v in choices)
+        return value
+
+    def done(self) -> None:
+        if self._values:
+            raise ConfigError(f"unknown key(s) in [{self.name}]: {sorted(self._values)}")
+
+
+def _is_nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "\x00" not in value
+
+
+def _is_int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number_in(value: Any, low: float, high: float) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and low < value <= high
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _relay(section: _Section) -> RelaySettings:
+    defaults = RelaySettings()
+    settings = RelaySettings(
+        listen_host=section.string("listen_host", defaults.listen_host),
+        listen_port=section.integer("listen_port", defaults.listen_port, 0, 65535),
+        max_body_bytes=section.integer("max_body_bytes", defaults.max_body_bytes, 2, 1 << 20),
+        log_level=section.choice("log_level", defaults.log_level, LOG_LEVELS),
+        allow_non_loopback=section.boolean("allow_non_loopback", defaults.allow_non_loopback),
+        max_concurrent_requests=section.integer(
+            "max_concurrent_requests", defaults.max_concurrent_requests, 1, 1024
+        ),
+        request_timeout_seconds=section.number(
+            "request_timeout_seconds", defaults.request_timeout_seconds, 0, 300
+        ),
+    )
+    section.done()
+    if not settings.allow_non_loopback and not is_loopback(settings.listen_host):
+        raise ConfigError(
+            f"relay.listen_host {settings.listen_host!r} is not a loopback address; the relay "
+            "binds loopback only unless relay.allow_non_loopback = true"
+        )
+    return settings
+
+
+def _enclave(section: _Section) -> EnclaveSettings:
+    spec = section.string("transport", "vsock")
+    try:
+        transport = Transport.from_spec(spec)
+    except ValueError as exc:
+        raise ConfigError(f"enclave.transport: {exc}") from exc
+    defaults = EnclaveSettings(transport)
+    settings = EnclaveSettings(
+        transport=transport,
+        cid=section.integer("cid", defaults.cid, 3, 0xFFFFFFFE),
+        port=section.integer("port", defaults.port, 1, 0xFFFFFFFE),
+        timeout_seconds=section.number("timeout_seconds", defaults.timeout_seconds, 0, 600),
+        max_frame_bytes=section.integer(
+            "max_frame_bytes", defaults.max_frame_bytes, 1024, 16 << 20
+        ),
+    )
+    section.done()
+    return settings
+
+
+def _kms(section: _Section) -> KmsSettings:
+    key_id = section.string("key_id")
+    if not _KEY_ID_RE.match(key_id):
+        raise ConfigError(f"kms.key_id {key_id!r} is not a KMS key id, ARN or alias")
+    region = section.string("region", KmsSettings.region)
+    if not _REGION_RE.match(region):
+        raise ConfigError(f"kms.region {region!r} is not an AWS region name")
+    section.done()
+    return KmsSettings(key_id=key_id, region=region)
+
+
+def _storage(section: _Section) -> StorageSettings:
+    defaults = StorageSettings()
+    backend = section.choice("backend", defaults.backend, ("sqlite",))
+    path = Path(section.string("sqlite_path", str(defaults.sqlite_path)))
+    section.done()
+    return StorageSettings(backend=backend, sqlite_path=path)
+
+
+def _credentials(section: _Section) -> CredentialsSettings:
+    defaults = CredentialsSettings()
+    source = section.choice("source", defaults.source, ("imds",))
+    endpoint = section.string("imds_endpoint", defaults.imds_endpoint)
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ConfigError(f"credentials.imds_endpoint {endpoint!r} must be an http(s) URL")
+    timeout = section.number("imds_timeout_seconds", defaults.imds_timeout_seconds, 0, 60)
+    section.done()
+    return CredentialsSettings(source=source, imds_endpoint=endpoint, imds_timeout_seconds=timeout)

@@ -1,0 +1,126 @@
+"""Relay errors: one type carrying an HTTP status and a stable code.
+
+Codes are part of the HTTP API: never rename one, only add. Messages are shown to
+the caller and may be logged: they must never carry credentials or key material.
+The enclave's own codes (``enclave_app.errors.ErrorCode``) pass through unchanged,
+with the HTTP status given by ``ENCLAVE_STATUS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+from enclave_app.errors import EnclaveError, ErrorCode
+
+
+class RelayCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    NOT_FOUND = "not_found"
+    ACCOUNT_NOT_FOUND = "account_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_IMPLEMENTED = "not_implemented"
+    LENGTH_REQUIRED = "length_required"
+    REQUEST_TIMEOUT = "request_timeout"
+    BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    ACCOUNT_EXISTS = "account_exists"
+    SERVER_BUSY = "server_busy"
+    ENCLAVE_UNAVAILABLE = "enclave_unavailable"
+    ENCLAVE_BAD_RESPONSE = "enclave_bad_response"
+    CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
+    STORAGE_ERROR = "storage_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class RelayError(Exception):
+    """An error answered to the HTTP caller as ``{"error": {"code", "message"}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+class EnclaveUnavailable(RelayError):  # noqa: N818 (API name)
+    """The enclave could not be reached, or did not answer in time."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, RelayCode.ENCLAVE_UNAVAILABLE, message)
+
+
+class EnclaveBadResponse(RelayError):  # noqa: N818 (API name)
+    """The enclave answered something that breaks the protocol or the op's contract."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, RelayCode.ENCLAVE_BAD_RESPONSE, message)
+
+
+class CredentialsUnavailable(RelayError):  # noqa: N818 (API name)
+    """No valid role credentials could be obtained from IMDS."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, RelayCode.CREDENTIALS_UNAVAILABLE, message)
+
+
+class StorageError(RelayError):
+    """The account store failed (I/O, corruption, unsupported schema)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(500, RelayCode.STORAGE_ERROR, message)
+
+
+class AccountExists(RelayError):  # noqa: N818 (API name)
+    """An account with this id or address is already stored: never overwritten."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, RelayCode.ACCOUNT_EXISTS, message)
+
+
+class AccountNotFound(RelayError):  # noqa: N818 (API name)
+    def __init__(self, account_id: str) -> None:
+        super().__init__(404, RelayCode.ACCOUNT_NOT_FOUND, f"account {account_id} does not exist")
+
+
+def invalid_request(message: str) -> RelayError:
+    return RelayError(400, RelayCode.INVALID_REQUEST, message)
+
+
+def internal_error() -> RelayError:
+    """The answer to anything unexpected: the details stay in the server log."""
+    return RelayError(500, RelayCode.INTERNAL_ERROR, "internal error")
+
+
+ENCLAVE_STATUS: Mapping[ErrorCode, int] = {
+    ErrorCode.BAD_FRAME: 400,
+    ErrorCode.INVALID_PARAMS: 400,
+    ErrorCode.FRAME_TOO_LARGE: 413,
+    ErrorCode.SIGNING_POLICY_VIOLATION: 403,
+    ErrorCode.KMS_ATTESTATION_DENIED: 403,
+    ErrorCode.KMS_UNAVAILABLE: 503,
+    ErrorCode.NSM_UNAVAILABLE: 503,
+    ErrorCode.CIPHERTEXT_INVALID: 500,
+    ErrorCode.ADDRESS_MISMATCH: 500,
+    ErrorCode.KMS_KEY_NOT_ALLOWED: 500,
+    ErrorCode.KMS_BAD_RESPONSE: 500,
+    ErrorCode.UNSUPPORTED_VERSION: 500,
+    ErrorCode.UNKNOWN_OP: 500,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+def from_enclave(error: EnclaveError) -> RelayError:
+    """The HTTP form of an error the enclave reported: its code and message are kept."""
+    return RelayError(ENCLAVE_STATUS.get(error.code, 500), str(error.code), error.message)

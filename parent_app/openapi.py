@@ -1,0 +1,255 @@
+"""The OpenAPI 3.1 description of the relay's HTTP API, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from enclave_app.errors import ErrorCode
+from parent_app import __version__
+from parent_app.errors import RelayCode
+
+_UUID = {
+    "type": "string",
+    "format": "uuid",
+    "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+}
+_ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "description": "EIP-55 checksummed"}
+_HEX = {"type": "string", "pattern": "^0x[0-9a-fA-F]*$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{description}"}
+
+
+_ACCOUNT_ID_PARAM = {
+    "name": "account_id",
+    "in": "path",
+    "required": True,
+    "schema": _UUID,
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    error_codes = sorted({str(c) for c in RelayCode} | {str(c) for c in ErrorCode})
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "enum": error_codes},
+                        "message": {"type": "string"},
+                    },
+                }
+            },
+        },
+        "CreateAccountRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"account_id": _UUID},
+        },
+        "CreatedAccount": {
+            "type": "object",
+            "required": ["account_id", "address"],
+            "properties": {"account_id": _UUID, "address": _ADDRESS},
+        },
+        "Account": {
+            "type": "object",
+            "required": ["account_id", "address", "key_id", "created_at"],
+            "properties": {
+                "account_id": _UUID,
+                "address": _ADDRESS,
+                "key_id": {"type": "string"},
+                "created_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "AccountList": {
+            "type": "object",
+            "required": ["accounts", "next_cursor"],
+            "properties": {
+                "accounts": {"type": "array", "items": _ref("Account")},
+                "next_cursor": {"type": ["string", "null"]},
+            },
+        },
+        "SignTransactionRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["transaction"],
+            "properties": {
+                "transaction": {
+                    "type": "object",
+                    "description": "eth_signTransaction fields (legacy/EIP-155, EIP-2930, "
+                    "EIP-1559, EIP-4844, EIP-7702). Quantities are integers or 0x-hex "
+                    "strings, never floats. The enclave validates every field.",
+                }
+            },
+        },
+        "SignedTransaction": {
+            "type": "object",
+            "required": ["raw_transaction", "hash"],
+            "properties": {"raw_transaction": _HEX, "hash": _HEX},
+        },
+        "Status": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string"},
+                "checks": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    }
+    responses = {
+        name: _json(_ref("Error"), text)
+        for name, text in {
+            "BadRequest": "invalid_json, invalid_request, invalid_params, bad_frame",
+            "Forbidden": "signing_policy_violation, kms_attestation_denied",
+            "NotFound": "not_found, account_not_found",
+            "MethodNotAllowed": "method_not_allowed (see the Allow header)",
+            "Conflict": "account_exists",
+            "LengthRequired": "length_required: bodies need a Content-Length",
+            "TooLarge": "body_too_large, frame_too_large",
+            "UnsupportedMediaType": "unsupported_media_type: send application/json",
+            "InternalError": "internal_error, storage_error and enclave-side failures",
+            "BadGateway": "enclave_bad_response",
+            "Unavailable": "enclave_unavailable, credentials_unavailable, kms_unavailable, "
+            "nsm_unavailable, server_busy",
+        }.items()
+    }
+    common = {
+        "405": _error("MethodNotAllowed"),
+        "500": _error("InternalError"),
+        "503": _error("Unavailable"),
+    }
+    body_errors = {
+        "400": _error("BadRequest"),
+        "411": _error("LengthRequired"),
+        "413": _error("TooLarge"),
+        "415": _error("UnsupportedMediaType"),
+    }
+    enclave_errors = {"403": _error("Forbidden"), "502": _error("BadGateway")}
+    paths: dict[str, Any] = {
+        "/v1/accounts": {
+            "post": {
+                "operationId": "createAccount",
+                "summary": "Generate an account inside the enclave and store its ciphertext",
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("CreateAccountRequest")}},
+                },
+                "responses": {
+                    "201": _json(_ref("CreatedAccount"), "created"),
+                    "409": _error("Conflict"),
+                    **body_errors,
+                    **enclave_errors,
+                    **common,
+                },
+            },
+            "get": {
+                "operationId": "listAccounts",
+                "summary": "List accounts, oldest first",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json(_ref("AccountList"), "a page of accounts"),
+                    "400": _error("BadRequest"),
+                    **common,
+                },
+            },
+        },
+        "/v1/accounts/{account_id}": {
+            "get": {
+                "operationId": "getAccount",
+                "summary": "One account (never its ciphertexts)",
+                "parameters": [_ACCOUNT_ID_PARAM],
+                "responses": {
+                    "200": _json(_ref("Account"), "the account"),
+                    "400": _error("BadRequest"),
+                    "404": _error("NotFound"),
+                    **common,
+                },
+            }
+        },
+        "/v1/accounts/{account_id}/sign/transaction": {
+            "post": {
+                "operationId": "signTransaction",
+                "summary": "Sign a transaction with the account's key, inside the enclave",
+                "parameters": [_ACCOUNT_ID_PARAM],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SignTransactionRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("SignedTransaction"), "the signed transaction"),
+                    "404": _error("NotFound"),
+                    **body_errors,
+                    **enclave_errors,
+                    **common,
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The relay process is up",
+                "responses": {"200": _json(_ref("Status"), "up")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Storage, enclave and credentials answer",
+                "responses": {
+                    "200": _json(_ref("Status"), "ready"),
+                    "503": _json(_ref("Status"), "not ready: checks name the failing part"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format 0.0.4)",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "nitro-wallet relay",
+            "version": __version__,
+            "description": "Ethereum signing relay in front of a Nitro Enclave. Keys never "
+            "leave the enclave in plaintext. Every response carries X-Request-Id.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8080"}],
+        "paths": paths,
+        "components": {"schemas": schemas, "responses": responses},
+    }

@@ -1,0 +1,209 @@
+"""What the relay does, independent of HTTP: create, read, list accounts and sign.
+
+The enclave validates every transaction field itself (one place for that logic);
+the service checks what the enclave answers before storing or returning it, since
+storage must only ever hold records the enclave actually produced for that id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from enclave_app.errors import EnclaveError
+from parent_app.credentials import CredentialSource
+from parent_app.enclave_client import EnclaveClient
+from parent_app.errors import (
+    AccountExists,
+    AccountNotFound,
+    EnclaveBadResponse,
+    RelayError,
+    from_enclave,
+)
+from parent_app.metrics import RelayMetrics
+from parent_app.storage import (
+    MAX_CIPHERTEXT_BYTES,
+    AccountPage,
+    AccountRecord,
+    Storage,
+    checksum_address,
+    format_time,
+    is_uuid,
+)
+
+_HEX_RE = re.compile(r"\A0x(?:[0-9a-fA-F]{2})+\Z")
+_HASH_RE = re.compile(r"\A0x[0-9a-fA-F]{64}\Z")
+_B64_RE = re.compile(r"\A[A-Za-z0-9+/]+={0,2}\Z")
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: dict[str, str]
+
+
+class WalletService:
+    def __init__(
+        self,
+        storage: Storage,
+        enclave: EnclaveClient,
+        credentials: CredentialSource,
+        key_id: str,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
+        self.storage = storage
+        self.enclave = enclave
+        self.credentials = credentials
+        self.key_id = key_id
+        self.metrics = metrics or RelayMetrics()
+
+    # -- enclave -----------------------------------------------------------------
+
+    def _call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.metrics.enclave_calls.inc(op)
+        try:
+            return self.enclave.call(op, params)
+        except EnclaveError as exc:
+            self.metrics.enclave_errors.inc(op, str(exc.code))
+            raise from_enclave(exc) from None
+        except RelayError as exc:
+            self.metrics.enclave_errors.inc(op, exc.code)
+            raise
+
+    # -- accounts ----------------------------------------------------------------
+
+    def create_account(self, account_id: str | None = None) -> dict[str, str]:
+        account_id = str(uuid.uuid4()) if account_id is None else account_id
+        if not is_uuid(account_id):
+            raise ValueError("account_id must be a canonical lowercase UUID")
+        if self.storage.get(account_id) is not None:  # spare the enclave a KMS call
+            raise AccountExists(f"account {account_id} already exists")
+        credentials = self.credentials.get()
+        result = self._call(
+            "generate_account",
+            {
+                "account_id": account_id,
+                "key_id": self.key_id,
+                "credentials": credentials.to_params(),
+            },
+        )
+        record = _record_from_enclave(result, account_id, self.key_id)
+        self.storage.insert(record)  # durable before we answer; AccountExists on a race
+        return {"account_id": record.account_id, "address": record.address}
+
+    def get_account(self, account_id: str) -> dict[str, str]:
+        return public_view(self._load(account_id))
+
+    def list_accounts(self, limit: int, cursor: str | None) -> dict[str, Any]:
+        page: AccountPage = self.storage.list(limit, cursor)
+        return {
+            "accounts": [public_view(record) for record in page.records],
+            "next_cursor": page.next_cursor,
+        }
+
+    def sign_transaction(self, account_id: str, transaction: dict[str, Any]) -> dict[str, str]:
+        record = self._load(account_id)
+        credentials = self.credentials.get()
+        result = self._call(
+            "sign_transaction",
+            {
+                "account": account_params(record),
+                "credentials": credentials.to_params(),
+                "transaction": transaction,
+            },
+        )
+        raw, tx_hash = result.get("raw_transaction"), result.get("hash")
+        if not (isinstance(raw, str) and _HEX_RE.match(raw)):
+            raise EnclaveBadResponse("enclave returned no valid raw_transaction")
+        if not (isinstance(tx_hash, str) and _HASH_RE.match(tx_hash)):
+            raise EnclaveBadResponse("enclave returned no valid transaction hash")
+        return {"raw_transaction": raw, "hash": tx_hash}
+
+    def _load(self, account_id: str) -> AccountRecord:
+        record = self.storage.get(account_id)
+        if record is None:
+            raise AccountNotFound(account_id)
+        return record
+
+    # -- health ------------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        checks: dict[str, str] = {}
+        try:
+            self.storage.ping()
+            checks["storage"] = "ok"
+        except RelayError as exc:
+            checks["storage"] = exc.code
+        try:
+            health = self._call("health", {})
+            checks["enclave"] = "ok" if health.get("status") == "ok" else "not_ok"
+        except RelayError as exc:
+            checks["enclave"] = exc.code
+        try:
+            self.credentials.get()
+            checks["credentials"] = "ok"
+        except RelayError as exc:
+            checks["credentials"] = exc.code
+        return Readiness(all(v == "ok" for v in checks.values()), checks)
+
+
+def public_view(record: AccountRecord) -> dict[str, str]:
+    """What the API shows of a record: never the ciphertexts."""
+    return {
+        "account_id": record.account_id,
+        "address": record.address,
+        "key_id": record.key_id,
+        "created_at": format_time(record.created_at),
+    }
+
+
+def account_params(record: AccountRecord) -> dict[str, str]:
+    """The ``account`` object of the enclave protocol."""
+    return {
+        "account_id": record.account_id,
+        "address": record.address,
+        "key_id": record.key_id,
+        "encrypted_private_key": base64.b64encode(record.encrypted_private_key).decode(),
+        "encrypted_data_key": base64.b64encode(record.encrypted_data_key).decode(),
+    }
+
+
+def _b64(value: Any, name: str) -> bytes:
+    if not isinstance(value, str) or not _B64_RE.match(value) or len(value) % 4:
+        raise EnclaveBadResponse(f"enclave returned no valid base64 {name}")
+    if len(value) > (MAX_CIPHERTEXT_BYTES * 4) // 3 + 4:
+        raise EnclaveBadResponse(f"enclave returned an oversized {name}")
+    try:
+        blob = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise EnclaveBadResponse(f"enclave returned no valid base64 {name}") from None
+    if not 0 < len(blob) <= MAX_CIPHERTEXT_BYTES:
+        raise EnclaveBadResponse(f"enclave returned an empty or oversized {name}")
+    return blob
+
+
+def _record_from_enclave(result: dict[str, Any], account_id: str, key_id: str) -> AccountRecord:
+    if result.get("account_id") != account_id:
+        raise EnclaveBadResponse("enclave answered generate_account for another account id")
+    if result.get("key_id", key_id) != key_id:
+        raise EnclaveBadResponse("enclave answered generate_account under another key id")
+    address = result.get("address")
+    if not isinstance(address, str):
+        raise EnclaveBadResponse("enclave returned no address")
+    try:
+        checksummed = checksum_address(address)
+    except ValueError as exc:
+        raise EnclaveBadResponse(f"enclave returned an invalid address: {exc}") from None
+    return AccountRecord(
+        account_id=account_id,
+        address=checksummed,
+        key_id=key_id,
+        encrypted_private_key=_b64(result.get("encrypted_private_key"), "encrypted_private_key"),
+        encrypted_data_key=_b64(result.get("encrypted_data_key"), "encrypted_data_key"),
+        created_at=datetime.now(UTC),
+    )

@@ -1,0 +1,405 @@
+"""Test doubles for the relay's edges: a framed fake enclave and a tiny IMDSv2.
+
+``FakeEnclave`` is a real server speaking the real protocol (``enclave_app.wire``)
+over the real simulated transport (``Transport.unix``). It answers ``health``,
+``generate_account`` and ``sign_transaction`` with deterministic values derived
+from its inputs, checks what the relay sends the way the enclave would (uuid,
+allowed key id, credentials shape, record fields), and can be told to misbehave.
+It tests the relay's own behaviour; the full-stack tests use the real enclave.
+
+``FakeImds`` is an IMDSv2 endpoint (token PUT, role listing, role credentials).
+``RelayHarness`` runs the relay in-process on a free loopback port against both.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from eth_utils.address import to_checksum_address
+
+from enclave_app import wire
+from enclave_app.errors import EnclaveError, ErrorCode
+from enclave_app.transport import Transport
+from parent_app.__main__ import build_relay
+from parent_app.config import RelayConfig
+from parent_app.http_server import RelayHTTPServer
+
+KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555"
+_UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+
+
+def short_tempdir() -> Path:
+    """AF_UNIX paths are limited to ~107 bytes: pytest's tmp_path can be too deep."""
+    return Path(tempfile.mkdtemp(prefix="nwr-", dir="/tmp"))
+
+
+def fake_address(account_id: str) -> str:
+    digest = hashlib.sha256(b"fake-address|" + account_id.encode()).hexdigest()
+    return str(to_checksum_address("0x" + digest[:40]))
+
+
+def fake_private_key_ciphertext(account_id: str) -> str:
+    blob = b"\x01" + hashlib.sha256(b"fake-epk|" + account_id.encode()).digest()
+    return base64.b64encode(blob).decode()
+
+
+def fake_data_key_ciphertext(account_id: str, key_id: str) -> str:
+    digest = hashlib.sha256(f"fake-edk|{account_id}|{key_id}".encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def fake_signature(address: str, transaction: dict[str, Any]) -> dict[str, str]:
+    canonical = json.dumps(transaction, sort_keys=True, separators=(",", ":")).encode()
+    raw = b"\x02" + hashlib.sha256(address.lower().encode() + b"|" + canonical).digest()
+    return {"raw_transaction": "0x" + raw.hex(), "hash": "0x" + hashlib.sha256(raw).hexdigest()}
+
+
+@dataclass
+class FakeEnclave:
+    vsock_dir: Path
+    cid: int = 16
+    port: int = 5000
+    allowed_key_ids: tuple[str, ...] = (KEY_ID,)
+    max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
+    # Misbehaviour knobs, read on every request.
+    generate_overrides: dict[str, Any] = field(default_factory=dict)
+    raw_answer: bytes | None = None  # answer this frame body verbatim
+    delay_seconds: float = 0.0
+    health_status: str = "ok"
+    requests: list[wire.Request] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.transport = Transport.unix(self.vsock_dir)
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def transport_spec(self) -> str:
+        return self.transport.spec
+
+    def start(self) -> FakeEnclave:
+        self._stop.clear()
+        self._listener = self.transport.listen(self.cid, self.port)
+        self._listener.settimeout(0.1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+            self.transport.unix_path(self.cid, self.port).unlink(missing_ok=True)
+        self._listener = None
+
+    def ops(self) -> list[str]:
+        with self._lock:
+            return [request.op for request in self.requests]
+
+    def _serve(self) -> None:
+        assert self._listener is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            request_id: str | None = None
+            try:
+                body = wire.read_frame(conn, self.max_frame_bytes)
+                if body is None:
+                    return
+                request = wire.parse_request(body)
+                request_id = request.request_id
+                with self._lock:
+                    self.requests.append(request)
+                if self.delay_seconds:
+                    self._stop.wait(self.delay_seconds)
+                if self.raw_answer is not None:
+                    wire.write_frame(conn, self.raw_answer)
+                    return
+                answer = wire.ok_frame(request_id, self._dispatch(request))
+            except EnclaveError as exc:
+                answer = wire.error_frame(request_id, exc)
+            try:
+                wire.write_frame(conn, answer)
+            except OSError:
+                pass
+
+    def _dispatch(self, request: wire.Request) -> dict[str, Any]:
+        params = request.params
+        if request.op == "health":
+            return {"status": self.health_status, "version": "fake", "protocol": 1}
+        if request.op == "generate_account":
+            return self._generate(params)
+        if request.op == "sign_transaction":
+            return self._sign(params)
+        raise EnclaveError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+
+    def _check_credentials(self, value: Any) -> None:
+        if not isinstance(value, dict) or set(value) != {
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+        }:
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "credentials must be an object")
+        if not all(isinstance(value[k], str) for k in ("access_key_id", "secret_access_key")):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "credentials must hold strings")
+
+    def _generate(self, params: dict[str, Any]) -> dict[str, Any]:
+        account_id, key_id = params.get("account_id"), params.get("key_id")
+        if not isinstance(account_id, str) or not _UUID_RE.match(account_id):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "account_id must be a uuid")
+        if key_id not in self.allowed_key_ids:
+            raise EnclaveError(ErrorCode.KMS_KEY_NOT_ALLOWED, "key id is not allowed")
+        self._check_credentials(params.get("credentials"))
+        result: dict[str, Any] = {
+            "account_id": account_id,
+            "address": fake_address(account_id),
+            "key_id": key_id,
+            "encrypted_private_key": fake_private_key_ciphertext(account_id),
+            "encrypted_data_key": fake_data_key_ciphertext(account_id, str(key_id)),
+        }
+        result.update(self.generate_overrides)
+        return result
+
+    def _sign(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_credentials(params.get("credentials"))
+        account = params.get("account")
+        if not isinstance(account, dict):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "account must be an object")
+        account_id = account.get("account_id")
+        if not isinstance(account_id, str) or not _UUID_RE.match(account_id):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "account.account_id must be a uuid")
+        key_id = str(account.get("key_id"))
+        if account.get("encrypted_private_key") != fake_private_key_ciphertext(account_id):
+            raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "private key ciphertext is invalid")
+        if account.get("encrypted_data_key") != fake_data_key_ciphertext(account_id, key_id):
+            raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "data key ciphertext is invalid")
+        if account.get("address") != fake_address(account_id):
+            raise EnclaveError(ErrorCode.ADDRESS_MISMATCH, "key does not derive the address")
+        transaction = params.get("transaction")
+        if not isinstance(transaction, dict):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "transaction must be an object")
+        injected = transaction.get("fake_error")
+        if isinstance(injected, str):
+            raise EnclaveError(ErrorCode(injected), f"injected {injected}")
+        return fake_signature(fake_address(account_id), transaction)
+
+
+# -- IMDSv2 -------------------------------------------------------------------------
+
+ROLE_NAME = "nitro-wallet-parent"
+
+
+@dataclass
+class ImdsState:
+    access_key_id: str = field(default_factory=lambda: "ASIA" + secrets.token_hex(8).upper())
+    secret_access_key: str = field(default_factory=lambda: "FAKESECRET" + secrets.token_hex(16))
+    session_token: str = field(default_factory=lambda: "FAKETOKEN" + secrets.token_hex(24))
+    lifetime: timedelta = timedelta(hours=6)
+    credential_fetches: int = 0
+    refuse_tokens: bool = False  # behave like an IMDS with IMDSv2 switched off
+    tokens: set[str] = field(default_factory=set)
+
+    def rotate(self) -> None:
+        self.access_key_id = "ASIA" + secrets.token_hex(8).upper()
+        self.secret_access_key = "FAKESECRET" + secrets.token_hex(16)
+        self.session_token = "FAKETOKEN" + secrets.token_hex(24)
+
+    @property
+    def secrets(self) -> list[str]:
+        return [self.secret_access_key, self.session_token]
+
+
+class _ImdsHandler(BaseHTTPRequestHandler):
+    server: _ImdsServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _answer(self, status: int, body: str, content_type: str = "text/plain") -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_PUT(self) -> None:
+        if self.path != "/latest/api/token":
+            self._answer(404, "not found")
+            return
+        if self.server.state.refuse_tokens:
+            self._answer(403, "forbidden")
+            return
+        if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "").isdigit():
+            self._answer(400, "missing ttl")
+            return
+        token = secrets.token_urlsafe(32)
+        self.server.state.tokens.add(token)
+        self._answer(200, token)
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        token_ok = self.headers.get("X-aws-ec2-metadata-token") in state.tokens
+        if not token_ok and not state.refuse_tokens:
+            self._answer(401, "unauthorized")  # IMDSv2 only
+            return
+        base = "/latest/meta-data/iam/security-credentials/"
+        if self.path == base:
+            self._answer(200, ROLE_NAME)
+        elif self.path == base + ROLE_NAME:
+            state.credential_fetches += 1
+            expiration = datetime.now(UTC) + state.lifetime
+            document = {
+                "Code": "Success",
+                "LastUpdated": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "Type": "AWS-HMAC",
+                "AccessKeyId": state.access_key_id,
+                "SecretAccessKey": state.secret_access_key,
+                "Token": state.session_token,
+                "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            self._answer(200, json.dumps(document), "application/json")
+        else:
+            self._answer(404, "not found")
+
+
+class _ImdsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    state: ImdsState
+
+
+class FakeImds:
+    def __init__(self) -> None:
+        self.state = ImdsState()
+        self._server = _ImdsServer(("127.0.0.1", 0), _ImdsHandler)
+        self._server.state = self.state
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FakeImds:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# -- the relay in-process -------------------------------------------------------------
+
+
+def relay_config(
+    *,
+    vsock_spec: str,
+    imds_endpoint: str,
+    sqlite_path: Path,
+    port: int = 0,
+    enclave_timeout: float = 3,
+    **relay: Any,
+) -> dict[str, Any]:
+    return {
+        "relay": {"listen_host": "127.0.0.1", "listen_port": port, **relay},
+        "enclave": {
+            "transport": vsock_spec,
+            "cid": 16,
+            "port": 5000,
+            "timeout_seconds": enclave_timeout,
+        },
+        "kms": {"key_id": KEY_ID, "region": "us-east-1"},
+        "storage": {"backend": "sqlite", "sqlite_path": str(sqlite_path)},
+        "credentials": {"source": "imds", "imds_endpoint": imds_endpoint},
+    }
+
+
+class RelayHarness:
+    """The relay on a free loopback port, serving in a thread."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = RelayConfig.from_mapping(config)
+        self.server: RelayHTTPServer = build_relay(self.config)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+@dataclass
+class HttpAnswer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error_code(self) -> str:
+        code: str = self.json()["error"]["code"]
+        return code
+
+
+def http_call(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10,
+) -> HttpAnswer:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        all_headers = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json.dumps(body).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        return HttpAnswer(response.status, response.headers, response.read())
+    finally:
+        conn.close()
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,122 @@
+"""Helpers for the end-to-end tests that run the whole simulated appliance."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from enclave_app import envelope
+from enclave_app.cms import decrypt_enveloped_data
+from nitro_sim.ca import SimCa
+from nitro_sim.nsm import SimulatedNsm
+from nitro_sim.stack import LocalStack, http_json
+
+CHAIN_ID = 11155111
+
+
+def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:
+    tx: dict[str, Any] = {
+        "type": "0x2",
+        "chainId": hex(CHAIN_ID),
+        "nonce": hex(nonce),
+        "to": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+        "value": "0xde0b6b3a7640000",
+        "gas": 21000,
+        "maxFeePerGas": "0x77359400",
+        "maxPriorityFeePerGas": "0x3b9aca00",
+        "data": "0x",
+    }
+    tx.update(overrides)
+    return tx
+
+
+def create_account(stack: LocalStack) -> dict[str, Any]:
+    status, body = http_json("POST", f"{stack.relay_url}/v1/accounts", {})
+    assert status == 201, body
+    return body
+
+
+def sign(stack: LocalStack, account_id: str, tx: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    return http_json(
+        "POST", f"{stack.relay_url}/v1/accounts/{account_id}/sign/transaction", {"transaction": tx}
+    )
+
+
+def stored_record(stack: LocalStack, account_id: str) -> dict[str, Any]:
+    with closing(sqlite3.connect(stack.relay_db)) as db:
+        row = db.execute(
+            "SELECT account_id, address, key_id, encrypted_private_key, encrypted_data_key "
+            "FROM accounts WHERE account_id = ?",
+            (account_id,),
+        ).fetchone()
+    assert row is not None
+    keys = ("account_id", "address", "key_id", "encrypted_private_key", "encrypted_data_key")
+    return dict(zip(keys, row, strict=True))
+
+
+def overwrite_ciphertexts(
+    stack: LocalStack, account_id: str, private_key_ct: bytes, data_key_ct: bytes
+) -> None:
+    """What a compromised parent can do: rewrite its own storage behind the relay."""
+    with closing(sqlite3.connect(stack.relay_db)) as db:
+        db.execute(
+            "UPDATE accounts SET encrypted_private_key = ?, encrypted_data_key = ? "
+            "WHERE account_id = ?",
+            (private_key_ct, data_key_ct, account_id),
+        )
+        db.commit()
+
+
+def unlock_as_measured_enclave(stack: LocalStack, record: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Ground truth for the leak tests: (private key, data key) of a stored account.
+
+    Only possible because the test holds the simulator CA's private key, so it can
+    produce an attestation with the allowed PCR0 exactly as the real enclave does.
+    Nothing in the appliance has that power.
+    """
+    assert stack.measurements is not None
+    pcrs = {
+        0: bytes.fromhex(stack.measurements.pcr0),
+        1: bytes.fromhex(stack.measurements.pcr1),
+        2: bytes.fromhex(stack.measurements.pcr2),
+    }
+    nsm = SimulatedNsm(SimCa.load_or_create(stack.sim_dir / "ca"), pcrs, "i-test-enc0")
+    ephemeral = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_der = ephemeral.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    document = nsm.attestation_document(public_key=public_der)
+    response = stack.kms_client("imds_role").decrypt(
+        CiphertextBlob=record["encrypted_data_key"],
+        EncryptionContext=envelope.encryption_context(record["account_id"]),
+        Recipient={"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": document},
+    )
+    data_key = decrypt_enveloped_data(response["CiphertextForRecipient"], ephemeral)
+    private_key = envelope.open_sealed(
+        data_key,
+        record["encrypted_private_key"],
+        envelope.additional_data(record["account_id"], record["address"]),
+    )
+    return private_key, data_key
+
+
+def secret_forms(secret: bytes) -> list[bytes]:
+    """Every common spelling of a secret: raw, hex (both cases), base64."""
+    hexed = secret.hex()
+    return [
+        secret,
+        hexed.encode(),
+        hexed.upper().encode(),
+        base64.b64encode(secret),
+        base64.urlsafe_b64encode(secret).rstrip(b"="),
+    ]
+
+
+def files_under(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file() and not p.is_socket()]
