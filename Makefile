@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv dev demo demo-local test lint format pytest molecule clean
+.PHONY: venv dev demo test lint format fixtures pytest molecule clean
 
 $(VENV)/.installed: pyproject.toml $(wildcard requirements/*.txt)
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,11 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-pytest: venv
-	$(VENV)/bin/pytest -q
+fixtures: venv
+	$(PY) scripts/fetch-real-fixtures.py
+
+pytest: venv fixtures
+	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 $(VENV)/bin/pytest -q
 
 clean:
 	rm -rf .dev-state .demo-state build dist .pytest_cache .mypy_cache .ruff_cache

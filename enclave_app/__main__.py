@@ -26,7 +26,7 @@ def describe_measurements(document: bytes) -> str:
     """PCR0 of our own attestation, for operators reading a denial."""
     try:
         return f"PCR0 {parse_unverified(document).pcr_hex(0)}"
-    except Exception:  # noqa: BLE001 - only decorates an error message
+    except Exception:
         return "PCR0 unknown"
 
 
@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("/app/enclave.toml"))
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     # botocore at DEBUG would log request and response bodies: never allow it here.
     for noisy in ("botocore", "boto3", "urllib3"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class EnclaveConfig:
     key_cache_max_entries: int = 1024
     key_cache_ttl_seconds: int = 900
     allow_pre_eip155: bool = False
-    transport: Transport = Transport.vsock()
+    transport: Transport = field(default_factory=Transport.vsock)
     # The CID the enclave listens on. Hardware listens on any CID; the simulator
     # needs the one `nitro-cli run-enclave --enclave-cid` gave it.
     listen_cid: int = DEFAULT_ENCLAVE_CID

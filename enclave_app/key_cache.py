@@ -26,8 +26,12 @@ class CacheKey:
         cls, account_id: str, address: str, encrypted_private_key: bytes, encrypted_data_key: bytes
     ) -> CacheKey:
         digest = hashlib.sha256()
-        for part in (account_id.encode(), address.lower().encode(), encrypted_private_key,
-                     encrypted_data_key):
+        for part in (
+            account_id.encode(),
+            address.lower().encode(),
+            encrypted_private_key,
+            encrypted_data_key,
+        ):
             digest.update(len(part).to_bytes(4, "big"))
             digest.update(part)
         return cls(account_id, digest.digest())

@@ -28,8 +28,8 @@ from enclave_app.nsm import Nsm
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
+    from mypy_boto3_kms.type_defs import RecipientInfoTypeDef
 
-KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
 _CLIENT_CACHE_SIZE = 4
 
 
@@ -90,7 +90,7 @@ class AttestedKms:
                 KeyId=key_id,
                 KeySpec="AES_256",
                 EncryptionContext=dict(context),
-                Recipient=recipient,  # type: ignore[typeddict-item]
+                Recipient=recipient,
             ),
         )
         key_arn = self._returned_key(response)
@@ -116,7 +116,7 @@ class AttestedKms:
                 CiphertextBlob=ciphertext_blob,
                 KeyId=key_id,
                 EncryptionContext=dict(context),
-                Recipient=recipient,  # type: ignore[typeddict-item]
+                Recipient=recipient,
             ),
         )
         self._returned_key(response)
@@ -134,10 +134,10 @@ class AttestedKms:
         self,
         credentials: AwsCredentials,
         document: bytes,
-        operation: Callable[[KMSClient, dict[str, Any]], Mapping[str, Any]],
+        operation: Callable[[KMSClient, RecipientInfoTypeDef], Mapping[str, Any]],
     ) -> Mapping[str, Any]:
-        recipient = {
-            "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
+        recipient: RecipientInfoTypeDef = {
+            "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
             "AttestationDocument": document,
         }
         try:

@@ -54,8 +54,9 @@ class KmsForwarder:
         try:
             upstream = self._transport.connect(PARENT_CID, self._proxy_port, IDLE_TIMEOUT_SECONDS)
         except OSError as exc:
-            log.warning("kms forwarder: vsock-proxy unreachable on port %d: %s",
-                        self._proxy_port, exc)
+            log.warning(
+                "kms forwarder: vsock-proxy unreachable on port %d: %s", self._proxy_port, exc
+            )
             client.close()
             self._slots.release()
             return

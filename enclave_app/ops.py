@@ -7,10 +7,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from enclave_app import __version__, validation
-from enclave_app.accounts import AccountVault
-from enclave_app.errors import EnclaveError, ErrorCode, invalid
+from enclave_app.accounts import AccountVault, SealedAccount
+from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.nsm import Nsm
-from enclave_app.signing import transactions
+from enclave_app.signing import messages, transactions, typed_data
+from enclave_app.signing.messages import SignedMessage
 from enclave_app.wire import PROTOCOL_VERSION
 
 MAX_NONCE_BYTES = 512
@@ -29,6 +30,9 @@ class Operations:
             "attest": self.attest,
             "generate_account": self.generate_account,
             "sign_transaction": self.sign_transaction,
+            "sign_message": self.sign_message,
+            "sign_typed_data": self.sign_typed_data,
+            "sign_authorization": self.sign_authorization,
         }
 
     def dispatch(self, op: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -64,22 +68,48 @@ class Operations:
         }
 
     def sign_transaction(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        validation.check_params(params, {"account", "credentials", "transaction"}, set())
-        account = validation.sealed_account(params["account"])
-        credentials = validation.credentials(params["credentials"])
-        fields = validation.object_field(params, "transaction")
-        sender = fields.get("from")
-        if sender is not None and (
-            not isinstance(sender, str) or sender.lower() != account.address.lower()
-        ):
-            raise invalid("transaction.from does not match the account's address")
-        tx = transactions.parse_transaction(
-            {k: v for k, v in fields.items() if k != "from"},
-            allow_pre_eip155=self._allow_pre_eip155,
-        )
-        private_key = self._vault.unlock(account, credentials)
-        signed = transactions.sign_transaction(private_key, tx)
+        account, fields = self._signing_request(params, "transaction")
+        tx = transactions.parse_transaction(fields, allow_pre_eip155=self._allow_pre_eip155)
+        transactions.require_sender(tx, account.address)
+        signed = transactions.sign_transaction(self._unlock(account, params), tx)
         return {"raw_transaction": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()}
+
+    def sign_message(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """EIP-191 version 0x45 (personal_sign and eth_sign)."""
+        account, _ = self._signing_request(params, "message", field_is_object=False)
+        message = messages.message_bytes(params["message"])
+        return _signature(messages.sign_message(self._unlock(account, params), message))
+
+    def sign_typed_data(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """EIP-712 (eth_signTypedData_v4)."""
+        account, data = self._signing_request(params, "typed_data")
+        typed_data.hash_typed_data(data)  # validate fully before any KMS call
+        return _signature(typed_data.sign_typed_data(self._unlock(account, params), data))
+
+    def sign_authorization(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """An EIP-7702 authorization tuple {chainId, address, nonce}."""
+        account, fields = self._signing_request(params, "authorization")
+        authorization = transactions.parse_authorization("authorization", fields)
+        signed = transactions.sign_authorization(self._unlock(account, params), authorization)
+        return {"authorization": signed.to_json()}
+
+    def _signing_request(
+        self, params: Mapping[str, Any], payload: str, *, field_is_object: bool = True
+    ) -> tuple[SealedAccount, Mapping[str, Any]]:
+        """Validate the common envelope of a signing op; the payload is checked by its parser."""
+        validation.check_params(params, {"account", "credentials", payload}, set())
+        account = validation.sealed_account(params["account"])
+        validation.credentials(params["credentials"])
+        if not field_is_object:
+            return account, {}
+        return account, validation.object_field(params, payload)
+
+    def _unlock(self, account: SealedAccount, params: Mapping[str, Any]) -> bytes:
+        return self._vault.unlock(account, validation.credentials(params["credentials"]))
+
+
+def _signature(signed: SignedMessage) -> dict[str, Any]:
+    return {"signature": "0x" + signed.signature.hex(), "digest": "0x" + signed.digest.hex()}
 
 
 def _optional_b64(params: Mapping[str, Any], name: str, max_bytes: int) -> bytes | None:

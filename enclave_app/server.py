@@ -8,6 +8,7 @@ enclave's console log as an exception type only, since messages may carry data).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -51,10 +52,8 @@ class EnclaveServer:
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
+        with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
 
     def _serve_connection(self, conn: socket.socket) -> None:
@@ -86,7 +85,7 @@ class EnclaveServer:
             reply = wire.ok_frame(request_id, result)
         except EnclaveError as exc:
             reply = wire.error_frame(request_id, exc)
-        except Exception as exc:  # noqa: BLE001 - the server must answer and stay up
+        except Exception as exc:
             log.error("request %s failed unexpectedly: %s", request_id, type(exc).__name__)
             reply = wire.error_frame(
                 request_id, EnclaveError(ErrorCode.INTERNAL, "internal error in the enclave")
@@ -96,13 +95,11 @@ class EnclaveServer:
 
     @staticmethod
     def _refuse_busy(conn: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):
             wire.write_frame(
                 conn,
                 wire.error_frame(
                     None, EnclaveError(ErrorCode.INTERNAL, "enclave is at its connection limit")
                 ),
             )
-        except OSError:
-            pass
         conn.close()

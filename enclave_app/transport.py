@@ -9,8 +9,10 @@ simulator's vsock-proxy all go through it. The choice is a deployment seam:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,8 +98,6 @@ def pipe_both_ways(left: socket.socket, right: socket.socket, idle_timeout: floa
     Blocks the calling thread; one extra thread carries the right-to-left direction.
     Both sockets are closed on return.
     """
-    import threading  # local: only the forwarding paths need it
-
     left.settimeout(idle_timeout)
     right.settimeout(idle_timeout)
 
@@ -108,10 +108,8 @@ def pipe_both_ways(left: socket.socket, right: socket.socket, idle_timeout: floa
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 sink.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
     backward = threading.Thread(target=copy, args=(right, left), daemon=True)
     backward.start()

@@ -50,7 +50,9 @@ def read_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) ->
     first = sock.recv(HEADER.size)
     if not first:
         return None
-    header = first if len(first) == HEADER.size else first + _recv_exact(sock, HEADER.size - len(first))
+    header = (
+        first if len(first) == HEADER.size else first + _recv_exact(sock, HEADER.size - len(first))
+    )
     (length,) = HEADER.unpack(header)
     if length > max_bytes:
         raise EnclaveError(
@@ -112,7 +114,12 @@ def parse_request(body: bytes) -> Request:
 
 def request_frame(request: Request) -> bytes:
     return encode(
-        {"v": PROTOCOL_VERSION, "id": request.request_id, "op": request.op, "params": request.params}
+        {
+            "v": PROTOCOL_VERSION,
+            "id": request.request_id,
+            "op": request.op,
+            "params": request.params,
+        }
     )
 
 
@@ -146,8 +153,9 @@ def parse_response(body: bytes, expected_id: str) -> dict[str, Any]:
     error = message.get("error")
     if not isinstance(error, dict):
         raise EnclaveError(ErrorCode.BAD_FRAME, "error response without an error object")
+    raw_code = error.get("code")
     try:
-        code = ErrorCode(error.get("code"))
+        code = ErrorCode(raw_code) if isinstance(raw_code, str) else ErrorCode.INTERNAL
     except ValueError:
         code = ErrorCode.INTERNAL
     text = error.get("message")

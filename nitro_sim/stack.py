@@ -113,10 +113,34 @@ class LocalStack:
             directory.mkdir(parents=True, exist_ok=True)
         try:
             self._run(["-m", "nitro_sim", "init", "--state-dir", str(self.sim_dir)])
-            self._spawn("kms", ["-m", "nitro_sim", "kms", "--state-dir", str(self.sim_dir),
-                                "--host", "127.0.0.1", "--port", str(self.kms_port)])
-            self._spawn("imds", ["-m", "nitro_sim", "imds", "--state-dir", str(self.sim_dir),
-                                 "--host", "127.0.0.1", "--port", str(self.imds_port)])
+            self._spawn(
+                "kms",
+                [
+                    "-m",
+                    "nitro_sim",
+                    "kms",
+                    "--state-dir",
+                    str(self.sim_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.kms_port),
+                ],
+            )
+            self._spawn(
+                "imds",
+                [
+                    "-m",
+                    "nitro_sim",
+                    "imds",
+                    "--state-dir",
+                    str(self.sim_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.imds_port),
+                ],
+            )
             wait_for_port(self.kms_port, "KMS simulator", self._processes["kms"])
             wait_for_port(self.imds_port, "IMDS simulator", self._processes["imds"])
             self.key_arn = self.ensure_key()
@@ -242,16 +266,34 @@ class LocalStack:
         context = self.stage_enclave_context(name, mutate)
         eif = self.root / f"{name}.eif"
         output = self.nitro_cli(
-            ["build-enclave", "--docker-uri", f"{name}:dev", "--docker-dir", str(context),
-             "--output-file", str(eif)]
+            [
+                "build-enclave",
+                "--docker-uri",
+                f"{name}:dev",
+                "--docker-dir",
+                str(context),
+                "--output-file",
+                str(eif),
+            ]
         )
         pcrs = json.loads(output)["Measurements"]
         return Measurements(eif=eif, pcr0=pcrs["PCR0"], pcr1=pcrs["PCR1"], pcr2=pcrs["PCR2"])
 
     def run_enclave(self, eif: Path, *, debug: bool = False) -> dict[str, Any]:
         self.nitro_cli(["terminate-enclave", "--enclave-name", ENCLAVE_NAME], check=False)
-        args = ["run-enclave", "--eif-path", str(eif), "--cpu-count", "2", "--memory", "512",
-                "--enclave-cid", str(ENCLAVE_CID), "--enclave-name", ENCLAVE_NAME]
+        args = [
+            "run-enclave",
+            "--eif-path",
+            str(eif),
+            "--cpu-count",
+            "2",
+            "--memory",
+            "512",
+            "--enclave-cid",
+            str(ENCLAVE_CID),
+            "--enclave-name",
+            ENCLAVE_NAME,
+        ]
         if debug:
             args.append("--debug-mode")
         result: dict[str, Any] = json.loads(self.nitro_cli(args))
@@ -262,11 +304,20 @@ class LocalStack:
 
     def start_vsock_proxy(self) -> None:
         allowlist = self.root / "vsock-proxy.yaml"
-        allowlist.write_text(
-            "allowlist:\n" f"  - {{address: 127.0.0.1, port: {self.kms_port}}}\n"
+        allowlist.write_text(f"allowlist:\n  - {{address: 127.0.0.1, port: {self.kms_port}}}\n")
+        self._spawn(
+            "vsock-proxy",
+            [
+                "-m",
+                "nitro_sim",
+                "vsock-proxy",
+                str(KMS_PROXY_PORT),
+                "127.0.0.1",
+                str(self.kms_port),
+                "--config",
+                str(allowlist),
+            ],
         )
-        self._spawn("vsock-proxy", ["-m", "nitro_sim", "vsock-proxy", str(KMS_PROXY_PORT),
-                                    "127.0.0.1", str(self.kms_port), "--config", str(allowlist)])
         socket_path = self.sim_dir / "vsock" / f"3_{KMS_PROXY_PORT}.sock"
         wait_until(socket_path.exists, "vsock-proxy socket", self._processes["vsock-proxy"])
 
@@ -303,8 +354,12 @@ class LocalStack:
     # ------------------------------------------------------------ processes
     def _run(self, args: list[str], *, check: bool = True) -> str:
         completed = subprocess.run(
-            [sys.executable, *args], cwd=REPO_ROOT, env=self.env(), capture_output=True,
-            timeout=120, check=False,
+            [sys.executable, *args],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            capture_output=True,
+            timeout=120,
+            check=False,
         )
         if check and completed.returncode != 0:
             raise StackError(
@@ -316,8 +371,12 @@ class LocalStack:
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         self._processes[name] = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO_ROOT, env=self.env(), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, *args],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         log.close()
 
@@ -372,7 +431,9 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None) -> N
 
 
 def http_json(
-    method: str, url: str, body: Mapping[str, Any] | bytes | None = None,
+    method: str,
+    url: str,
+    body: Mapping[str, Any] | bytes | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """A small JSON HTTP client for the demo and tests (status, decoded body)."""

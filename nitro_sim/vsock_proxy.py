@@ -112,7 +112,8 @@ class VsockProxyServer:
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
-            self._slots.acquire()
+            if not self._slots.acquire(timeout=0.2):
+                continue  # all workers busy: the connection waits in the backlog
             try:
                 conn, _ = self._listener.accept()
             except OSError:
@@ -164,9 +165,6 @@ class VsockProxyServer:
         for sock in active:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        # Wake an accept loop blocked on a full semaphore.
-        with contextlib.suppress(ValueError):
-            self._slots.release()
         self._thread.join(timeout=5)
         if self._socket_path is not None:
             with contextlib.suppress(OSError):

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "kms_key_policy.json.j2"
 ZERO_PCR0 = "0" * 96
 ATTESTATION_KEYS = frozenset(
@@ -61,8 +63,6 @@ def render_key_policy(
     template_path: Path = TEMPLATE_PATH,
 ) -> dict[str, Any]:
     """Render the template (plain Jinja2, StrictUndefined) into a policy document."""
-    import jinja2  # controller-side only: the relay never renders policies
-
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_path.parent),
         undefined=jinja2.StrictUndefined,
@@ -82,10 +82,9 @@ def render_key_policy(
 
 def validate_key_policy(policy: object, *, allow_debug: bool = False) -> list[str]:
     """Return the allowed PCR0 values, or raise KeyPolicyError with every problem."""
-    problems: list[str] = []
-    allowed_pcr0s: list[str] = []
     if not isinstance(policy, dict):
         raise KeyPolicyError(["the policy is not a JSON object"])
+    problems: list[str] = []
     if policy.get("Version") != "2012-10-17":
         problems.append('Version must be "2012-10-17"')
     statements = policy.get("Statement")
@@ -93,46 +92,55 @@ def validate_key_policy(policy: object, *, allow_debug: bool = False) -> list[st
         statements = [statements]
     if not isinstance(statements, list) or not statements:
         raise KeyPolicyError([*problems, "Statement must be a non-empty list"])
+    allowed_pcr0s: set[str] = set()
     for index, statement in enumerate(statements):
-        label = f"statement {index}"
-        if not isinstance(statement, dict):
-            problems.append(f"{label} is not an object")
-            continue
-        label = f"statement {statement.get('Sid', index)!r}"
-        if statement.get("Effect") != "Allow":
-            continue
-        if "NotAction" in statement or "NotPrincipal" in statement:
-            problems.append(f"{label}: NotAction/NotPrincipal in an Allow is too broad to audit")
-            continue
-        granted = [a for a in DATA_KEY_ACTIONS if _grants(statement.get("Action"), a)]
-        if not granted:
-            continue
-        if _principal_is_open(statement.get("Principal")):
-            problems.append(f"{label}: data-key actions {granted} granted to every principal")
-        pcr0s = _attested_pcr0s(statement.get("Condition"))
-        if pcr0s is None:
-            problems.append(
-                f"{label}: allows {granted} without an attestation condition "
-                "(kms:RecipientAttestation:ImageSha384 under StringEquals[IgnoreCase])"
-            )
-            continue
-        if any(a not in ("kms:Decrypt", "kms:GenerateDataKey") for a in granted):
-            problems.append(f"{label}: only kms:Decrypt and kms:GenerateDataKey may be attested")
-        for pcr0 in pcr0s:
-            if not _PCR_RE.match(pcr0):
-                problems.append(f"{label}: {pcr0!r} is not a 96-hex-digit PCR0")
-            elif pcr0.lower() == ZERO_PCR0 and not allow_debug:
-                problems.append(
-                    f"{label}: allows the all-zero PCR0 of a debug-mode enclave, whose memory "
-                    "the parent can read; set debug explicitly allowed only for development"
-                )
-            else:
-                allowed_pcr0s.append(pcr0.lower())
+        allowed_pcr0s.update(_check_statement(statement, index, allow_debug, problems))
     if problems:
         raise KeyPolicyError(problems)
     if not allowed_pcr0s:
         raise KeyPolicyError(["no statement lets an attested enclave use the key"])
-    return sorted(set(allowed_pcr0s))
+    return sorted(allowed_pcr0s)
+
+
+def _check_statement(
+    statement: object, index: int, allow_debug: bool, problems: list[str]
+) -> list[str]:
+    """Append the statement's problems; return the PCR0s it validly allows."""
+    if not isinstance(statement, dict):
+        problems.append(f"statement {index} is not an object")
+        return []
+    label = f"statement {statement.get('Sid', index)!r}"
+    if statement.get("Effect") != "Allow":
+        return []
+    if "NotAction" in statement or "NotPrincipal" in statement:
+        problems.append(f"{label}: NotAction/NotPrincipal in an Allow is too broad to audit")
+        return []
+    granted = [a for a in DATA_KEY_ACTIONS if _grants(statement.get("Action"), a)]
+    if not granted:
+        return []
+    if _principal_is_open(statement.get("Principal")):
+        problems.append(f"{label}: data-key actions {granted} granted to every principal")
+    pcr0s = _attested_pcr0s(statement.get("Condition"))
+    if pcr0s is None:
+        problems.append(
+            f"{label}: allows {granted} without an attestation condition "
+            "(kms:RecipientAttestation:ImageSha384 under StringEquals[IgnoreCase])"
+        )
+        return []
+    if any(a not in ("kms:Decrypt", "kms:GenerateDataKey") for a in granted):
+        problems.append(f"{label}: only kms:Decrypt and kms:GenerateDataKey may be attested")
+    allowed: list[str] = []
+    for pcr0 in pcr0s:
+        if not _PCR_RE.match(pcr0):
+            problems.append(f"{label}: {pcr0!r} is not a 96-hex-digit PCR0")
+        elif pcr0.lower() == ZERO_PCR0 and not allow_debug:
+            problems.append(
+                f"{label}: allows the all-zero PCR0 of a debug-mode enclave, whose memory "
+                "the parent can read; set debug explicitly allowed only for development"
+            )
+        else:
+            allowed.append(pcr0.lower())
+    return allowed
 
 
 def _as_list(value: object) -> list[object]:

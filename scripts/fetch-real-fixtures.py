@@ -34,8 +34,19 @@ def fetch(source: dict[str, str]) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-             "--no-binary", ":all:", "--dest", tmp, source["requirement"]],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--dest",
+                tmp,
+                source["requirement"],
+            ],
             check=True,
         )
         archive = Path(tmp) / source["archive"]

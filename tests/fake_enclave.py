@@ -14,6 +14,7 @@ It tests the relay's own behaviour; the full-stack tests use the real enclave.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -145,10 +146,8 @@ class FakeEnclave:
                 answer = wire.ok_frame(request_id, self._dispatch(request))
             except EnclaveError as exc:
                 answer = wire.error_frame(request_id, exc)
-            try:
+            with contextlib.suppress(OSError):
                 wire.write_frame(conn, answer)
-            except OSError:
-                pass
 
     def _dispatch(self, request: wire.Request) -> dict[str, Any]:
         params = request.params
@@ -300,7 +299,9 @@ class FakeImds:
         self.state = ImdsState()
         self._server = _ImdsServer(("127.0.0.1", 0), _ImdsHandler)
         self._server.state = self.state
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def endpoint(self) -> str:

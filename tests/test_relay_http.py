@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.fake_enclave import (
     KEY_ID,
     FakeEnclave,
@@ -30,8 +33,6 @@ from tests.fake_enclave import (
     remove_tree,
     short_tempdir,
 )
-from openapi_spec_validator import validate
-from prometheus_client.parser import text_string_to_metric_families
 
 TX = {"type": "0x2", "chainId": 1, "nonce": 0, "to": "0x" + "11" * 20, "value": "0x1"}
 
@@ -107,7 +108,7 @@ def test_create_account_without_body_generates_a_uuid4(stack: Stack) -> None:
     assert set(created) == {"account_id", "address"}
     assert uuid.UUID(created["account_id"]).version == 4
     assert created["address"] == fake_address(created["account_id"])
-    generate = [r for r in stack.enclave.requests if r.op == "generate_account"][0]
+    generate = next(r for r in stack.enclave.requests if r.op == "generate_account")
     assert generate.params["key_id"] == KEY_ID
     assert generate.params["credentials"] == {
         "access_key_id": stack.imds.state.access_key_id,
@@ -243,7 +244,7 @@ def test_sign_transaction_passes_the_record_and_returns_the_signature(stack: Sta
     answer = stack.call("POST", f"/v1/accounts/{account_id}/sign/transaction", {"transaction": TX})
     assert answer.status == 200
     assert answer.json() == fake_signature(fake_address(account_id), TX)
-    request = [r for r in stack.enclave.requests if r.op == "sign_transaction"][0]
+    request = next(r for r in stack.enclave.requests if r.op == "sign_transaction")
     assert request.params["account"] == {
         "account_id": account_id,
         "address": fake_address(account_id),
@@ -271,7 +272,7 @@ def test_sign_transaction_passes_the_record_and_returns_the_signature(stack: Sta
         (b'{"transaction": {}, "account": {}}', "invalid_request"),
         (b"{}", "invalid_request"),
         (
-            b'{"transaction": {"x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1.0]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}}',
+            b'{"transaction": {"x": ' + b"[" * 30 + b"1.0" + b"]" * 30 + b"}}",
             "invalid_json",
         ),
     ],
@@ -338,11 +339,8 @@ def test_enclave_errors_map_to_http_and_keep_code_and_message(
     assert answer.status == status
     assert answer.json() == {"error": {"code": code, "message": f"injected {code}"}}
     metrics = stack.call("GET", "/metrics").body.decode()
-    assert f'nitro_wallet_relay_enclave_errors_total{{code="{code}",op="sign_transaction"}} 1' in (
-        metrics.replace(
-            f'op="sign_transaction",code="{code}"', f'code="{code}",op="sign_transaction"'
-        )
-    )
+    line = f'nitro_wallet_relay_enclave_errors_total{{op="sign_transaction",code="{code}"}} 1'
+    assert line in metrics.splitlines()
 
 
 def test_swapped_ciphertext_is_refused_by_the_enclave(stack: Stack, tmp_path: Path) -> None:
@@ -478,9 +476,9 @@ def test_unexpected_exception_gives_500_and_the_server_stays_up(
 
 def test_body_too_large_is_refused_before_reading(stack: Stack) -> None:
     head = (
-        "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        "Content-Length: 1000000000\r\n\r\n"
-    ).encode()
+        b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000000\r\n\r\n"
+    )
     started = time.monotonic()
     reply = _raw_exchange(stack.port, head)  # no body is ever sent
     assert time.monotonic() - started < 3

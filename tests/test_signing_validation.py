@@ -115,6 +115,12 @@ BAD_FIELDS = [
                                "r": 1, "s": 2**255}], "s must be at most"),
     (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 2**64, "yParity": 0,
                                "r": 1, "s": 1}], "nonce must be at most"),
+    (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 0, "yParity": 0,
+                               "r": "0x" + "00" * 32, "s": 1}], "r must be at least 1"),
+    (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 0, "yParity": 0,
+                               "r": 1, "s": "0x" + "ff" * 32}], "s must be at most"),
+    (0, "to", "", "to must be a 0x-prefixed 20-byte"),
+    (0, "to", "0x", "to must be a 0x-prefixed 20-byte"),
     (2, "type", 5, "type must be at most 0x4"),
     (2, "type", "0x02", "leading zeros"),
 ]  # fmt: skip

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import rlp
 from eth_account import Account
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from enclave_app import wire
 from nitro_sim.stack import LocalStack, http_json
@@ -70,7 +70,8 @@ def test_get_account_returns_the_address_and_no_ciphertext(stack: LocalStack) ->
     status, body = http_json("GET", f"{stack.relay_url}/v1/accounts/{account['account_id']}")
     assert status == 200
     assert body["address"] == account["address"]
-    assert "encrypted_private_key" not in body and "encrypted_data_key" not in body
+    assert "encrypted_private_key" not in body
+    assert "encrypted_data_key" not in body
 
 
 def test_a_warm_signature_makes_no_kms_call(stack: LocalStack) -> None:
@@ -119,7 +120,8 @@ def test_malformed_requests_get_4xx_and_the_relay_stays_up(
         "POST", f"{stack.relay_url}/v1/accounts/{account['account_id']}/sign/transaction", body
     )
     assert status == expected_status, answer
-    assert answer["error"]["code"] and answer["error"]["message"]
+    assert answer["error"]["code"]
+    assert answer["error"]["message"]
     assert http_json("GET", f"{stack.relay_url}/healthz")[0] == 200
 
 

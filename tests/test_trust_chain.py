@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -36,11 +37,18 @@ def test_parent_credentials_cannot_decrypt_a_stored_data_key(stack: LocalStack, 
     account = create_account(stack)
     record = stored_record(stack, account["account_id"])
     kms = stack.kms_client(who)
-    for context in (envelope.encryption_context(account["account_id"]), None):
-        kwargs = {"EncryptionContext": context} if context else {}
-        with pytest.raises(ClientError) as denied:
-            kms.decrypt(CiphertextBlob=record["encrypted_data_key"], **kwargs)
-        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(ClientError) as denied:
+        kms.decrypt(
+            CiphertextBlob=record["encrypted_data_key"],
+            EncryptionContext=envelope.encryption_context(account["account_id"]),
+        )
+    assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    with pytest.raises(ClientError) as denied:
+        kms.decrypt(CiphertextBlob=record["encrypted_data_key"])
+    assert denied.value.response["Error"]["Code"] in {
+        "AccessDeniedException",
+        "InvalidCiphertextException",
+    }
     with pytest.raises(ClientError) as denied:
         kms.generate_data_key(KeyId=stack.key_arn, KeySpec="AES_256")
     assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
@@ -68,7 +76,8 @@ def test_a_modified_enclave_image_cannot_sign_for_an_existing_account(
     assert "attest" in answer["error"]["message"]
     assert modified.pcr0 in answer["error"]["message"]
     status, answer = stack_create(stack)
-    assert status == 403 and answer["error"]["code"] == "kms_attestation_denied"
+    assert status == 403
+    assert answer["error"]["code"] == "kms_attestation_denied"
 
 
 def test_a_debug_mode_enclave_is_refused(measured_enclave: LocalStack) -> None:
@@ -106,7 +115,8 @@ def test_a_ciphertext_moved_into_another_accounts_record_is_refused(stack: Local
         stolen["encrypted_data_key"],
     )
     status, answer = sign(stack, attacker_target["account_id"], eip1559())
-    assert status >= 400 and answer["error"]["code"] == "ciphertext_invalid", answer
+    assert status == 500, answer
+    assert answer["error"]["code"] == "ciphertext_invalid"
 
     # Only the key ciphertext moved: AES-GCM's AAD binds account and address.
     overwrite_ciphertexts(
@@ -116,13 +126,14 @@ def test_a_ciphertext_moved_into_another_accounts_record_is_refused(stack: Local
         target["encrypted_data_key"],
     )
     status, answer = sign(stack, attacker_target["account_id"], eip1559())
-    assert status >= 400 and answer["error"]["code"] == "ciphertext_invalid", answer
+    assert status == 500, answer
+    assert answer["error"]["code"] == "ciphertext_invalid"
 
     # The untouched victim still signs.
     assert sign(stack, victim["account_id"], eip1559())[0] == 200
 
 
-def stack_create(stack: LocalStack) -> tuple[int, dict[str, object]]:
+def stack_create(stack: LocalStack) -> tuple[int, dict[str, Any]]:
     from nitro_sim.stack import http_json
 
     return http_json("POST", f"{stack.relay_url}/v1/accounts", {})

@@ -10,9 +10,11 @@ maxFeePerGas/maxPriorityFeePerGas -> 2, gasPrice with accessList -> 1,
 gasPrice -> 0), ``chainId``, ``nonce``, ``to``, ``value``, ``gas`` (alias
 ``gasLimit``), ``gasPrice``, ``maxFeePerGas``, ``maxPriorityFeePerGas``, ``data``
 (alias ``input``), ``accessList``, ``maxFeePerBlobGas``, ``blobVersionedHashes``,
-``authorizationList`` and ``from`` (checked against the signer with
+``authorizationList`` (signed tuples ``{chainId, address, nonce, yParity, r, s}``;
+``r``/``s`` may also be zero-padded 32-byte hex) and ``from`` (checked against the signer with
 :func:`require_sender`). Anything else is refused.
 
+``to`` absent or null means contract creation (an empty string is refused).
 Bounds: nonce and gas are uint64; chainId is 1..2^64-1 (every real chain id fits
 in 64 bits, and EIP-155 ``v`` stays small); value and fees are uint256.
 ``value`` defaults to 0 and ``data`` to empty; ``nonce``, ``gas`` and the fee
@@ -299,15 +301,23 @@ def parse_authorization(name: str, value: object) -> Authorization:
     )
 
 
+def _signature_scalar(name: str, value: object, maximum: int) -> int:
+    """r or s: a quantity, or a 32-byte word (viem sends them zero-padded)."""
+    if isinstance(value, str) and len(value) == 66:
+        number = int.from_bytes(fields.word(name, value), "big")
+        return fields.quantity(name, number, minimum=1, maximum=maximum)
+    return fields.quantity(name, value, minimum=1, maximum=maximum)
+
+
 def _signed_authorization(name: str, value: object) -> SignedAuthorization:
     obj = fields.json_object(name, value, required=_AUTH_FIELDS)
     auth = parse_authorization(name, {k: obj[k] for k in _UNSIGNED_AUTH_FIELDS})
     return SignedAuthorization(
         authorization=auth,
         y_parity=fields.quantity(f"{name}.yParity", obj["yParity"], maximum=1),
-        r=fields.quantity(f"{name}.r", obj["r"], minimum=1, maximum=SECP256K1_N - 1),
+        r=_signature_scalar(f"{name}.r", obj["r"], SECP256K1_N - 1),
         # EIP-7702 requires low s; a high-s tuple would be invalid on chain.
-        s=fields.quantity(f"{name}.s", obj["s"], minimum=1, maximum=SECP256K1_HALF_N),
+        s=_signature_scalar(f"{name}.s", obj["s"], SECP256K1_HALF_N),
     )
 
 

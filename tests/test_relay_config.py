@@ -1,0 +1,121 @@
+"""relay.toml: strict parsing, clear errors, loopback-only unless told otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclave_app.transport import Transport
+from parent_app.config import ConfigError, RelayConfig
+
+EXAMPLE = """
+[relay]
+listen_host = "127.0.0.1"
+listen_port = 8080
+max_body_bytes = 65536
+log_level = "INFO"
+
+[enclave]
+transport = "vsock"
+cid = 16
+port = 5000
+timeout_seconds = 15
+max_frame_bytes = 262144
+
+[kms]
+key_id = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+region = "us-east-1"
+
+[storage]
+backend = "sqlite"
+sqlite_path = "/var/lib/nitro-wallet/accounts.db"
+
+[credentials]
+source = "imds"
+imds_endpoint = "http://169.254.169.254"
+imds_timeout_seconds = 2
+"""
+
+
+def minimal(**sections: dict[str, Any]) -> dict[str, Any]:
+    document: dict[str, Any] = {"kms": {"key_id": "alias/nitro-wallet"}}
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    return document
+
+
+def test_example_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(EXAMPLE)
+    config = RelayConfig.load(path)
+    assert config.relay.listen_port == 8080
+    assert config.enclave.transport == Transport.vsock()
+    assert (config.enclave.cid, config.enclave.port) == (16, 5000)
+    assert config.enclave.timeout_seconds == 15.0
+    assert config.kms.region == "us-east-1"
+    assert config.storage.sqlite_path == Path("/var/lib/nitro-wallet/accounts.db")
+    assert config.credentials.imds_timeout_seconds == 2.0
+    assert config.relay.allow_non_loopback is False
+
+
+def test_defaults_and_simulator_transport() -> None:
+    config = RelayConfig.from_mapping(
+        minimal(enclave={"transport": "unix:/var/lib/nitro-sim/vsock"})
+    )
+    assert config.enclave.transport.unix_dir == Path("/var/lib/nitro-sim/vsock")
+    assert config.relay.listen_host == "127.0.0.1"
+    assert config.relay.max_body_bytes == 65536
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({}, r"\[kms\] is required"),
+        ({"kms": {}}, "kms.key_id is required"),
+        (minimal(extra={"a": 1}), "unknown section"),
+        (minimal(relay={"listen_prot": 1}), r"unknown key\(s\) in \[relay\]: \['listen_prot'\]"),
+        (minimal(relay={"listen_port": "8080"}), "listen_port must be an integer"),
+        (minimal(relay={"listen_port": True}), "listen_port must be an integer"),
+        (minimal(relay={"listen_port": 70000}), "listen_port must be an integer"),
+        (minimal(relay={"log_level": "TRACE"}), "log_level must be one of"),
+        (minimal(relay={"allow_non_loopback": "yes"}), "true or false"),
+        (minimal(relay={"listen_host": "0.0.0.0"}), "not a loopback address"),  # noqa: S104
+        (minimal(relay={"listen_host": "example.com"}), "not a loopback address"),
+        (minimal(enclave={"transport": "tcp:1"}), "enclave.transport"),
+        (minimal(enclave={"timeout_seconds": 0}), "timeout_seconds must be a number"),
+        (minimal(enclave={"max_frame_bytes": 10}), "max_frame_bytes"),
+        (minimal(kms={"key_id": "bad key id"}), "not a KMS key id"),
+        (minimal(kms={"region": "mars"}), "not an AWS region"),
+        (minimal(storage={"backend": "dynamodb"}), "backend must be one of"),
+        (minimal(credentials={"source": "env"}), "source must be one of"),
+        (minimal(credentials={"imds_endpoint": "file:///etc/passwd"}), "http"),
+        ({"kms": "x"}, "must be a table"),
+    ],
+)
+def test_invalid_configs_are_refused_clearly(document: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RelayConfig.from_mapping(document)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "::"])  # noqa: S104
+def test_non_loopback_needs_explicit_opt_in(host: str) -> None:
+    config = RelayConfig.from_mapping(
+        minimal(relay={"listen_host": host, "allow_non_loopback": True})
+    )
+    assert config.relay.listen_host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "::1", "localhost"])
+def test_loopback_hosts_are_accepted(host: str) -> None:
+    assert RelayConfig.from_mapping(minimal(relay={"listen_host": host})).relay.listen_host == host
+
+
+def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        RelayConfig.load(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[relay\nlisten_port = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        RelayConfig.load(broken)

@@ -1,0 +1,113 @@
+"""Framing between parent and enclave, over real socket pairs."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from enclave_app import wire
+from enclave_app.errors import EnclaveError, ErrorCode
+from enclave_app.transport import Transport
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    left, right = socket.socketpair()
+    left.settimeout(5)
+    right.settimeout(5)
+    return left, right
+
+
+def test_a_request_round_trips() -> None:
+    left, right = pair()
+    request = wire.Request("id-1", "sign_transaction", {"transaction": {"nonce": 1}})
+    wire.write_frame(left, wire.request_frame(request))
+    body = wire.read_frame(right)
+    assert body is not None
+    assert wire.parse_request(body) == request
+
+
+def test_the_cap_is_checked_before_the_body_is_read() -> None:
+    left, right = pair()
+    left.sendall(struct.pack(">I", 1025) + b"x" * 10)
+    with pytest.raises(EnclaveError) as error:
+        wire.read_frame(right, max_bytes=1024)
+    assert error.value.code is ErrorCode.FRAME_TOO_LARGE
+    # Only the header was consumed: the 10 body bytes are still in the socket.
+    assert right.recv(100) == b"x" * 10
+
+
+def test_clean_end_of_stream_and_truncated_frames() -> None:
+    left, right = pair()
+    left.close()
+    assert wire.read_frame(right) is None
+    left, right = pair()
+    left.sendall(struct.pack(">I", 100) + b"{}")
+    left.shutdown(socket.SHUT_WR)
+    with pytest.raises(EnclaveError, match="mid-frame"):
+        wire.read_frame(right)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"\xff\xfe", ErrorCode.BAD_FRAME),
+        (b"[1]", ErrorCode.BAD_FRAME),
+        (b'{"v": 2, "id": "a", "op": "health"}', ErrorCode.UNSUPPORTED_VERSION),
+        (b'{"v": 1, "id": "", "op": "health"}', ErrorCode.BAD_FRAME),
+        (b'{"v": 1, "id": "a", "op": 5}', ErrorCode.BAD_FRAME),
+        (b'{"v": 1, "id": "a", "op": "x", "params": []}', ErrorCode.BAD_FRAME),
+        (b'{"v": 1, "id": "a", "op": "x", "params": {"value": 1.5}}', ErrorCode.BAD_FRAME),
+        (b'{"v": 1, "id": "a", "op": "x", "params": {"value": NaN}}', ErrorCode.BAD_FRAME),
+        (
+            b'{"v": 1, "id": "a", "op": "x", "params": {"value": 1' + b"0" * 5000 + b"}}",
+            ErrorCode.BAD_FRAME,
+        ),
+        (b"[" * 100_000, ErrorCode.BAD_FRAME),
+    ],
+)
+def test_hostile_frames_get_typed_errors(body: bytes, code: ErrorCode) -> None:
+    with pytest.raises(EnclaveError) as error:
+        wire.parse_request(body)
+    assert error.value.code is code
+
+
+def test_error_responses_carry_their_code() -> None:
+    frame = wire.error_frame("r", EnclaveError(ErrorCode.KMS_ATTESTATION_DENIED, "no"))
+    with pytest.raises(EnclaveError) as error:
+        wire.parse_response(frame, "r")
+    assert error.value.code is ErrorCode.KMS_ATTESTATION_DENIED
+    unknown = b'{"v": 1, "id": "r", "ok": false, "error": {"code": "??", "message": "m"}}'
+    with pytest.raises(EnclaveError) as error:
+        wire.parse_response(unknown, "r")
+    assert error.value.code is ErrorCode.INTERNAL
+
+
+def test_a_response_for_another_request_is_refused() -> None:
+    with pytest.raises(EnclaveError, match="does not match"):
+        wire.parse_response(wire.ok_frame("other", {}), "mine")
+
+
+def test_simulated_vsock_maps_cid_and_port_to_a_socket_path(tmp_path: object) -> None:
+    from pathlib import Path
+
+    directory = Path(str(tmp_path))
+    transport = Transport.from_spec(f"unix:{directory}")
+    assert transport.spec == f"unix:{directory}"
+    listener = transport.listen(16, 5000)
+    try:
+        assert (directory / "16_5000.sock").exists()
+        client = transport.connect(16, 5000, timeout=5)
+        server, _ = listener.accept()
+        client.sendall(b"ping")
+        assert server.recv(4) == b"ping"
+        client.close()
+        server.close()
+        with pytest.raises(FileNotFoundError):
+            transport.connect(16, 5001, timeout=1)
+    finally:
+        listener.close()
+    for bad in ("", "unix:", "tcp:1", "vsock:3"):
+        with pytest.raises(ValueError, match="transport"):
+            Transport.from_spec(bad)
