@@ -38,6 +38,11 @@ access_log = logging.getLogger("parent_app.access")
 log = logging.getLogger(__name__)
 
 KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# After answering without reading an announced body, discard at most this much of it
+# (for at most this long) before closing, so the client reads the answer instead of a
+# reset ("lingering close"). Nothing discarded is parsed or kept.
+LINGER_MAX_BYTES = 4 << 20
+LINGER_SECONDS = 2.0
 _REQUEST_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 _UNSAFE_LOG_CHARS = re.compile(r"[^\x21-\x7e]")
 _STATUS_CODES = {
@@ -121,6 +126,7 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.settings.request_timeout_seconds)
         self._request_id = uuid.uuid4().hex
         self._started = time.monotonic()
+        self._body_consumed = False
 
     # Every method goes through one dispatcher; the router answers 405 where needed.
     def do_GET(self) -> None:
@@ -143,6 +149,9 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
 
     def do_OPTIONS(self) -> None:
         self._dispatch()
+
+    def version_string(self) -> str:
+        return self.server_version
 
     def handle_expect_100(self) -> bool:
         return True  # answered in _read_body, once the length and media type are checked
@@ -181,6 +190,28 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
             )
             response = error_response(internal_error())
         self._send(response, route)
+        if not self._body_consumed and self._announces_body():
+            self._linger()
+
+    def _announces_body(self) -> bool:
+        if self.headers.get("Transfer-Encoding") is not None:
+            return True
+        length = (self.headers.get("Content-Length") or "").strip()
+        return length not in ("", "0")
+
+    def _linger(self) -> None:
+        deadline = time.monotonic() + LINGER_SECONDS
+        budget = LINGER_MAX_BYTES
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.25)
+            while budget > 0 and time.monotonic() < deadline:
+                chunk = self.connection.recv(min(65536, budget))
+                if not chunk:
+                    break
+                budget -= len(chunk)
+        except OSError:
+            pass
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding") is not None:
@@ -207,6 +238,7 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
             self.send_response_only(100)
             self.end_headers()
         data = self.rfile.read(length)
+        self._body_consumed = True
         if len(data) != length:
             raise invalid_request("body is shorter than its Content-Length")
         return data

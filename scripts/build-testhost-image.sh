@@ -16,9 +16,16 @@ INCLUDE=systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,ca-certificates,
 force=0
 [[ ${1:-} == "--force" ]] && force=1
 
+# Extra CA certificates this machine trusts (e.g. a TLS-inspecting egress proxy in front of
+# PyPI): the test hosts must trust them too, or pip cannot reach the package index.
+EXTRA_CA_DIR=${EXTRA_CA_DIR:-/usr/local/share/ca-certificates}
+
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-recipe_hash=$( { printf '%s\n' "$SUITE" "$INCLUDE"; sed -n '/^# recipe:begin/,/^# recipe:end/p' "${here}/$(basename "${BASH_SOURCE[0]}")"; } \
-    | sha256sum | cut -c1-16)
+recipe_hash=$( {
+    printf '%s\n' "$SUITE" "$INCLUDE"
+    sed -n '/^# recipe:begin/,/^# recipe:end/p' "${here}/$(basename "${BASH_SOURCE[0]}")"
+    find "${EXTRA_CA_DIR}" -name '*.crt' -type f -print0 2>/dev/null | sort -z | xargs -0r cat
+} | sha256sum | cut -c1-16)
 hash_tag="recipe-${recipe_hash}"
 
 if [[ $force -eq 0 ]] && podman image exists "${IMAGE_REPO}:${hash_tag}"; then
@@ -38,6 +45,12 @@ debootstrap --variant=minbase --include="${INCLUDE}" "${SUITE}" "${rootfs}" "${M
 rm -f "${rootfs}"/etc/systemd/system/getty.target.wants/* \
       "${rootfs}"/etc/systemd/system/multi-user.target.wants/systemd-networkd.service
 echo "nitro-testhost" >"${rootfs}/etc/hostname"
+if compgen -G "${EXTRA_CA_DIR}/*.crt" >/dev/null; then
+    cp "${EXTRA_CA_DIR}"/*.crt "${rootfs}/usr/local/share/ca-certificates/"
+    chroot "${rootfs}" update-ca-certificates >/dev/null
+fi
+# Debian's pip (ensurepip) uses its own CA bundle unless told to use the system one.
+printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"${rootfs}/etc/pip.conf"
 rm -rf "${rootfs}"/var/cache/apt/archives/*.deb "${rootfs}"/var/lib/apt/lists/*
 # recipe:end
 

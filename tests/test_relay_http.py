@@ -499,6 +499,26 @@ def test_body_just_over_the_cap_is_413(stack: Stack) -> None:
     assert answer.error_code == "body_too_large"
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "size", "content_type", "status"),
+    [
+        ("POST", "/v1/accounts", 2_000_000, "application/json", 413),
+        ("POST", "/v1/accounts", 40_000, "text/plain", 415),
+        ("POST", "/v1/nowhere", 40_000, "application/json", 404),
+        ("PUT", "/v1/accounts", 40_000, "application/json", 405),
+    ],
+)
+def test_refusals_reach_clients_that_send_the_whole_body_first(
+    stack: Stack, method: str, path: str, size: int, content_type: str, status: int
+) -> None:
+    # http.client writes the whole body before reading: the relay must not reset it.
+    for _ in range(3):
+        answer = stack.call(method, path, raw=b"x" * size, headers={"Content-Type": content_type})
+        assert answer.status == status
+        assert answer.json()["error"]["code"]
+    assert stack.enclave.ops() == []
+
+
 def test_chunked_body_is_411(stack: Stack) -> None:
     request = (
         b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -11,7 +11,7 @@ enclave's decoder is exercised against what it meets on AWS:
         version 2,
         recipientInfos SET { KeyTransRecipientInfo {
             version 2,
-            rid [0] IMPLICIT SubjectKeyIdentifier (SHA-1 of the public key bits),
+            rid [0] IMPLICIT SubjectKeyIdentifier (SHA-256 of the recipient SPKI, as KMS),
             keyEncryptionAlgorithm RSAES-OAEP {SHA-256, MGF1(SHA-256)},
             encryptedKey OCTET STRING } },
         encryptedContentInfo SEQUENCE (indefinite) {
@@ -22,9 +22,9 @@ enclave's decoder is exercised against what it meets on AWS:
 
 from __future__ import annotations
 
+import hashlib
 import os
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.padding import MGF1, OAEP
@@ -111,8 +111,15 @@ def algorithm(dotted: str, parameters: bytes | None = None) -> bytes:
 
 
 def subject_key_identifier(public_key: rsa.RSAPublicKey) -> bytes:
-    """RFC 5280 method 1: SHA-1 of the subjectPublicKey BIT STRING contents."""
-    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest
+    """What real KMS puts in rid [0]: SHA-256 of the whole SubjectPublicKeyInfo DER.
+
+    Not RFC 5280's SHA-1 of the key bits: checked on real CiphertextForRecipient
+    samples, whose 32-byte identifier equals SHA-256(SPKI) of the recipient key.
+    """
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).digest()
 
 
 def load_recipient_key(spki_der: bytes) -> rsa.RSAPublicKey:
