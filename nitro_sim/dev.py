@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from nitro_sim.stack import LocalStack, StackError
 
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     print("starting the simulated appliance ...", flush=True)
     try:
         stack.start()
-    except StackError as exc:
+    except (StackError, BotoCoreError, ClientError, OSError) as exc:
         print(f"dev stack failed: {exc}\nlogs: {stack.log_dir}", file=sys.stderr)
         return 1
     if stack.measurements is None:  # start() always measures; keeps mypy honest

@@ -42,7 +42,12 @@ def build_relay(
             config.enclave.max_frame_bytes,
         )
         service = WalletService(storage, enclave, source, config.kms.key_id, RelayMetrics())
-        return RelayHTTPServer(RelayApi(service), config.relay)
+        api = RelayApi(
+            service,
+            chain_id=config.relay.chain_id,
+            max_batch_requests=config.relay.max_batch_requests,
+        )
+        return RelayHTTPServer(api, config.relay)
     except BaseException:
         storage.close()
         raise

@@ -5,7 +5,9 @@ default), every value is type- and range-checked, and binding a non-loopback
 address needs ``allow_non_loopback = true``: the relay is loopback-only by default.
 
     [relay]       listen_host, listen_port, max_body_bytes, log_level,
-                  allow_non_loopback, max_concurrent_requests, request_timeout_seconds
+                  allow_non_loopback, max_concurrent_requests, request_timeout_seconds,
+                  chain_id (optional: enables eth_chainId / net_version),
+                  max_batch_requests (JSON-RPC batch size cap)
     [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes
     [kms]         key_id (required), region
     [storage]     backend ("sqlite"), sqlite_path
@@ -30,6 +32,7 @@ T = TypeVar("T")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_CONFIG_BYTES = 64 * 1024
 _REGION_RE = re.compile(r"\A[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
+MAX_CHAIN_ID = 2**64 - 1
 _KEY_ID_RE = re.compile(r"\A[A-Za-z0-9:/_+=,.@-]{1,2048}\Z")
 
 
@@ -46,6 +49,8 @@ class RelaySettings:
     allow_non_loopback: bool = False
     max_concurrent_requests: int = 64
     request_timeout_seconds: float = 10.0
+    chain_id: int | None = None
+    max_batch_requests: int = 20
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,15 @@ class _Section:
         )
         return float(value)
 
+    def optional_integer(self, key: str, low: int, high: int) -> int | None:
+        if key not in self._values:
+            return None
+        value = self._values.pop(key)
+        if not _is_int_in(value, low, high):
+            raise ConfigError(f"{self.name}.{key} must be an integer in [{low}, {high}]")
+        result: int = value
+        return result
+
     def boolean(self, key: str, default: bool) -> bool:
         value: bool = self._take(key, default, "true or false", lambda v: isinstance(v, bool))
         return value
@@ -203,6 +217,10 @@ def _relay(section: _Section) -> RelaySettings:
         ),
         request_timeout_seconds=section.number(
             "request_timeout_seconds", defaults.request_timeout_seconds, 0, 300
+        ),
+        chain_id=section.optional_integer("chain_id", 1, MAX_CHAIN_ID),
+        max_batch_requests=section.integer(
+            "max_batch_requests", defaults.max_batch_requests, 1, 1000
         ),
     )
     section.done()

@@ -124,3 +124,44 @@ ENCLAVE_STATUS: Mapping[ErrorCode, int] = {
 def from_enclave(error: EnclaveError) -> RelayError:
     """The HTTP form of an error the enclave reported: its code and message are kept."""
     return RelayError(ENCLAVE_STATUS.get(error.code, 500), str(error.code), error.message)
+
+
+# -- JSON-RPC -----------------------------------------------------------------------
+# JSON-RPC 2.0 reserves -32700..-32600; servers use -32000..-32099. The server codes
+# follow EIP-1474; the stable string code travels in the error's ``data.code``.
+
+
+class JsonRpcCode:
+    PARSE_ERROR = -32700
+    INVALID_REQUEST = -32600
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+    INVALID_INPUT = -32000
+    RESOURCE_NOT_FOUND = -32001
+    RESOURCE_UNAVAILABLE = -32002
+    TRANSACTION_REJECTED = -32003
+    LIMIT_EXCEEDED = -32005
+    SERVER_ERROR = -32010
+
+
+JSONRPC_SERVER_CODES: Mapping[str, int] = {
+    ErrorCode.INVALID_PARAMS: JsonRpcCode.INVALID_INPUT,
+    ErrorCode.BAD_FRAME: JsonRpcCode.INVALID_INPUT,
+    RelayCode.INVALID_REQUEST: JsonRpcCode.INVALID_INPUT,
+    RelayCode.ACCOUNT_NOT_FOUND: JsonRpcCode.RESOURCE_NOT_FOUND,
+    ErrorCode.SIGNING_POLICY_VIOLATION: JsonRpcCode.TRANSACTION_REJECTED,
+    ErrorCode.KMS_ATTESTATION_DENIED: JsonRpcCode.TRANSACTION_REJECTED,
+    ErrorCode.KMS_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    ErrorCode.NSM_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.ENCLAVE_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.CREDENTIALS_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.SERVER_BUSY: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    ErrorCode.FRAME_TOO_LARGE: JsonRpcCode.LIMIT_EXCEEDED,
+    RelayCode.INTERNAL_ERROR: JsonRpcCode.INTERNAL_ERROR,
+}
+
+
+def jsonrpc_code(code: str) -> int:
+    """The JSON-RPC error number for a stable relay or enclave code (-32010 otherwise)."""
+    return JSONRPC_SERVER_CODES.get(code, JsonRpcCode.SERVER_ERROR)

@@ -168,13 +168,16 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
             route = match.template
             query = _parse_query(url.query, match.endpoint.query)
             body = None
+            raw = b""
             if match.endpoint.body is not Body.NONE:
                 raw = self._read_body()
-                if raw:
+                if match.endpoint.body is Body.RAW:
+                    pass  # the handler parses it (JSON-RPC)
+                elif raw:
                     body = parse_json_object(raw)
                 elif match.endpoint.body is Body.REQUIRED:
                     raise invalid_request("a JSON body is required")
-            response = match.endpoint.handler(Call(match.params, query, body))
+            response = match.endpoint.handler(Call(match.params, query, body, raw))
         except MethodNotAllowedError as exc:
             route = exc.template
             response = error_response(exc)

@@ -131,6 +131,17 @@ class RelayMetrics:
             "Failed calls to the enclave, by op and error code.",
             ("op", "code"),
         )
+        self.jsonrpc_requests = Counter(
+            "nitro_wallet_relay_jsonrpc_requests_total",
+            "JSON-RPC requests, by method (unknown/invalid for others) and outcome "
+            "(ok or the JSON-RPC error code).",
+            ("method", "outcome"),
+        )
+        self.jsonrpc_batches = Counter(
+            "nitro_wallet_relay_jsonrpc_batches_total",
+            "JSON-RPC batch requests accepted.",
+            (),
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.inc(route, method, str(status))
@@ -138,6 +149,13 @@ class RelayMetrics:
 
     def expose(self) -> str:
         lines: list[str] = []
-        for metric in (self.requests, self.latency, self.enclave_calls, self.enclave_errors):
+        for metric in (
+            self.requests,
+            self.latency,
+            self.enclave_calls,
+            self.enclave_errors,
+            self.jsonrpc_requests,
+            self.jsonrpc_batches,
+        ):
             lines.extend(metric.expose())
         return "\n".join(lines) + "\n"

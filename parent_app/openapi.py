@@ -15,6 +15,10 @@ _UUID = {
 }
 _ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "description": "EIP-55 checksummed"}
 _HEX = {"type": "string", "pattern": "^0x[0-9a-fA-F]*$"}
+_QUANTITY = {
+    "oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^0x[0-9a-fA-F]+$"}],
+    "description": "integer or 0x-hex; never a float or a decimal string",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -35,6 +39,31 @@ _ACCOUNT_ID_PARAM = {
     "required": True,
     "schema": _UUID,
 }
+
+
+def _signing_path(
+    operation: str,
+    summary: str,
+    request: str,
+    result: str,
+    errors: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "post": {
+            "operationId": operation,
+            "summary": summary,
+            "parameters": [_ACCOUNT_ID_PARAM],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(request)}},
+            },
+            "responses": {
+                "200": _json(_ref(result), "signed"),
+                "404": _error("NotFound"),
+                **errors,
+            },
+        }
+    }
 
 
 def build_openapi() -> dict[str, Any]:
@@ -99,6 +128,131 @@ def build_openapi() -> dict[str, Any]:
             "type": "object",
             "required": ["raw_transaction", "hash"],
             "properties": {"raw_transaction": _HEX, "hash": _HEX},
+        },
+        "SignMessageRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["message"],
+            "properties": {
+                "message": {
+                    "type": "string",
+                    "description": "EIP-191 (personal_sign) message: a 0x-prefixed string is "
+                    "hex bytes (even length); anything else is signed as its UTF-8 text.",
+                }
+            },
+        },
+        "SignTypedDataRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["typed_data"],
+            "properties": {
+                "typed_data": {
+                    "type": "object",
+                    "required": ["types", "primaryType", "domain", "message"],
+                    "description": "EIP-712 v4 typed data (as eth_signTypedData_v4).",
+                }
+            },
+        },
+        "Signature": {
+            "type": "object",
+            "required": ["signature", "digest"],
+            "properties": {
+                "signature": {
+                    "type": "string",
+                    "pattern": "^0x[0-9a-fA-F]{130}$",
+                    "description": "65 bytes r || s || v, v = 27 or 28",
+                },
+                "digest": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+            },
+        },
+        "SignAuthorizationRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["authorization"],
+            "properties": {
+                "authorization": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["chainId", "address", "nonce"],
+                    "properties": {
+                        "chainId": _QUANTITY,
+                        "address": _ADDRESS,
+                        "nonce": _QUANTITY,
+                    },
+                    "description": "EIP-7702 authorization (chainId 0 = any chain).",
+                }
+            },
+        },
+        "SignedAuthorization": {
+            "type": "object",
+            "required": ["authorization"],
+            "properties": {
+                "authorization": {
+                    "type": "object",
+                    "required": ["chainId", "address", "nonce", "yParity", "r", "s"],
+                    "properties": {
+                        "chainId": _HEX,
+                        "address": _ADDRESS,
+                        "nonce": _HEX,
+                        "yParity": _HEX,
+                        "r": _HEX,
+                        "s": _HEX,
+                    },
+                }
+            },
+        },
+        "Attestation": {
+            "type": "object",
+            "required": ["attestation_document"],
+            "properties": {
+                "attestation_document": {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "description": "COSE_Sign1 (ES384) Nitro attestation document",
+                }
+            },
+        },
+        "JsonRpcRequest": {
+            "type": "object",
+            "required": ["jsonrpc", "method"],
+            "properties": {
+                "jsonrpc": {"const": "2.0"},
+                "id": {"type": ["string", "integer", "null"]},
+                "method": {
+                    "type": "string",
+                    "examples": [
+                        "eth_accounts",
+                        "eth_signTransaction",
+                        "eth_sign",
+                        "personal_sign",
+                        "eth_signTypedData_v4",
+                        "eth_chainId",
+                        "net_version",
+                    ],
+                },
+                "params": {"type": "array"},
+            },
+        },
+        "JsonRpcResponse": {
+            "type": "object",
+            "required": ["jsonrpc", "id"],
+            "properties": {
+                "jsonrpc": {"const": "2.0"},
+                "id": {"type": ["string", "integer", "null"]},
+                "result": {},
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "integer"},
+                        "message": {"type": "string"},
+                        "data": {
+                            "type": "object",
+                            "properties": {"code": {"type": "string", "enum": error_codes}},
+                        },
+                    },
+                },
+            },
         },
         "Status": {
             "type": "object",
@@ -200,6 +354,87 @@ def build_openapi() -> dict[str, Any]:
                     "404": _error("NotFound"),
                     **body_errors,
                     **enclave_errors,
+                    **common,
+                },
+            }
+        },
+        "/v1/accounts/{account_id}/sign/message": _signing_path(
+            "signMessage",
+            "Sign an EIP-191 personal message (as personal_sign / eth_sign)",
+            "SignMessageRequest",
+            "Signature",
+            body_errors | enclave_errors | common,
+        ),
+        "/v1/accounts/{account_id}/sign/typed-data": _signing_path(
+            "signTypedData",
+            "Sign EIP-712 v4 typed data (as eth_signTypedData_v4)",
+            "SignTypedDataRequest",
+            "Signature",
+            body_errors | enclave_errors | common,
+        ),
+        "/v1/accounts/{account_id}/sign/authorization": _signing_path(
+            "signAuthorization",
+            "Sign an EIP-7702 authorization tuple",
+            "SignAuthorizationRequest",
+            "SignedAuthorization",
+            body_errors | enclave_errors | common,
+        ),
+        "/v1/attestation": {
+            "get": {
+                "operationId": "attestation",
+                "summary": "A fresh attestation document from the enclave's NSM",
+                "parameters": [
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": text,
+                        "schema": {"type": "string", "pattern": "^(0x)?([0-9a-fA-F]{2}){1,512}$"},
+                    }
+                    for name, text in (
+                        ("nonce", "hex, at most 512 bytes; recommended (freshness)"),
+                        ("user_data", "hex, at most 512 bytes"),
+                    )
+                ],
+                "responses": {
+                    "200": _json(_ref("Attestation"), "the attestation document"),
+                    "400": _error("BadRequest"),
+                    **enclave_errors,
+                    **common,
+                },
+            }
+        },
+        "/": {
+            "post": {
+                "operationId": "jsonRpc",
+                "summary": "Ethereum JSON-RPC 2.0 (single request or batch); see docs/api.md",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    _ref("JsonRpcRequest"),
+                                    {"type": "array", "items": _ref("JsonRpcRequest")},
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {
+                            "oneOf": [
+                                _ref("JsonRpcResponse"),
+                                {"type": "array", "items": _ref("JsonRpcResponse")},
+                            ]
+                        },
+                        "JSON-RPC answer(s), errors included",
+                    ),
+                    "204": {"description": "only notifications were sent: nothing to answer"},
+                    "411": _error("LengthRequired"),
+                    "413": _error("TooLarge"),
+                    "415": _error("UnsupportedMediaType"),
                     **common,
                 },
             }

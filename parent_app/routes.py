@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from parent_app.errors import RelayCode, RelayError, invalid_request
+from parent_app.jsonrpc import JsonRpcApi
 from parent_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from parent_app.openapi import build_openapi
 from parent_app.service import WalletService
@@ -23,6 +24,7 @@ from parent_app.storage import InvalidCursorError
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
+MAX_ATTESTATION_INPUT_BYTES = 512  # the enclave's (and the NSM's) limit for nonce, user_data
 _UUID_RE = re.compile(
     r"\A[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
 )
@@ -32,6 +34,7 @@ class Body(Enum):
     NONE = "none"
     OPTIONAL = "optional"
     REQUIRED = "required"
+    RAW = "raw"  # the handler parses the bytes itself (JSON-RPC: objects or batches)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class Call:
     params: dict[str, str]
     query: dict[str, str]
     body: dict[str, Any] | None
+    raw: bytes = b""
 
 
 Handler = Callable[[Call], Response]
@@ -192,13 +196,51 @@ def _parse_limit(text: str | None) -> int:
     return limit
 
 
+def parse_hex_query(text: str | None, name: str) -> bytes | None:
+    """A query value as hex bytes (optional 0x), at most MAX_ATTESTATION_INPUT_BYTES."""
+    if text is None:
+        return None
+    digits = text[2:] if text[:2] in ("0x", "0X") else text
+    if not digits:
+        raise invalid_request(f"{name} must not be empty: omit it or send hex bytes")
+    if not digits.isascii() or len(digits) % 2:
+        raise invalid_request(f"{name} must be hex bytes (an even number of hex digits)")
+    try:
+        value = bytes.fromhex(digits)
+    except ValueError:
+        raise invalid_request(f"{name} must be hex bytes (an even number of hex digits)") from None
+    if len(value) > MAX_ATTESTATION_INPUT_BYTES:
+        raise invalid_request(f"{name} must be at most {MAX_ATTESTATION_INPUT_BYTES} bytes")
+    return value
+
+
+def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
+    _only_fields(body, {name})
+    value = body.get(name)
+    if not isinstance(value, dict):
+        raise invalid_request(f"{name} must be a JSON object")
+    return value
+
+
 # -- the API ----------------------------------------------------------------------
 
 
 class RelayApi:
-    def __init__(self, service: WalletService) -> None:
+    def __init__(
+        self,
+        service: WalletService,
+        *,
+        chain_id: int | None = None,
+        max_batch_requests: int = 20,
+    ) -> None:
         self.service = service
         self.metrics = service.metrics
+        self.rpc = JsonRpcApi(
+            service,
+            chain_id=chain_id,
+            max_batch_requests=max_batch_requests,
+            metrics=service.metrics,
+        )
         self._openapi = json.dumps(build_openapi(), separators=(",", ":")).encode()
         self.router = Router()
         add = self.router.add
@@ -212,6 +254,23 @@ class RelayApi:
             "/v1/accounts/{account_id}/sign/transaction",
             Endpoint("POST", self.sign_transaction, Body.REQUIRED),
         )
+        add(
+            "/v1/accounts/{account_id}/sign/message",
+            Endpoint("POST", self.sign_message, Body.REQUIRED),
+        )
+        add(
+            "/v1/accounts/{account_id}/sign/typed-data",
+            Endpoint("POST", self.sign_typed_data, Body.REQUIRED),
+        )
+        add(
+            "/v1/accounts/{account_id}/sign/authorization",
+            Endpoint("POST", self.sign_authorization, Body.REQUIRED),
+        )
+        add(
+            "/v1/attestation",
+            Endpoint("GET", self.attestation, query=frozenset({"nonce", "user_data"})),
+        )
+        add("/", Endpoint("POST", self.jsonrpc, Body.RAW))
         add("/healthz", Endpoint("GET", self.healthz))
         add("/readyz", Endpoint("GET", self.readyz))
         add("/metrics", Endpoint("GET", self.metrics_text))
@@ -244,6 +303,37 @@ class RelayApi:
         if not isinstance(transaction, dict):
             raise invalid_request("transaction must be a JSON object")
         return json_response(200, self.service.sign_transaction(account_id, transaction))
+
+    def sign_message(self, call: Call) -> Response:
+        account_id = parse_uuid(call.params["account_id"], "account_id")
+        body = call.body or {}
+        _only_fields(body, {"message"})
+        message = body.get("message")
+        if not isinstance(message, str):
+            raise invalid_request("message must be a string: 0x-hex bytes or UTF-8 text")
+        return json_response(200, self.service.sign_message(account_id, message))
+
+    def sign_typed_data(self, call: Call) -> Response:
+        account_id = parse_uuid(call.params["account_id"], "account_id")
+        typed_data = _object_field(call.body or {}, "typed_data")
+        return json_response(200, self.service.sign_typed_data(account_id, typed_data))
+
+    def sign_authorization(self, call: Call) -> Response:
+        account_id = parse_uuid(call.params["account_id"], "account_id")
+        authorization = _object_field(call.body or {}, "authorization")
+        return json_response(200, self.service.sign_authorization(account_id, authorization))
+
+    def attestation(self, call: Call) -> Response:
+        nonce = parse_hex_query(call.query.get("nonce"), "nonce")
+        user_data = parse_hex_query(call.query.get("user_data"), "user_data")
+        return json_response(200, self.service.attest(nonce, user_data))
+
+    def jsonrpc(self, call: Call) -> Response:
+        """Ethereum JSON-RPC: HTTP 200 for every answer, 204 when nothing is answered."""
+        answer = self.rpc.handle(call.raw)
+        if answer is None:
+            return Response(204, b"")
+        return Response(200, answer)
 
     def healthz(self, call: Call) -> Response:
         return json_response(200, {"status": "ok"})

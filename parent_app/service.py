@@ -22,6 +22,7 @@ from parent_app.errors import (
     AccountExists,
     AccountNotFound,
     EnclaveBadResponse,
+    RelayCode,
     RelayError,
     from_enclave,
 )
@@ -38,6 +39,13 @@ from parent_app.storage import (
 
 _HEX_RE = re.compile(r"\A0x(?:[0-9a-fA-F]{2})+\Z")
 _HASH_RE = re.compile(r"\A0x[0-9a-fA-F]{64}\Z")
+_SIGNATURE_RE = re.compile(r"\A0x[0-9a-fA-F]{130}\Z")
+_QUANTITY_RE = re.compile(r"\A0x(?:0|[1-9a-fA-F][0-9a-fA-F]{0,63})\Z")
+_AUTHORIZATION_FIELDS = frozenset({"chainId", "address", "nonce", "yParity", "r", "s"})
+#: eth_accounts lists at most this many addresses (the REST list pages through all).
+MAX_LISTED_ADDRESSES = 10_000
+#: An attestation document is a few KiB; anything larger is not one.
+MAX_ATTESTATION_BYTES = 64 * 1024
 _B64_RE = re.compile(r"\A[A-Za-z0-9+/]+={0,2}\Z")
 
 
@@ -107,22 +115,93 @@ class WalletService:
         }
 
     def sign_transaction(self, account_id: str, transaction: dict[str, Any]) -> dict[str, str]:
-        record = self._load(account_id)
-        credentials = self.credentials.get()
-        result = self._call(
-            "sign_transaction",
-            {
-                "account": account_params(record),
-                "credentials": credentials.to_params(),
-                "transaction": transaction,
-            },
-        )
+        result = self._sign("sign_transaction", account_id, "transaction", transaction)
         raw, tx_hash = result.get("raw_transaction"), result.get("hash")
         if not (isinstance(raw, str) and _HEX_RE.match(raw)):
             raise EnclaveBadResponse("enclave returned no valid raw_transaction")
         if not (isinstance(tx_hash, str) and _HASH_RE.match(tx_hash)):
             raise EnclaveBadResponse("enclave returned no valid transaction hash")
         return {"raw_transaction": raw, "hash": tx_hash}
+
+    def sign_message(self, account_id: str, message: str) -> dict[str, str]:
+        """EIP-191 (personal_sign): ``message`` is 0x-hex bytes or UTF-8 text."""
+        result = self._sign("sign_message", account_id, "message", message)
+        return _signature_result(result)
+
+    def sign_typed_data(self, account_id: str, typed_data: dict[str, Any]) -> dict[str, str]:
+        """EIP-712 v4 typed data."""
+        result = self._sign("sign_typed_data", account_id, "typed_data", typed_data)
+        return _signature_result(result)
+
+    def sign_authorization(
+        self, account_id: str, authorization: dict[str, Any]
+    ) -> dict[str, dict[str, str]]:
+        """An EIP-7702 authorization tuple {chainId, address, nonce}."""
+        result = self._sign("sign_authorization", account_id, "authorization", authorization)
+        signed = result.get("authorization")
+        if not isinstance(signed, dict) or set(signed) != _AUTHORIZATION_FIELDS:
+            raise EnclaveBadResponse("enclave returned no valid authorization")
+        for name in ("chainId", "nonce", "yParity", "r", "s"):
+            value = signed[name]
+            if not (isinstance(value, str) and _QUANTITY_RE.match(value)):
+                raise EnclaveBadResponse(f"enclave returned an invalid authorization {name}")
+        try:
+            address = checksum_address(str(signed["address"]))
+        except ValueError:
+            raise EnclaveBadResponse("enclave returned an invalid authorization address") from None
+        return {"authorization": {**{k: str(v) for k, v in signed.items()}, "address": address}}
+
+    def attest(self, nonce: bytes | None, user_data: bytes | None) -> dict[str, str]:
+        """An attestation document from the enclave's NSM, binding ``nonce``/``user_data``."""
+        params: dict[str, Any] = {}
+        if nonce is not None:
+            params["nonce"] = base64.b64encode(nonce).decode()
+        if user_data is not None:
+            params["user_data"] = base64.b64encode(user_data).decode()
+        result = self._call("attest", params)
+        document = result.get("attestation_document")
+        if not isinstance(document, str) or not 0 < len(document) <= MAX_ATTESTATION_BYTES * 2:
+            raise EnclaveBadResponse("enclave returned no attestation document")
+        try:
+            base64.b64decode(document, validate=True)
+        except binascii.Error:
+            raise EnclaveBadResponse("enclave returned no valid base64 attestation") from None
+        return {"attestation_document": document}
+
+    def account_id_for_address(self, address: str) -> str:
+        """The id of the stored account with this address (any case)."""
+        record = self.storage.get_by_address(address)
+        if record is None:
+            raise RelayError(
+                404,
+                RelayCode.ACCOUNT_NOT_FOUND,
+                f"unknown account {address}: no stored account has this address",
+            )
+        return record.account_id
+
+    def addresses(self, limit: int = MAX_LISTED_ADDRESSES) -> list[str]:
+        """Checksummed addresses of the stored accounts, oldest first (at most ``limit``)."""
+        found: list[str] = []
+        cursor: str | None = None
+        while len(found) < limit:
+            page = self.storage.list(min(500, limit - len(found)), cursor)
+            found.extend(record.address for record in page.records)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        return found
+
+    def _sign(self, op: str, account_id: str, name: str, payload: Any) -> dict[str, Any]:
+        record = self._load(account_id)
+        credentials = self.credentials.get()
+        return self._call(
+            op,
+            {
+                "account": account_params(record),
+                "credentials": credentials.to_params(),
+                name: payload,
+            },
+        )
 
     def _load(self, account_id: str) -> AccountRecord:
         record = self.storage.get(account_id)
@@ -150,6 +229,15 @@ class WalletService:
         except RelayError as exc:
             checks["credentials"] = exc.code
         return Readiness(all(v == "ok" for v in checks.values()), checks)
+
+
+def _signature_result(result: dict[str, Any]) -> dict[str, str]:
+    signature, digest = result.get("signature"), result.get("digest")
+    if not (isinstance(signature, str) and _SIGNATURE_RE.match(signature)):
+        raise EnclaveBadResponse("enclave returned no valid 65-byte signature")
+    if not (isinstance(digest, str) and _HASH_RE.match(digest)):
+        raise EnclaveBadResponse("enclave returned no valid digest")
+    return {"signature": signature, "digest": digest}
 
 
 def public_view(record: AccountRecord) -> dict[str, str]:

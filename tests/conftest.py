@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +13,14 @@ from nitro_sim.stack import LocalStack, free_port
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """One appliance per test module: KMS, IMDS, vsock-proxy, enclave, relay."""
-    root = tmp_path_factory.mktemp("stack")
-    with LocalStack(root=root, relay_port=free_port()) as running:
-        yield running
+def stack() -> Iterator[LocalStack]:
+    """One appliance per test module: KMS, IMDS, vsock-proxy, enclave, relay.
+
+    The state lives in a short /tmp path: unix socket paths are limited to 107 bytes.
+    """
+    root = Path(tempfile.mkdtemp(prefix="nw-", dir="/tmp"))
+    try:
+        with LocalStack(root=root, relay_port=free_port()) as running:
+            yield running
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave_app.attestation import AttestationError, verify_attestation
 from nitro_sim.kms import policy as pol
+from nitro_sim.kms.admin_ops import AdminOps, parse_tags
 from nitro_sim.kms.cms_builder import RecipientKeyError, build_enveloped_data, load_recipient_key
 from nitro_sim.kms.params import KmsError, Params, encode_blob, validation
 from nitro_sim.kms.store import (
@@ -128,6 +129,7 @@ class KmsService:
             "GenerateDataKey": self._generate_data_key,
             "GenerateDataKeyWithoutPlaintext": self._generate_data_key_without_plaintext,
             "GenerateRandom": self._generate_random,
+            **AdminOps(self).handlers(),
         }
 
     @property
@@ -313,9 +315,7 @@ class KmsService:
             raise KmsError("UnsupportedOperationException", "custom key stores are not simulated")
         if params.boolean("MultiRegion"):
             raise KmsError("UnsupportedOperationException", "multi-Region keys are not simulated")
-        tags = params.raw.get("Tags")
-        if tags is not None and not isinstance(tags, list):
-            raise validation("'Tags' must be a list")
+        tags = parse_tags(params.raw.get("Tags"), required=False)
         bypass = params.boolean("BypassPolicyLockoutSafetyCheck")
         if not principal.administrator:
             entry.decision = "deny"
@@ -329,8 +329,10 @@ class KmsService:
             document = self._parse_policy(text)
             if not bypass:
                 self._lockout_check(principal, document, self.store.key_arn(key_id))
-        record = self.store.create_key(text, description, key_id)
+        record = self.store.create_key(text, description, key_id, tags)
         entry.key_arn = record.arn
+        if tags:
+            entry.extra["tag_keys"] = [name for name, _ in tags]
         return {"KeyMetadata": self._metadata(record)}
 
     def _describe_key(

@@ -62,6 +62,9 @@ class KeyRecord:
     state: str
     creation_date: float
     deletion_date: float | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # (TagKey, TagValue), in insertion order
+    rotation_period_days: int | None = None  # None: automatic rotation is disabled
+    rotation_enabled_date: float | None = None
 
     def __repr__(self) -> str:  # never print key material
         return f"KeyRecord(key_id={self.key_id!r}, state={self.state!r})"
@@ -76,6 +79,9 @@ class KeyRecord:
             "state": self.state,
             "creation_date": self.creation_date,
             "deletion_date": self.deletion_date,
+            "tags": [[name, value] for name, value in self.tags],
+            "rotation_period_days": self.rotation_period_days,
+            "rotation_enabled_date": self.rotation_enabled_date,
         }
 
     @classmethod
@@ -93,6 +99,10 @@ class KeyRecord:
                 state=str(raw["state"]),
                 creation_date=float(raw["creation_date"]),
                 deletion_date=None if raw["deletion_date"] is None else float(raw["deletion_date"]),
+                # Absent in state written before tags and rotation were simulated.
+                tags=_tags_from_json(raw.get("tags", [])),
+                rotation_period_days=_optional_int(raw.get("rotation_period_days")),
+                rotation_enabled_date=_optional_float(raw.get("rotation_enabled_date")),
             )
         except (KeyError, ValueError, TypeError):
             raise StoreError("key record is malformed") from None
@@ -101,6 +111,33 @@ class KeyRecord:
         if record.state not in (ENABLED, DISABLED, PENDING_DELETION):
             raise StoreError("key record has an unknown state")
         return record
+
+
+def _tags_from_json(raw: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, list):
+        raise TypeError("tags must be a list")
+    tags: list[tuple[str, str]] = []
+    for item in raw:
+        if not (
+            isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)
+        ):
+            raise TypeError("a tag must be a [key, value] pair of strings")
+        tags.append((item[0], item[1]))
+    if len({name for name, _ in tags}) != len(tags):
+        raise ValueError("duplicate tag key")
+    return tuple(tags)
+
+
+def _optional_int(raw: Any) -> int | None:
+    if raw is None:
+        return None
+    if type(raw) is not int:
+        raise TypeError("expected an integer")
+    return raw
+
+
+def _optional_float(raw: Any) -> float | None:
+    return None if raw is None else float(raw)
 
 
 def canonical_context(context: Mapping[str, str]) -> bytes:
@@ -203,7 +240,13 @@ class KeyStore:
     def new_key_id() -> str:
         return str(uuid.uuid4())
 
-    def create_key(self, policy: str, description: str, key_id: str | None = None) -> KeyRecord:
+    def create_key(
+        self,
+        policy: str,
+        description: str,
+        key_id: str | None = None,
+        tags: tuple[tuple[str, str], ...] = (),
+    ) -> KeyRecord:
         key_id = key_id or self.new_key_id()
         if not KEY_ID_RE.match(key_id) or key_id in self._keys:
             raise StoreError("bad or duplicate key id")
@@ -215,6 +258,7 @@ class KeyStore:
             description=description,
             state=ENABLED,
             creation_date=time.time(),
+            tags=tags,
         )
         with self._lock:
             self._keys[key_id] = record
@@ -265,6 +309,27 @@ class KeyStore:
             self._aliases[alias] = key_id
             self._save()
             return True
+
+    def update_alias(self, alias: str, key_id: str) -> bool:
+        """Point an existing alias at another key; False if the alias does not exist."""
+        with self._lock:
+            if alias not in self._aliases or key_id not in self._keys:
+                return False
+            self._aliases[alias] = key_id
+            self._save()
+            return True
+
+    def delete_alias(self, alias: str) -> str | None:
+        """Remove an alias; the key id it pointed to, or None if it did not exist."""
+        with self._lock:
+            key_id = self._aliases.pop(alias, None)
+            if key_id is not None:
+                self._save()
+            return key_id
+
+    def alias_target(self, alias: str) -> str | None:
+        with self._lock:
+            return self._aliases.get(alias)
 
     def aliases(self) -> list[tuple[str, str]]:
         with self._lock:
