@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from enclave_app import strict_json
 from enclave_app.errors import EnclaveError, ErrorCode
 
 PROTOCOL_VERSION = 1
@@ -71,22 +72,12 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _refuse_float(text: str) -> Any:
-    raise ValueError(f"floating-point number {text} is not allowed: amounts are integers")
-
-
-def _refuse_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not allowed")
-
-
 def decode_object(body: bytes) -> dict[str, Any]:
-    """Parse a JSON object strictly: no floats, NaN or Infinity anywhere in it."""
+    """Parse a JSON object strictly (see strict_json: depth, floats, duplicates)."""
     try:
-        message = json.loads(
-            body.decode("utf-8"), parse_float=_refuse_float, parse_constant=_refuse_constant
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise EnclaveError(ErrorCode.BAD_FRAME, f"frame is not strict UTF-8 JSON: {exc}") from exc
+        message = strict_json.loads(body)
+    except strict_json.StrictJsonError as exc:
+        raise EnclaveError(ErrorCode.BAD_FRAME, f"frame is not strict JSON: {exc}") from exc
     if not isinstance(message, dict):
         raise EnclaveError(ErrorCode.BAD_FRAME, "frame must hold a JSON object")
     return message

@@ -248,6 +248,11 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
 
     def _send(self, response: Response, route: str) -> None:
         self.close_connection = True
+        # Count before answering: a client that reads /metrics right after this
+        # response must already see it.
+        duration = time.monotonic() - self._started
+        method = self.command if self.command in KNOWN_METHODS else "other"
+        self.server.api.metrics.observe_request(route, method, response.status, duration)
         try:
             self.send_response(response.status)
             self.send_header("Content-Type", response.content_type)
@@ -264,12 +269,9 @@ class RelayRequestHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except OSError as exc:
             log.debug("client went away before the answer was sent: %s", type(exc).__name__)
-        self._account(route, response.status)
+        self._log_access(response.status, duration)
 
-    def _account(self, route: str, status: int) -> None:
-        duration = time.monotonic() - self._started
-        method = self.command if self.command in KNOWN_METHODS else "other"
-        self.server.api.metrics.observe_request(route, method, status, duration)
+    def _log_access(self, status: int, duration: float) -> None:
         path = urlsplit(getattr(self, "path", "") or "").path[:256]
         access_log.info(
             "%s %s %d %.1fms request_id=%s",

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from enclave_app import strict_json
 from parent_app.errors import EnclaveBadResponse, JsonRpcCode, RelayError, jsonrpc_code
 from parent_app.metrics import RelayMetrics
 from parent_app.rawtx import RawTransactionError, transaction_json
@@ -33,6 +34,8 @@ from parent_app.storage import checksum_address
 
 log = logging.getLogger(__name__)
 
+#: JSON nesting allowed in a request (typed data nests a few levels; nothing needs 64).
+MAX_JSON_DEPTH = 64
 FLOAT_MESSAGE = "floating-point numbers are not accepted: send integers or 0x-hex strings"
 _REQUEST_MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -72,24 +75,10 @@ class _Float:
     text: str
 
 
-def _refuse_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def loads(text: str) -> Any:
-    """JSON with floats kept as markers; NaN/Infinity/duplicate keys raise ValueError."""
-    return json.loads(
-        text, parse_float=_Float, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates
-    )
+    """Strict JSON (enclave_app.strict_json) with floats kept as markers, so the error
+    can name where the float was; raises StrictJsonError otherwise."""
+    return strict_json.loads(text, max_depth=MAX_JSON_DEPTH, parse_float=_Float)
 
 
 def float_path(value: Any, root: str) -> str | None:

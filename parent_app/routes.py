@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from enclave_app import strict_json
 from parent_app.errors import RelayCode, RelayError, invalid_request
-from parent_app.jsonrpc import JsonRpcApi
+from parent_app.jsonrpc import MAX_JSON_DEPTH, JsonRpcApi
 from parent_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from parent_app.openapi import build_openapi
 from parent_app.service import WalletService
@@ -136,37 +137,12 @@ class MethodNotAllowedError(RelayError):
 # -- strict JSON ------------------------------------------------------------------
 
 
-def _refuse_float(text: str) -> Any:
-    raise ValueError("floating-point numbers are not accepted: send integers or 0x-hex strings")
-
-
-def _refuse_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not valid JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Strict JSON: UTF-8, an object at the top, no floats, NaN, Infinity or duplicate keys."""
+    """Strict JSON (enclave_app.strict_json): UTF-8, bounded depth, no floats, NaN,
+    Infinity or duplicate keys, and an object at the top."""
     try:
-        value = json.loads(
-            raw.decode("utf-8"),
-            parse_float=_refuse_float,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_no_duplicates,
-        )
-    except UnicodeDecodeError:
-        raise RelayError(400, RelayCode.INVALID_JSON, "body is not UTF-8") from None
-    except RecursionError:
-        raise RelayError(400, RelayCode.INVALID_JSON, "body is nested too deeply") from None
-    except ValueError as exc:
+        value = strict_json.loads(raw, max_depth=MAX_JSON_DEPTH)
+    except strict_json.StrictJsonError as exc:
         raise RelayError(400, RelayCode.INVALID_JSON, f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise invalid_request("body must be a JSON object")

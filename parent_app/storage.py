@@ -22,8 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from eth_utils.address import to_checksum_address
-
+from enclave_app.signing.keys import to_checksum_address
 from parent_app.errors import AccountExists, StorageError
 
 SCHEMA_VERSION = 1
@@ -47,7 +46,7 @@ def checksum_address(value: str) -> str:
     """EIP-55 form of a 0x-prefixed 40-hex address; mixed case must already be valid EIP-55."""
     if not _ADDRESS_RE.match(value):
         raise ValueError("address must be 0x followed by 40 hex digits")
-    checksummed: str = to_checksum_address(value)
+    checksummed = to_checksum_address(bytes.fromhex(value[2:]))
     body = value[2:]
     if body != body.lower() and body != body.upper() and checksummed != value:
         raise ValueError("address has an invalid EIP-55 checksum")

@@ -2,8 +2,10 @@
 
 ``FakeEnclave`` is a real server speaking the real protocol (``enclave_app.wire``)
 over the real simulated transport (``Transport.unix``). It answers ``health``,
-``generate_account`` and ``sign_transaction`` with deterministic values derived
-from its inputs, checks what the relay sends the way the enclave would (uuid,
+``attest``, ``generate_account``, ``sign_transaction``, ``sign_message``,
+``sign_typed_data`` and ``sign_authorization`` with deterministic values derived
+from its inputs (a fake signed transaction is structurally valid RLP, so the relay
+can decode it), checks what the relay sends the way the enclave would (uuid,
 allowed key id, credentials shape, record fields), and can be told to misbehave.
 It tests the relay's own behaviour; the full-stack tests use the real enclave.
 
@@ -30,7 +32,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import rlp
 from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from enclave_app import wire
 from enclave_app.errors import EnclaveError, ErrorCode
@@ -40,6 +44,7 @@ from parent_app.config import RelayConfig
 from parent_app.http_server import RelayHTTPServer
 
 KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555"
+SIGN_OPS = ("sign_transaction", "sign_message", "sign_typed_data", "sign_authorization")
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
@@ -63,10 +68,46 @@ def fake_data_key_ciphertext(account_id: str, key_id: str) -> str:
     return base64.b64encode(digest).decode()
 
 
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
 def fake_signature(address: str, transaction: dict[str, Any]) -> dict[str, str]:
-    canonical = json.dumps(transaction, sort_keys=True, separators=(",", ":")).encode()
-    raw = b"\x02" + hashlib.sha256(address.lower().encode() + b"|" + canonical).digest()
-    return {"raw_transaction": "0x" + raw.hex(), "hash": "0x" + hashlib.sha256(raw).hexdigest()}
+    """A type-2 envelope carrying sha256(address | transaction) as its data (valid RLP)."""
+    digest = hashlib.sha256(address.lower().encode() + b"|" + _canonical(transaction)).digest()
+    r = int.from_bytes(hashlib.sha256(b"r" + digest).digest(), "big")
+    s = int.from_bytes(hashlib.sha256(b"s" + digest).digest(), "big")
+    to = bytes.fromhex("11" * 20)
+    raw = b"\x02" + rlp.encode([1, 0, 1, 2, 21000, to, 1, digest, [], 1, r, s])
+    return {"raw_transaction": "0x" + raw.hex(), "hash": "0x" + keccak(raw).hex()}
+
+
+def fake_message_signature(address: str, kind: str, payload: Any) -> dict[str, str]:
+    """A deterministic 65-byte "signature" and digest over (address, kind, payload)."""
+    seed = address.lower().encode() + b"|" + kind.encode() + b"|" + _canonical(payload)
+    digest = hashlib.sha256(b"digest|" + seed).digest()
+    signature = hashlib.sha256(b"r|" + seed).digest() + hashlib.sha256(b"s|" + seed).digest()
+    return {"signature": "0x" + (signature + b"\x1b").hex(), "digest": "0x" + digest.hex()}
+
+
+def fake_authorization(address: str, authorization: dict[str, Any]) -> dict[str, str]:
+    seed = hashlib.sha256(address.lower().encode() + _canonical(authorization)).digest()
+    return {
+        "chainId": hex(authorization["chainId"])
+        if isinstance(authorization["chainId"], int)
+        else authorization["chainId"],
+        "address": to_checksum_address(authorization["address"]),
+        "nonce": hex(authorization["nonce"])
+        if isinstance(authorization["nonce"], int)
+        else authorization["nonce"],
+        "yParity": "0x1",
+        "r": hex(int.from_bytes(seed, "big")),
+        "s": hex(int.from_bytes(hashlib.sha256(seed).digest(), "big")),
+    }
+
+
+def fake_attestation(nonce: bytes, user_data: bytes) -> str:
+    return base64.b64encode(b"fake-attestation|" + nonce + b"|" + user_data).decode()
 
 
 @dataclass
@@ -78,6 +119,8 @@ class FakeEnclave:
     max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
     # Misbehaviour knobs, read on every request.
     generate_overrides: dict[str, Any] = field(default_factory=dict)
+    # merged into the results of sign_* and attest
+    sign_overrides: dict[str, Any] = field(default_factory=dict)
     raw_answer: bytes | None = None  # answer this frame body verbatim
     delay_seconds: float = 0.0
     health_status: str = "ok"
@@ -155,8 +198,10 @@ class FakeEnclave:
             return {"status": self.health_status, "version": "fake", "protocol": 1}
         if request.op == "generate_account":
             return self._generate(params)
-        if request.op == "sign_transaction":
-            return self._sign(params)
+        if request.op == "attest":
+            return {**self._attest(params), **self.sign_overrides}
+        if request.op in SIGN_OPS:
+            return {**self._sign(request.op, params), **self.sign_overrides}
         raise EnclaveError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
 
     def _check_credentials(self, value: Any) -> None:
@@ -186,7 +231,22 @@ class FakeEnclave:
         result.update(self.generate_overrides)
         return result
 
-    def _sign(self, params: dict[str, Any]) -> dict[str, Any]:
+    def _attest(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not set(params) <= {"nonce", "user_data"}:
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "unknown attest params")
+        values = []
+        for name in ("nonce", "user_data"):
+            value = params.get(name, "")
+            if not isinstance(value, str):
+                raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} must be base64")
+            decoded = base64.b64decode(value, validate=True)
+            if len(decoded) > 512:
+                raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} exceeds 512 bytes")
+            values.append(decoded)
+        return {"attestation_document": fake_attestation(values[0], values[1])}
+
+    def _unlock(self, params: dict[str, Any]) -> str:
+        """Check the account record as the enclave would; the address it signs for."""
         self._check_credentials(params.get("credentials"))
         account = params.get("account")
         if not isinstance(account, dict):
@@ -201,13 +261,48 @@ class FakeEnclave:
             raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "data key ciphertext is invalid")
         if account.get("address") != fake_address(account_id):
             raise EnclaveError(ErrorCode.ADDRESS_MISMATCH, "key does not derive the address")
-        transaction = params.get("transaction")
-        if not isinstance(transaction, dict):
-            raise EnclaveError(ErrorCode.INVALID_PARAMS, "transaction must be an object")
-        injected = transaction.get("fake_error")
+        return fake_address(account_id)
+
+    def _sign(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        address = self._unlock(params)
+        if op == "sign_message":
+            message = params.get("message")
+            if not isinstance(message, str):
+                raise EnclaveError(ErrorCode.INVALID_PARAMS, "message must be a string")
+            if message.startswith("fake_error:"):
+                code = message.removeprefix("fake_error:")
+                raise EnclaveError(ErrorCode(code), f"injected {code}")
+            return fake_message_signature(address, "message", message)
+        name = {
+            "sign_transaction": "transaction",
+            "sign_typed_data": "typed_data",
+            "sign_authorization": "authorization",
+        }[op]
+        payload = params.get(name)
+        if not isinstance(payload, dict):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} must be an object")
+        injected = payload.get("fake_error")
         if isinstance(injected, str):
             raise EnclaveError(ErrorCode(injected), f"injected {injected}")
-        return fake_signature(fake_address(account_id), transaction)
+        if op == "sign_typed_data":
+            return fake_message_signature(address, "typed_data", payload)
+        if op == "sign_authorization":
+            if set(payload) != {"chainId", "address", "nonce"}:
+                raise EnclaveError(ErrorCode.INVALID_PARAMS, "authorization fields")
+            return {"authorization": fake_authorization(address, payload)}
+        value = payload.get("value")
+        if isinstance(value, str) and value.isdigit():  # as the real enclave words it
+            raise EnclaveError(
+                ErrorCode.INVALID_PARAMS,
+                "value: decimal strings are not accepted; "
+                "amounts are wei as integers or 0x-hex strings",
+            )
+        sender = payload.get("from")
+        if isinstance(sender, str) and sender.lower() != address.lower():
+            raise EnclaveError(
+                ErrorCode.INVALID_PARAMS, "from does not match the signing account's address"
+            )
+        return fake_signature(address, payload)
 
 
 # -- IMDSv2 -------------------------------------------------------------------------
@@ -404,3 +499,50 @@ def http_call(
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# -- the whole relay against the fakes ---------------------------------------------------
+
+
+@dataclass
+class FakeStack:
+    """The relay in-process, against a FakeEnclave and a FakeImds."""
+
+    enclave: FakeEnclave
+    imds: FakeImds
+    relay: RelayHarness
+    db: Path
+    vsock: Path
+
+    @classmethod
+    def start(cls, state_dir: Path, **relay: Any) -> FakeStack:
+        vsock = short_tempdir()
+        enclave = FakeEnclave(vsock).start()
+        imds = FakeImds().start()
+        db = state_dir / "state" / "accounts.db"
+        config = relay_config(
+            vsock_spec=enclave.transport_spec, imds_endpoint=imds.endpoint, sqlite_path=db, **relay
+        )
+        return cls(enclave, imds, RelayHarness(config), db, vsock)
+
+    def stop(self) -> None:
+        self.relay.stop()
+        self.imds.stop()
+        self.enclave.stop()
+        remove_tree(self.vsock)
+
+    @property
+    def port(self) -> int:
+        return self.relay.port
+
+    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> HttpAnswer:
+        return http_call(self.port, method, path, body, **kwargs)
+
+    def create(self) -> dict[str, Any]:
+        answer = self.call("POST", "/v1/accounts", {})
+        assert answer.status == 201, answer.body
+        result: dict[str, Any] = answer.json()
+        return result
+
+    def metrics(self) -> str:
+        return self.call("GET", "/metrics").body.decode()

@@ -83,6 +83,12 @@ def test_defaults_and_simulator_transport() -> None:
         (minimal(relay={"allow_non_loopback": "yes"}), "true or false"),
         (minimal(relay={"listen_host": "0.0.0.0"}), "not a loopback address"),  # noqa: S104
         (minimal(relay={"listen_host": "example.com"}), "not a loopback address"),
+        (minimal(relay={"chain_id": 0}), r"chain_id must be an integer in \[1, "),
+        (minimal(relay={"chain_id": "1"}), "chain_id must be an integer"),
+        (minimal(relay={"chain_id": True}), "chain_id must be an integer"),
+        (minimal(relay={"chain_id": 2**64}), "chain_id must be an integer"),
+        (minimal(relay={"max_batch_requests": 0}), "max_batch_requests must be an integer"),
+        (minimal(relay={"max_batch_requests": 1001}), "max_batch_requests must be an integer"),
         (minimal(enclave={"transport": "tcp:1"}), "enclave.transport"),
         (minimal(enclave={"timeout_seconds": 0}), "timeout_seconds must be a number"),
         (minimal(enclave={"max_frame_bytes": 10}), "max_frame_bytes"),
@@ -119,3 +125,13 @@ def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
     broken.write_text("[relay\nlisten_port = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         RelayConfig.load(broken)
+
+
+def test_chain_id_is_optional_and_batches_are_bounded_by_default() -> None:
+    config = RelayConfig.from_mapping(minimal())
+    assert config.relay.chain_id is None
+    assert config.relay.max_batch_requests == 20
+    chained = RelayConfig.from_mapping(
+        minimal(relay={"chain_id": 11155111, "max_batch_requests": 50})
+    )
+    assert (chained.relay.chain_id, chained.relay.max_batch_requests) == (11155111, 50)

@@ -111,3 +111,35 @@ def test_simulated_vsock_maps_cid_and_port_to_a_socket_path(tmp_path: object) ->
     for bad in ("", "unix:", "tcp:1", "vsock:3"):
         with pytest.raises(ValueError, match="transport"):
             Transport.from_spec(bad)
+
+
+def test_deep_nesting_is_refused_before_parsing_even_with_a_raised_recursion_limit() -> None:
+    """Libraries (py_ecc, py-evm) raise the recursion limit on import; the parser's C
+    stack must still be safe, in a thread with a small stack."""
+    import sys
+    import threading
+
+    from enclave_app import strict_json
+
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000_000)
+    outcome: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            strict_json.loads(b"[" * 500_000 + b"]" * 500_000)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        threading.stack_size(256 * 1024)
+        worker = threading.Thread(target=parse)
+        worker.start()
+        worker.join()
+    finally:
+        threading.stack_size(0)
+        sys.setrecursionlimit(previous)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], strict_json.StrictJsonError)
+    assert "nested" in str(outcome[0])
+    assert strict_json.loads('{"a": ["[{", "\\"]"]}') == {"a": ["[{", '"]']}

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from enclave_app import strict_json
 from nitro_sim.ca import CaError, SimCa
 from nitro_sim.kms.params import KmsError, Params
 from nitro_sim.kms.service import AuditEntry, KmsService
@@ -158,16 +159,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _parse_body(body: bytes) -> Params:
     try:
-        raw = json.loads(body or b"{}", parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
+        raw = strict_json.loads(body or b"{}")
+    except strict_json.StrictJsonError:
         raise KmsError("SerializationException", "The request body is not valid JSON") from None
     if not isinstance(raw, dict):
         raise KmsError("SerializationException", "The request body must be a JSON object")
     return Params(raw)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")
 
 
 class KmsServer:

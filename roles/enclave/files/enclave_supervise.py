@@ -90,11 +90,16 @@ def main(argv: list[str]) -> int:
 
     command = [
         "run-enclave",
-        "--eif-path", args.eif_path,
-        "--cpu-count", str(args.cpu_count),
-        "--memory", str(args.memory),
-        "--enclave-cid", str(args.enclave_cid),
-        "--enclave-name", args.name,
+        "--eif-path",
+        args.eif_path,
+        "--cpu-count",
+        str(args.cpu_count),
+        "--memory",
+        str(args.memory),
+        "--enclave-cid",
+        str(args.enclave_cid),
+        "--enclave-name",
+        args.name,
     ]
     if args.debug_mode:
         command.append("--debug-mode")

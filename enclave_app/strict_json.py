@@ -1,0 +1,98 @@
+"""Strict JSON for every boundary that parses untrusted bytes (enclave frames, relay
+bodies, the simulated KMS).
+
+- Nesting depth is checked on the raw text *before* parsing, so a deeply nested
+  document cannot exhaust the C stack of the parser (CPython's recursion guard is
+  not a stack guard: any library in the process may raise the recursion limit, and
+  server threads have smaller stacks than the main thread).
+- No floats, NaN or Infinity: amounts are integers or 0x-hex.
+- No duplicate object keys: two parsers must never read two different documents.
+- Integers are bounded by CPython's 4300-digit default.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_MAX_DEPTH = 64
+
+
+class StrictJsonError(ValueError):
+    """The text is not a document we accept; the message says why (no content echoed)."""
+
+
+class FloatNotAllowedError(StrictJsonError):
+    pass
+
+
+def check_depth(text: str, max_depth: int) -> None:
+    """Raise if arrays/objects nest deeper than ``max_depth`` (strings are skipped)."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise StrictJsonError(f"nested more than {max_depth} levels deep")
+        elif char in "]}":
+            depth -= 1
+
+
+def _refuse_float(text: str) -> Any:
+    raise FloatNotAllowedError(
+        f"floating-point number {text[:32]} is not accepted: send integers or 0x-hex strings"
+    )
+
+
+def _refuse_constant(text: str) -> Any:
+    raise StrictJsonError(f"{text} is not valid JSON here")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise StrictJsonError(f"duplicate key {key[:64]!r}")
+        result[key] = value
+    return result
+
+
+def loads(
+    data: bytes | str,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    parse_float: Callable[[str], Any] | None = None,
+) -> Any:
+    """Parse strictly; raise StrictJsonError (FloatNotAllowedError for floats).
+
+    ``parse_float`` may replace the refusal with a marker, for callers that report
+    *where* a float was (JSON-RPC answers with the request id and the path).
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise StrictJsonError("not UTF-8") from exc
+    check_depth(text, max_depth)
+    try:
+        return json.loads(
+            text,
+            parse_float=parse_float or _refuse_float,
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_no_duplicates,
+        )
+    except StrictJsonError:
+        raise
+    except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise StrictJsonError(f"invalid JSON: {exc}") from exc

@@ -1,0 +1,224 @@
+"""The Python helpers shipped inside the roles, run for real: the key policy filter
+plugin (on parent_app.key_policy), the enclave build context packer, the simulated
+allocator check and the enclave supervisor (against a stand-in nitro-cli script)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = ROOT / "roles"
+PCR0_A = "a1" * 48
+PCR0_B = "b2" * 48
+ADMIN = "arn:aws:iam::111122223333:user/nitro-wallet-admin"
+PARENT = "arn:aws:iam::111122223333:role/nitro-wallet-parent"
+
+
+def filter_error() -> type[Exception]:
+    error: type[Exception] = pytest.importorskip("ansible.errors").AnsibleFilterError
+    return error
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def filters() -> ModuleType:
+    pytest.importorskip("ansible")
+    return _load("nw_key_policy_filters", ROLES / "kms_key_policy/filter_plugins/key_policy.py")
+
+
+def test_filter_plugin_registers_both_filters(filters: ModuleType) -> None:
+    names = set(filters.FilterModule().filters())
+    assert names == {"nitro_wallet_render_key_policy", "nitro_wallet_validate_key_policy"}
+
+
+def test_policy_with_two_pcr0s_renders_and_validates(filters: ModuleType) -> None:
+    policy = filters.render_key_policy([ADMIN], [PARENT], [PCR0_B, PCR0_A.upper()])
+    assert filters.validate_key_policy(policy, False) == sorted([PCR0_A, PCR0_B])
+    json.dumps(policy)  # valid JSON document
+
+
+def test_zero_pcr0_needs_debug_explicitly_allowed(filters: ModuleType) -> None:
+    policy = filters.render_key_policy([ADMIN], [PARENT], ["0" * 96])
+    with pytest.raises(filter_error(), match="all-zero PCR0"):
+        filters.validate_key_policy(policy, False)
+    assert filters.validate_key_policy(policy, True) == ["0" * 96]
+
+
+def test_unattested_decrypt_is_refused(filters: ModuleType) -> None:
+    policy = filters.render_key_policy([ADMIN], [PARENT], [PCR0_A])
+    policy["Statement"].append(
+        {"Effect": "Allow", "Principal": {"AWS": [ADMIN]}, "Action": "kms:Decrypt", "Resource": "*"}
+    )
+    with pytest.raises(filter_error(), match="without an attestation condition"):
+        filters.validate_key_policy(policy, False)
+
+
+def test_render_refuses_a_bare_string(filters: ModuleType) -> None:
+    with pytest.raises(filter_error(), match="list of strings"):
+        filters.render_key_policy(ADMIN, [PARENT], [PCR0_A])
+
+
+def _make_repo(root: Path) -> None:
+    (root / "enclave").mkdir(parents=True)
+    (root / "enclave/Dockerfile").write_text("FROM scratch\n")
+    (root / "enclave/entrypoint.sh").write_text("#!/bin/sh\n")
+    package = root / "enclave_app"
+    (package / "__pycache__").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("print('hi')\n")
+    (package / "__pycache__/x.cpython-311.pyc").write_bytes(b"junk")
+    (root / "requirements").mkdir()
+    (root / "requirements/enclave.txt").write_text("cbor2==6.2.1 --hash=sha256:00\n")
+
+
+def _pack(root: Path, output: Path) -> dict[str, str]:
+    script = ROLES / "enclave/files/build_context.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--repo-root", str(root), "--output", str(output)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    info: dict[str, str] = json.loads(result.stdout)
+    return info
+
+
+def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _make_repo(repo)
+    first = _pack(repo, tmp_path / "a.tar.gz")
+    time.sleep(1.1)  # a later mtime must not change the archive
+    (repo / "enclave_app/__main__.py").touch()
+    second = _pack(repo, tmp_path / "b.tar.gz")
+    assert first["sha256"] == second["sha256"]
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "a.tar.gz") as archive:
+        names = archive.getnames()
+        assert all(m.mtime == 0 and m.uid == 0 for m in archive.getmembers())
+    assert names == sorted(names)
+    assert set(names) == {
+        "Dockerfile", "entrypoint.sh", "enclave_app/__init__.py", "enclave_app/__main__.py",
+        "requirements-enclave.txt",
+    }
+    assert first["requirements"] == "requirements/enclave.txt"
+    (repo / "enclave_app/__main__.py").write_text("print('changed')\n")
+    assert _pack(repo, tmp_path / "c.tar.gz")["sha256"] != first["sha256"]
+
+
+def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _make_repo(repo)
+    (repo / "enclave/Dockerfile").unlink()
+    script = ROLES / "enclave/files/build_context.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--repo-root", str(repo), "--output", str(tmp_path / "x")],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Dockerfile does not exist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "ok"),
+    [
+        ("memory_mib: 1024\ncpu_count: 2\n", True),
+        ("memory_mib: 1024\ncpu_pool: 2,3\n", True),
+        ("memory_mib: 1024\ncpu_count: 2\ncpu_pool: 2,3\n", False),
+        ("memory_mib: 1024\n", False),
+        ("memory_mib: 32\ncpu_count: 2\n", False),
+        ("memory_mib: 1024\ncpu_count: 2\nextra: 1\n", False),
+        ("memory_mib: 1024\ncpu_pool: two\n", False),
+    ],
+)
+def test_allocator_check(tmp_path: Path, content: str, ok: bool) -> None:
+    pytest.importorskip("yaml")
+    config = tmp_path / "allocator.yaml"
+    config.write_text(content)
+    result = subprocess.run(
+        [sys.executable, str(ROLES / "nitro_simulator/files/allocator_check.py"), str(config)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert result.stderr.startswith("allocator config refused:")
+
+
+FAKE_NITRO_CLI = """#!/bin/sh
+# Stand-in for nitro-cli: one enclave whose existence is the file $STATE.
+case "$1" in
+  run-enclave) echo "$@" > "$STATE.args"; touch "$STATE"; echo '{"State": "RUNNING"}' ;;
+  describe-enclaves)
+    if [ -f "$STATE" ]; then echo '[{"EnclaveName": "nw", "State": "RUNNING"}]'
+    else echo '[]'; fi ;;
+  terminate-enclave) rm -f "$STATE"; echo '{"Terminated": true}' ;;
+  *) exit 2 ;;
+esac
+"""
+
+
+def _supervise(tmp_path: Path) -> tuple[subprocess.Popen[str], socket.socket, Path]:
+    cli = tmp_path / "nitro-cli"
+    cli.write_text(FAKE_NITRO_CLI)
+    cli.chmod(0o755)
+    state = tmp_path / "enclave"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    env = {**os.environ, "STATE": str(state), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    process = subprocess.Popen(
+        [sys.executable, str(ROLES / "enclave/files/enclave_supervise.py"), "--nitro-cli", str(cli),
+         "--name", "nw", "--eif-path", "/x.eif", "--cpu-count", "2", "--memory", "512",
+         "--enclave-cid", "16", "--interval", "0.2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    return process, notify, state
+
+
+def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Path) -> None:
+    process, notify, state = _supervise(tmp_path)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        assert state.exists()
+        args = (tmp_path / "enclave.args").read_text().split()
+        assert args[args.index("--enclave-cid") + 1] == "16"
+        assert "--debug-mode" not in args
+        time.sleep(0.5)
+        assert process.poll() is None  # still supervising a running enclave
+        state.unlink()  # the enclave dies
+        assert process.wait(timeout=20) == 1
+        assert process.stdout is not None
+        assert "no longer running" in process.stdout.read()
+    finally:
+        notify.close()
+        if process.poll() is None:
+            process.kill()
+
+
+def test_supervisor_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    process, notify, _state = _supervise(tmp_path)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        notify.close()
+        if process.poll() is None:
+            process.kill()

@@ -1,0 +1,69 @@
+"""Static checks of the Ansible appliance: syntax of every playbook against both
+inventories, and ansible-lint with the production profile (.ansible-lint)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_LOCAL_TEMP"] = env["ANSIBLE_REMOTE_TEMP"] = "/tmp/.ansible-test"
+    return env
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        found = shutil.which(name)
+        if found is None:
+            pytest.fail(f"{name} is not installed: pip install -r requirements/ansible.txt")
+        return found
+    return str(path)
+
+
+def test_every_expected_playbook_exists() -> None:
+    assert set(PLAYBOOKS) >= {"site.yml", "enclave_build.yml", "key_policy.yml", "upgrade.yml"}
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+@pytest.mark.parametrize("inventory", ["inventory/local", "inventory/aws_ec2.yml"])
+def test_playbook_syntax(playbook: str, inventory: str) -> None:
+    result = subprocess.run(
+        [_tool("ansible-playbook"), "-i", inventory, "--syntax-check", f"playbooks/{playbook}"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ansible_lint_production_profile() -> None:
+    result = subprocess.run(
+        [_tool("ansible-lint"), "--nocolor", "playbooks", "roles", "molecule", "inventory"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Profile 'production' was required, and it passed" in output
