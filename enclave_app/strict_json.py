@@ -52,7 +52,8 @@ def check_depth(text: str, max_depth: int) -> None:
 
 def _refuse_float(text: str) -> Any:
     raise FloatNotAllowedError(
-        f"floating-point number {text[:32]} is not accepted: send integers or 0x-hex strings"
+        "floating-point numbers are not accepted: send integers or 0x-hex strings "
+        f"(got {text[:32]})"
     )
 
 

@@ -13,12 +13,13 @@ from types import FrameType
 from parent_app.config import ConfigError, RelayConfig
 from parent_app.credentials import CredentialSource, ImdsCredentialSource
 from parent_app.enclave_client import EnclaveClient
-from parent_app.errors import RelayError
+from parent_app.errors import RelayError, StorageError
 from parent_app.http_server import RelayHTTPServer
 from parent_app.metrics import RelayMetrics
 from parent_app.routes import RelayApi
 from parent_app.service import WalletService
-from parent_app.storage import SqliteStorage
+from parent_app.storage import SqliteStorage, Storage
+from parent_app.storage_dynamodb import DynamoDbStorage
 
 log = logging.getLogger("parent_app")
 
@@ -29,11 +30,11 @@ def build_relay(
     config: RelayConfig, credentials: CredentialSource | None = None
 ) -> RelayHTTPServer:
     """Wire storage, credentials, enclave client, service and API into a bound server."""
-    storage = SqliteStorage(config.storage.sqlite_path)
+    source = credentials or ImdsCredentialSource(
+        config.credentials.imds_endpoint, config.credentials.imds_timeout_seconds
+    )
+    storage = open_storage(config, source)
     try:
-        source = credentials or ImdsCredentialSource(
-            config.credentials.imds_endpoint, config.credentials.imds_timeout_seconds
-        )
         enclave = EnclaveClient(
             config.enclave.transport,
             config.enclave.cid,
@@ -51,6 +52,21 @@ def build_relay(
     except BaseException:
         storage.close()
         raise
+
+
+def open_storage(config: RelayConfig, credentials: CredentialSource) -> Storage:
+    """The configured backend; DynamoDB signs with the relay's own role credentials."""
+    settings = config.storage
+    if settings.backend == "dynamodb":
+        if settings.table_name is None or settings.region is None:
+            raise StorageError("storage.table_name and storage.region must be set for dynamodb")
+        return DynamoDbStorage(
+            settings.table_name,
+            settings.region,
+            settings.endpoint_url,
+            credentials_source=credentials,
+        )
+    return SqliteStorage(settings.sqlite_path)
 
 
 def configure_logging(level: str) -> None:

@@ -10,7 +10,10 @@ address needs ``allow_non_loopback = true``: the relay is loopback-only by defau
                   max_batch_requests (JSON-RPC batch size cap)
     [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes
     [kms]         key_id (required), region
-    [storage]     backend ("sqlite"), sqlite_path
+    [storage]     backend ("sqlite" | "dynamodb");
+                  sqlite: sqlite_path;
+                  dynamodb: table_name (required), region (default [kms].region),
+                  endpoint_url (optional: https, or http on a loopback host)
     [credentials] source ("imds"), imds_endpoint, imds_timeout_seconds
 """
 
@@ -34,6 +37,8 @@ MAX_CONFIG_BYTES = 64 * 1024
 _REGION_RE = re.compile(r"\A[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
 MAX_CHAIN_ID = 2**64 - 1
 _KEY_ID_RE = re.compile(r"\A[A-Za-z0-9:/_+=,.@-]{1,2048}\Z")
+_TABLE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.-]{3,255}\Z")
+STORAGE_BACKENDS = ("sqlite", "dynamodb")
 
 
 class ConfigError(ValueError):
@@ -72,6 +77,10 @@ class KmsSettings:
 class StorageSettings:
     backend: str = "sqlite"
     sqlite_path: Path = Path("/var/lib/nitro-wallet/accounts.db")
+    # dynamodb only: region is resolved (defaults to [kms].region) when backend is dynamodb.
+    table_name: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,12 @@ class RelayConfig:
         unknown = sorted(set(document) - known)
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}: expected {sorted(known)}")
+        kms = _kms(_Section(document, "kms", required=True))
         config = cls(
             relay=_relay(_Section(document, "relay")),
             enclave=_enclave(_Section(document, "enclave")),
-            kms=_kms(_Section(document, "kms", required=True)),
-            storage=_storage(_Section(document, "storage")),
+            kms=kms,
+            storage=_storage(_Section(document, "storage"), kms.region),
             credentials=_credentials(_Section(document, "credentials")),
         )
         return config
@@ -177,6 +187,9 @@ class _Section:
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value: str = self._take(key, default, f"one of {list(choices)}", lambda v: v in choices)
         return value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
 
     def done(self) -> None:
         if self._values:
@@ -263,12 +276,53 @@ def _kms(section: _Section) -> KmsSettings:
     return KmsSettings(key_id=key_id, region=region)
 
 
-def _storage(section: _Section) -> StorageSettings:
+def _storage(section: _Section, kms_region: str) -> StorageSettings:
     defaults = StorageSettings()
-    backend = section.choice("backend", defaults.backend, ("sqlite",))
-    path = Path(section.string("sqlite_path", str(defaults.sqlite_path)))
-    section.done()
-    return StorageSettings(backend=backend, sqlite_path=path)
+    backend = section.choice("backend", defaults.backend, STORAGE_BACKENDS)
+    if backend == "sqlite":
+        path = Path(section.string("sqlite_path", str(defaults.sqlite_path)))
+        section.done()
+        return StorageSettings(backend=backend, sqlite_path=path)
+    if "table_name" not in section:
+        raise ConfigError('storage.table_name is required when storage.backend = "dynamodb"')
+    table_name = section.string("table_name")
+    if not _TABLE_NAME_RE.match(table_name):
+        raise ConfigError(
+            f"storage.table_name {table_name!r} is not a DynamoDB table name "
+            "(3 to 255 of A-Z a-z 0-9 _ . -)"
+        )
+    region = section.string("region", kms_region)
+    if not _REGION_RE.match(region):
+        raise ConfigError(f"storage.region {region!r} is not an AWS region name")
+    endpoint_url = None
+    if "endpoint_url" in section:
+        endpoint_url = _endpoint_url(section.string("endpoint_url"))
+    section.done()  # refuses sqlite_path too: it means nothing to this backend
+    return StorageSettings(
+        backend=backend, table_name=table_name, region=region, endpoint_url=endpoint_url
+    )
+
+
+def _endpoint_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigError(f"storage.endpoint_url {url!r} is not a URL") from exc
+    plain_loopback = parts.scheme == "http" and is_loopback(parts.hostname or "")
+    if (
+        not (parts.scheme == "https" or plain_loopback)
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or parts.username
+        or parts.password
+        or parts.path not in ("", "/")
+    ):
+        raise ConfigError(
+            f"storage.endpoint_url {url!r} must be an https URL (or http on a loopback host) "
+            "without path, query or user info"
+        )
+    return url
 
 
 def _credentials(section: _Section) -> CredentialsSettings:

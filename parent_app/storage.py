@@ -1,6 +1,7 @@
 """Account storage: ciphertext records, written once, never overwritten.
 
-``Storage`` is the contract every backend meets (SQLite here; DynamoDB later):
+``Storage`` is the contract every backend meets (SQLite here; DynamoDB in
+``parent_app.storage_dynamodb``, sharing the record type and the cursor format):
 an insert is durable before it returns and fails with ``AccountExists`` when the
 account id or the address is already taken. Records hold only what the enclave
 returned: the address and two ciphertexts; nothing here can decrypt them.
