@@ -21,17 +21,17 @@ import hashlib
 import hmac
 import json
 import secrets
-import signal
 import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from nitro_sim.background import BackgroundHttpServer, parse_service_args, serve_until_signalled
 from nitro_sim.principals import Principals, PrincipalsError
+from parent_app.http_server import BoundedThreadingHTTPServer
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
@@ -41,6 +41,8 @@ CREDENTIAL_LIFETIME = timedelta(hours=6)
 SOCKET_TIMEOUT_SECONDS = 10
 MAX_BODY_BYTES = 4096
 _CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
+
+MAX_CONNECTIONS = 32
 
 
 def _iso(moment: datetime) -> str:
@@ -75,15 +77,13 @@ class TokenStore:
         return any(hmac.compare_digest(token.encode(), t.encode()) for t in live)
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _HttpServer(BoundedThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], principals: Principals) -> None:
         self.principals = principals
         self.tokens = TokenStore()
         digest = hashlib.sha256(principals.role_credentials().access_key_id.encode()).hexdigest()
         self.instance_id = "i-" + digest[:17]
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, MAX_CONNECTIONS)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -199,33 +199,13 @@ class _Handler(BaseHTTPRequestHandler):
     do_DELETE = do_POST  # noqa: N815
 
 
-class ImdsServer:
+class ImdsServer(BackgroundHttpServer):
     """A running IMDSv2; `.url` is what AWS_EC2_METADATA_SERVICE_ENDPOINT expects."""
 
+    url_suffix = "/"
+
     def __init__(self, principals: Principals, host: str, port: int) -> None:
-        self._httpd = _HttpServer((host, port), principals)
-        self.host = host
-        self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"imds-{self.port}", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> ImdsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().__init__(_HttpServer((host, port), principals), "imds")
 
 
 def serve_imds(state_dir: Path, host: str = "127.0.0.1", port: int = 0) -> ImdsServer:
@@ -235,29 +215,13 @@ def serve_imds(state_dir: Path, host: str = "127.0.0.1", port: int = 0) -> ImdsS
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nitro-sim imds", description="IMDSv2 (simulator)")
-    parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.error("--port must be 0..65535")
+    args = parse_service_args(parser, argv)
     try:
         server = serve_imds(args.state_dir, args.host, args.port)
     except (OSError, PrincipalsError) as exc:
         print(f"nitro-sim imds: cannot start: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    print(json.dumps({"service": "imds", "url": server.url, "port": server.port}), flush=True)
-    while not stop.wait(1.0):
-        pass
-    server.close()
-    return 0
+    return serve_until_signalled("imds", server)
 
 
 if __name__ == "__main__":

@@ -55,26 +55,24 @@ _STATUS_CODES = {
 }
 
 
-class RelayHTTPServer(ThreadingHTTPServer):
+class BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """A thread per request and at most ``max_concurrent`` of them: a flood is refused
+    (``refuse_busy``), never queued without bound. Shared with the simulator's servers."""
+
     daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
 
-    def __init__(self, api: RelayApi, settings: RelaySettings) -> None:
-        self.api = api
-        self.settings = settings
-        self._slots = threading.BoundedSemaphore(settings.max_concurrent_requests)
-        family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
-        self.address_family = family
-        super().__init__((settings.listen_host, settings.listen_port), RelayRequestHandler)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        max_concurrent: int,
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self._refuse_busy(request)
+            self.refuse_busy(request)
             return
         try:
             super().process_request(request, client_address)
@@ -88,7 +86,30 @@ class RelayHTTPServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
-    def _refuse_busy(self, request: socket.socket) -> None:
+    def refuse_busy(self, request: Any) -> None:
+        self.shutdown_request(request)
+
+
+class RelayHTTPServer(BoundedThreadingHTTPServer):
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, api: RelayApi, settings: RelaySettings) -> None:
+        self.api = api
+        self.settings = settings
+        family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
+        self.address_family = family
+        super().__init__(
+            (settings.listen_host, settings.listen_port),
+            RelayRequestHandler,
+            settings.max_concurrent_requests,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def refuse_busy(self, request: socket.socket) -> None:
         error = RelayError(503, RelayCode.SERVER_BUSY, "too many concurrent requests")
         response = error_response(error)
         head = (

@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from enclave_app import strict_json
+from nitro_sim.background import BackgroundHttpServer, parse_service_args, serve_until_signalled
 from nitro_sim.ca import CaError, SimCa
 from nitro_sim.kms.params import KmsError, Params
 from nitro_sim.kms.service import AuditEntry, KmsService
 from nitro_sim.kms.sigv4 import AuthError, SignedRequest, authenticate
 from nitro_sim.kms.store import StoreError
 from nitro_sim.principals import Principal, Principals, PrincipalsError
+from parent_app.http_server import BoundedThreadingHTTPServer
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_CONNECTIONS = 64
@@ -37,30 +36,12 @@ TARGET_PREFIX = "TrentService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
+class _HttpServer(BoundedThreadingHTTPServer):
     service: KmsService
 
     def __init__(self, address: tuple[str, int], service: KmsService) -> None:
         self.service = service
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)  # over capacity: drop rather than queue unboundedly
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+        super().__init__(address, _Handler, MAX_CONNECTIONS)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -167,37 +148,12 @@ def _parse_body(body: bytes) -> Params:
     return Params(raw)
 
 
-class KmsServer:
+class KmsServer(BackgroundHttpServer):
     """A running local KMS; `.url` for boto3's endpoint_url, `.close()` to stop."""
 
     def __init__(self, service: KmsService, host: str, port: int) -> None:
+        super().__init__(_HttpServer((host, port), service), "kms")
         self.service = service
-        self._httpd = _HttpServer((host, port), service)
-        self.host = host
-        self.port: int = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"kms-{self.port}", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def wait(self) -> None:
-        self._thread.join()
-
-    def __enter__(self) -> KmsServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def build_service(state_dir: Path) -> KmsService:
@@ -214,32 +170,14 @@ def serve_kms(state_dir: Path, host: str = "127.0.0.1", port: int = 0) -> KmsSer
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nitro-sim kms", description="local AWS KMS (simulator)")
-    parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        parser.error("--port must be 0..65535")
+    args = parse_service_args(parser, argv)
     try:
         server = serve_kms(args.state_dir, args.host, args.port)
     except (OSError, PrincipalsError, CaError, StoreError) as exc:
         print(f"nitro-sim kms: cannot start: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
+    return serve_until_signalled("kms", server)
 
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    print(json.dumps({"service": "kms", "url": server.url, "port": server.port}), flush=True)
-    while not stop.wait(1.0):
-        pass
-    server.close()
-    return 0
-
-
-__all__ = ["KmsServer", "build_service", "main", "serve_kms"]
 
 if __name__ == "__main__":
     sys.exit(main())
