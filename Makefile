@@ -4,12 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv dev demo test lint format fixtures pytest molecule clean
+.PHONY: venv dev demo demo-dev test test-fast lint format fixtures pytest lock clean
 
-$(VENV)/.installed: pyproject.toml $(wildcard requirements/*.txt)
+# One lock for the controller/dev tooling; the package itself is installed without deps.
+$(VENV)/.installed: pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[sim,dev]' $(if $(wildcard requirements/ansible.txt),-r requirements/ansible.txt)
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -18,12 +20,23 @@ venv: $(VENV)/.installed
 dev: venv
 	$(PY) -m nitro_sim.dev
 
-## The appliance end to end, with a curl walk-through.
+## The appliance end to end: Ansible provisions a simulated Nitro host (podman,
+## systemd) with playbooks/site.yml, then a curl walk-through against its relay.
 demo: venv
-	bash scripts/demo-local.sh
+	bash scripts/demo.sh
 
-## Every check: linters, type checks, pytest (unit, property, end-to-end).
-test: venv lint pytest
+## The same walk-through against `make dev`'s processes (no root, no podman).
+demo-dev: venv
+	bash scripts/demo-dev.sh
+
+## Every check: ruff, mypy, pytest (unit, property, end-to-end, Ansible lint and
+## syntax) and the molecule scenarios on podman systemd hosts (needs root + podman).
+test: venv lint fixtures
+	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_MOLECULE=1 $(VENV)/bin/pytest -q
+
+## Everything but molecule: the fast loop.
+test-fast: venv lint fixtures
+	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 $(VENV)/bin/pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -37,8 +50,14 @@ format: venv
 fixtures: venv
 	$(PY) scripts/fetch-real-fixtures.py
 
-pytest: venv fixtures
-	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 $(VENV)/bin/pytest -q
+## Regenerate the lock files from requirements/*.in and pyproject.toml.
+lock: venv
+	cd requirements && for name in enclave relay sim; do \
+	  ../$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-header \
+	    --no-emit-index-url --no-emit-find-links --output-file $$name.txt $$name.in; done
+	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-index-url \
+	  --no-emit-find-links --extra sim --extra dev --extra ansible \
+	  --output-file requirements/dev.txt pyproject.toml
 
 clean:
-	rm -rf .dev-state .demo-state build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .dev-state .demo-state build dist .pytest_cache .mypy_cache .ruff_cache artifacts

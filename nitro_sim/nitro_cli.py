@@ -516,6 +516,11 @@ def _terminate(state: Path, record: dict[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nitro-cli", description="Simulated AWS Nitro CLI")
+    # The real CLI prints "Nitro CLI <version>"; PCR1 depends on it, so roles key
+    # rebuilds on it.
+    parser.add_argument(
+        "--version", action="version", version=f"Nitro CLI {eif_mod.SIM_VERSION} (simulator)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     build = commands.add_parser("build-enclave", help="build an enclave image (EIF)")

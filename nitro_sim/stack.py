@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -40,8 +41,8 @@ if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENCLAVE_CONTEXT = REPO_ROOT / "enclave"
-ENCLAVE_REQUIREMENTS = REPO_ROOT / "requirements" / "enclave.txt"
+BUILD_CONTEXT_SCRIPT = REPO_ROOT / "roles" / "enclave" / "files" / "build_context.py"
+ENCLAVE_TEMPLATE = REPO_ROOT / "roles" / "enclave" / "templates" / "enclave.toml.j2"
 ENCLAVE_CID = 16
 ENCLAVE_PORT = 5000
 KMS_PROXY_PORT = 8000
@@ -225,42 +226,59 @@ class LocalStack:
     def stage_enclave_context(
         self, name: str, mutate: Callable[[Path], None] | None = None
     ) -> Path:
-        """The build context: enclave/ + enclave_app/ + the rendered enclave.toml."""
+        """The build context, made exactly as the enclave role makes it on a host:
+        roles/enclave/files/build_context.py packs it, the role's template renders
+        enclave.toml. ``mutate`` lets a test change the image (a different PCR0)."""
         context = self.root / "build" / name
         shutil.rmtree(context, ignore_errors=True)
         context.mkdir(parents=True)
-        shutil.copy2(ENCLAVE_CONTEXT / "Dockerfile", context / "Dockerfile")
-        shutil.copy2(ENCLAVE_CONTEXT / "entrypoint.sh", context / "entrypoint.sh")
-        if ENCLAVE_REQUIREMENTS.exists():
-            shutil.copy2(ENCLAVE_REQUIREMENTS, context / "requirements-enclave.txt")
-        shutil.copytree(
-            REPO_ROOT / "enclave_app",
-            context / "enclave_app",
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        archive = self.root / "build" / f"{name}.tar.gz"
+        subprocess.run(
+            [
+                sys.executable,
+                str(BUILD_CONTEXT_SCRIPT),
+                "--repo-root",
+                str(REPO_ROOT),
+                "--output",
+                str(archive),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
+        with tarfile.open(archive) as packed:
+            packed.extractall(context, filter="data")
         (context / "enclave.toml").write_text(self.render_enclave_config())
         if mutate is not None:
             mutate(context)
         return context
 
     def render_enclave_config(self, **overrides: Any) -> str:
+        """roles/enclave/templates/enclave.toml.j2 with the simulator's values."""
         variables: dict[str, Any] = {
+            "ansible_managed": "rendered by nitro_sim.stack (make dev)",
             "enclave_vsock_port": ENCLAVE_PORT,
+            "enclave_max_frame_bytes": 262144,
+            "enclave_max_connections": 32,
             "enclave_region": self.region,
             "enclave_kms_endpoint_scheme": "http",
             "enclave_kms_endpoint_host": "127.0.0.1",
             "enclave_kms_proxy_port": KMS_PROXY_PORT,
             "enclave_kms_key_ids": [self.key_arn],
+            "enclave_key_cache_max_entries": 1024,
+            "enclave_key_cache_ttl_seconds": 900,
+            "enclave_allow_pre_eip155": False,
         }
         variables.update(overrides)
         environment = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(ENCLAVE_CONTEXT),
+            loader=jinja2.FileSystemLoader(ENCLAVE_TEMPLATE.parent),
             undefined=jinja2.StrictUndefined,
             autoescape=False,  # noqa: S701 - renders TOML
             keep_trailing_newline=True,
         )
+        environment.filters["to_json"] = json.dumps
         environment.filters["bool"] = bool
-        return environment.get_template("enclave.toml.j2").render(**variables)
+        return environment.get_template(ENCLAVE_TEMPLATE.name).render(**variables)
 
     def build_eif(self, name: str, mutate: Callable[[Path], None] | None = None) -> Measurements:
         context = self.stage_enclave_context(name, mutate)

@@ -95,7 +95,10 @@ def _pack(root: Path, output: Path) -> dict[str, str]:
     script = ROLES / "enclave/files/build_context.py"
     result = subprocess.run(
         [sys.executable, str(script), "--repo-root", str(root), "--output", str(output)],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     info: dict[str, str] = json.loads(result.stdout)
     return info
@@ -115,7 +118,10 @@ def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> No
         assert all(m.mtime == 0 and m.uid == 0 for m in archive.getmembers())
     assert names == sorted(names)
     assert set(names) == {
-        "Dockerfile", "entrypoint.sh", "enclave_app/__init__.py", "enclave_app/__main__.py",
+        "Dockerfile",
+        "entrypoint.sh",
+        "enclave_app/__init__.py",
+        "enclave_app/__main__.py",
         "requirements-enclave.txt",
     }
     assert first["requirements"] == "requirements/enclave.txt"
@@ -130,7 +136,10 @@ def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     script = ROLES / "enclave/files/build_context.py"
     result = subprocess.run(
         [sys.executable, str(script), "--repo-root", str(repo), "--output", str(tmp_path / "x")],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "Dockerfile does not exist" in result.stderr
@@ -154,7 +163,10 @@ def test_allocator_check(tmp_path: Path, content: str, ok: bool) -> None:
     config.write_text(content)
     result = subprocess.run(
         [sys.executable, str(ROLES / "nitro_simulator/files/allocator_check.py"), str(config)],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert (result.returncode == 0) is ok, result.stderr
     if not ok:
@@ -184,10 +196,28 @@ def _supervise(tmp_path: Path) -> tuple[subprocess.Popen[str], socket.socket, Pa
     notify.settimeout(20)
     env = {**os.environ, "STATE": str(state), "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     process = subprocess.Popen(
-        [sys.executable, str(ROLES / "enclave/files/enclave_supervise.py"), "--nitro-cli", str(cli),
-         "--name", "nw", "--eif-path", "/x.eif", "--cpu-count", "2", "--memory", "512",
-         "--enclave-cid", "16", "--interval", "0.2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            str(ROLES / "enclave/files/enclave_supervise.py"),
+            "--nitro-cli",
+            str(cli),
+            "--name",
+            "nw",
+            "--eif-path",
+            "/x.eif",
+            "--cpu-count",
+            "2",
+            "--memory",
+            "512",
+            "--enclave-cid",
+            "16",
+            "--interval",
+            "0.2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     return process, notify, state
 

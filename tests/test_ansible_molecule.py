@@ -42,7 +42,10 @@ def test_host_image() -> None:
     if shutil.which("podman") is None:
         pytest.fail("podman is missing: run scripts/install-test-host-deps.sh")
     subprocess.run(
-        [str(ROOT / "scripts/build-testhost-image.sh")], cwd=ROOT, env=_env(), check=True,
+        [str(ROOT / "scripts/build-testhost-image.sh")],
+        cwd=ROOT,
+        env=_env(),
+        check=True,
         timeout=900,
     )
 
@@ -52,6 +55,11 @@ def test_host_image() -> None:
 def test_molecule_scenario(test_host_image: None, scenario: str) -> None:
     result = subprocess.run(
         [str(BIN / "molecule"), "test", "-s", scenario],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3600, check=False,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-20000:]

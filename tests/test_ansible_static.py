@@ -30,7 +30,7 @@ def _tool(name: str) -> str:
     if not path.exists():
         found = shutil.which(name)
         if found is None:
-            pytest.fail(f"{name} is not installed: pip install -r requirements/ansible.txt")
+            pytest.fail(f"{name} is not installed: pip install -r requirements/dev.txt")
         return found
     return str(path)
 

@@ -1,4 +1,3 @@
-# ruff: noqa: S101 - pytest tests assert
 """Verify the whole appliance on the simulated host (molecule scenario `default`).
 
 Runs on the controller with testinfra (the `host` fixture reaches the podman host). The

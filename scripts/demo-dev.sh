@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Demo: start the simulated appliance, then walk through it with curl exactly as a
+# `make demo-dev`: start the simulated appliance as plain processes (no root, no podman), then walk through it with curl exactly as a
 # user would: create an account, sign an EIP-1559 transaction, and check with
 # independent code (eth-account) that the signature recovers to the account.
 set -euo pipefail
