@@ -229,10 +229,20 @@ def test_no_private_key_or_data_key_in_storage_logs_or_responses(stack: LocalSta
     private_key, data_key = unlock_as_measured_enclave(stack, record)
     assert Account.from_key(private_key).address == account["address"]
 
+    logs = {p: p.read_bytes() for p in files_under(stack.log_dir)}
+    consoles = list((stack.sim_dir / "enclaves").rglob("console.log"))
+    assert consoles, "the enclave's console log is part of what is searched"
+    logs.update({p: p.read_bytes() for p in consoles})
+    logs[stack.sim_dir / "kms" / "audit.log"] = (stack.sim_dir / "kms" / "audit.log").read_bytes()
     haystacks = {p: p.read_bytes() for p in files_under(stack.relay_db.parent)}
-    haystacks.update({p: p.read_bytes() for p in files_under(stack.log_dir)})
+    haystacks.update(logs)
     haystacks.update({stack.root / f"response{i}": r for i, r in enumerate(responses)})
     for secret in (private_key, data_key):
         for form in secret_forms(secret):
             for where, content in haystacks.items():
-                assert form not in content, f"secret found in {where}"
+                assert form not in content, f"key material found in {where}"
+    # The role credentials the relay passes to the enclave are never logged either.
+    role = next(p for p in stack.principals() if p.get("imds_role"))
+    for credential in (role["secret_access_key"], role["session_token"]):
+        for where, content in logs.items():
+            assert credential.encode() not in content, f"credential found in {where}"
