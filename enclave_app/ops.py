@@ -4,11 +4,13 @@ JSON-ready result; errors are raised as ``EnclaveError`` with a stable code."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from enclave_app import __version__, validation
 from enclave_app.accounts import AccountVault, SealedAccount
 from enclave_app.errors import EnclaveError, ErrorCode
+from enclave_app.kms import AwsCredentials
 from enclave_app.nsm import Nsm
 from enclave_app.signing import messages, transactions, typed_data
 from enclave_app.signing.messages import SignedMessage
@@ -68,44 +70,54 @@ class Operations:
         }
 
     def sign_transaction(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        account, fields = self._signing_request(params, "transaction")
-        tx = transactions.parse_transaction(fields, allow_pre_eip155=self._allow_pre_eip155)
-        transactions.require_sender(tx, account.address)
-        signed = transactions.sign_transaction(self._unlock(account, params), tx)
+        request = _SigningRequest.parse(params, "transaction")
+        tx = transactions.parse_transaction(
+            validation.object_field(params, "transaction"),
+            allow_pre_eip155=self._allow_pre_eip155,
+        )
+        transactions.require_sender(tx, request.account.address)
+        signed = transactions.sign_transaction(self._unlock(request), tx)
         return {"raw_transaction": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()}
 
     def sign_message(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """EIP-191 version 0x45 (personal_sign and eth_sign)."""
-        account, _ = self._signing_request(params, "message", field_is_object=False)
-        message = messages.message_bytes(params["message"])
-        return _signature(messages.sign_message(self._unlock(account, params), message))
+        request = _SigningRequest.parse(params, "message")
+        digest = messages.eip191_digest(messages.message_bytes(params["message"]))
+        return _signature(messages.sign_digest_65(self._unlock(request), digest))
 
     def sign_typed_data(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """EIP-712 (eth_signTypedData_v4)."""
-        account, data = self._signing_request(params, "typed_data")
-        typed_data.hash_typed_data(data)  # validate fully before any KMS call
-        return _signature(typed_data.sign_typed_data(self._unlock(account, params), data))
+        """EIP-712 (eth_signTypedData_v4), fully validated before any KMS call."""
+        request = _SigningRequest.parse(params, "typed_data")
+        digest = typed_data.hash_typed_data(validation.object_field(params, "typed_data")).digest
+        return _signature(messages.sign_digest_65(self._unlock(request), digest))
 
     def sign_authorization(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """An EIP-7702 authorization tuple {chainId, address, nonce}."""
-        account, fields = self._signing_request(params, "authorization")
-        authorization = transactions.parse_authorization("authorization", fields)
-        signed = transactions.sign_authorization(self._unlock(account, params), authorization)
+        request = _SigningRequest.parse(params, "authorization")
+        authorization = transactions.parse_authorization(
+            "authorization", validation.object_field(params, "authorization")
+        )
+        signed = transactions.sign_authorization(self._unlock(request), authorization)
         return {"authorization": signed.to_json()}
 
-    def _signing_request(
-        self, params: Mapping[str, Any], payload: str, *, field_is_object: bool = True
-    ) -> tuple[SealedAccount, Mapping[str, Any]]:
-        """Validate the common envelope of a signing op; the payload is checked by its parser."""
-        validation.check_params(params, {"account", "credentials", payload}, set())
-        account = validation.sealed_account(params["account"])
-        validation.credentials(params["credentials"])
-        if not field_is_object:
-            return account, {}
-        return account, validation.object_field(params, payload)
+    def _unlock(self, request: _SigningRequest) -> bytes:
+        return self._vault.unlock(request.account, request.credentials)
 
-    def _unlock(self, account: SealedAccount, params: Mapping[str, Any]) -> bytes:
-        return self._vault.unlock(account, validation.credentials(params["credentials"]))
+
+@dataclass(frozen=True)
+class _SigningRequest:
+    """The envelope every signing op shares; the payload is checked by its own parser."""
+
+    account: SealedAccount
+    credentials: AwsCredentials
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any], payload: str) -> _SigningRequest:
+        validation.check_params(params, {"account", "credentials", payload}, set())
+        return cls(
+            validation.sealed_account(params["account"]),
+            validation.credentials(params["credentials"]),
+        )
 
 
 def _signature(signed: SignedMessage) -> dict[str, Any]:
