@@ -6,6 +6,7 @@ audit lines. The last test runs the real `amazon.aws.kms_key` module through
 `ansible-playbook` against the simulator: create, idempotent re-run, policy update.
 """
 
+# ruff: noqa: F811 - test arguments are the fixtures imported below
 from __future__ import annotations
 
 import importlib.util
@@ -14,62 +15,26 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from nitro_sim.kms import KmsServer, serve_kms
-from nitro_sim.principals import Credentials, Principals
+from nitro_sim.principals import Principals
 
-REGION = "us-east-1"
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def kms(state: Path) -> Iterator[KmsServer]:
-    server = serve_kms(state, "127.0.0.1", 0)
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def principals(kms: KmsServer, state: Path) -> Principals:
-    return Principals.load(state)
-
-
-def client(url: str, creds: Credentials) -> Any:
-    return boto3.client(
-        "kms",
-        endpoint_url=url,
-        region_name=REGION,
-        aws_access_key_id=creds.access_key_id,
-        aws_secret_access_key=creds.secret_access_key,
-        aws_session_token=creds.session_token,
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
-@pytest.fixture
-def admin(kms: KmsServer, principals: Principals) -> Any:
-    return client(kms.url, principals.admin_credentials())
-
-
-@pytest.fixture
-def role(kms: KmsServer, principals: Principals) -> Any:
-    return client(kms.url, principals.role_credentials())
-
-
-def error_code(exc: pytest.ExceptionInfo[ClientError]) -> str:
-    return str(exc.value.response["Error"]["Code"])
+# The KMS server, principals and client fixtures are shared with the core KMS tests.
+from tests.test_sim_kms import (  # noqa: F401 - pytest fixtures by name
+    REGION,
+    admin,
+    client,
+    error_code,
+    kms,
+    principals,
+    role,
+    state,
+)
 
 
 def audit_lines(state: Path) -> list[dict[str, Any]]:
