@@ -273,11 +273,7 @@ class RelayApi:
 
     def sign_transaction(self, call: Call) -> Response:
         account_id = parse_uuid(call.params["account_id"], "account_id")
-        body = call.body or {}
-        _only_fields(body, {"transaction"})
-        transaction = body.get("transaction")
-        if not isinstance(transaction, dict):
-            raise invalid_request("transaction must be a JSON object")
+        transaction = _object_field(call.body or {}, "transaction")
         return json_response(200, self.service.sign_transaction(account_id, transaction))
 
     def sign_message(self, call: Call) -> Response:
