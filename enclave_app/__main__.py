@@ -10,24 +10,16 @@ from pathlib import Path
 from types import FrameType
 
 from enclave_app.accounts import AccountVault
-from enclave_app.attestation import parse_unverified
 from enclave_app.config import ConfigError, EnclaveConfig
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms
 from enclave_app.kms_forwarder import KmsForwarder
+from enclave_app.measurements import describe_measurements
 from enclave_app.nsm import nsm_from_environment
 from enclave_app.ops import Operations
 from enclave_app.server import EnclaveServer
 
 log = logging.getLogger("enclave_app")
-
-
-def describe_measurements(document: bytes) -> str:
-    """PCR0 of our own attestation, for operators reading a denial."""
-    try:
-        return f"PCR0 {parse_unverified(document).pcr_hex(0)}"
-    except Exception:
-        return "PCR0 unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     # Key material
     CIPHERTEXT_INVALID = "ciphertext_invalid"
     ADDRESS_MISMATCH = "address_mismatch"
+    # Capacity: every worker is busy; the caller retries later (the relay answers 503)
+    SERVER_BUSY = "server_busy"
     # Signing
     SIGNING_POLICY_VIOLATION = "signing_policy_violation"
     # Anything unexpected: details stay in the enclave.

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from enclave_app.attestation import root_fingerprint
+from nitro_wallet.attestation import root_fingerprint
 
 ROOT_NAME = "nitro-sim root"
 INTERMEDIATE_NAME = "nitro-sim intermediate"

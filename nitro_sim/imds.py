@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from nitro_sim.background import BackgroundHttpServer, parse_service_args, serve_until_signalled
+from nitro_sim.httpserver import BoundedThreadingHTTPServer
 from nitro_sim.principals import Principals, PrincipalsError
-from parent_app.http_server import BoundedThreadingHTTPServer
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import jinja2
 
-from parent_app.key_policy import render_key_policy, validate_key_policy
+from nitro_wallet.key_policy import render_key_policy, validate_key_policy
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient

@@ -1,5 +1,5 @@
 """The Python helpers shipped inside the roles, run for real: the key policy filter
-plugin (on parent_app.key_policy), the enclave build context packer, the simulated
+plugin (on nitro_wallet.key_policy), the enclave build context packer, the simulated
 allocator check and the enclave supervisor (against a stand-in nitro-cli script)."""
 
 from __future__ import annotations

@@ -18,15 +18,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from enclave_app.attestation import (
+from nitro_sim.ca import SimCa
+from nitro_sim.nsm import SimulatedNsm
+from nitro_wallet.attestation import (
     AWS_NITRO_ROOT_G1_SHA256,
     AttestationError,
     parse_unverified,
     root_fingerprint,
     verify_attestation,
 )
-from nitro_sim.ca import SimCa
-from nitro_sim.nsm import SimulatedNsm
 from tests.simhelpers import cose_sign, default_fields, make_ca, signed_document
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,7 +386,7 @@ def test_root_fingerprint_rejects_garbage() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "enclave_app.attestation", *args],
+        [sys.executable, "-m", "nitro_wallet", "attestation", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from parent_app.key_policy import KeyPolicyError, render_key_policy, validate_key_policy
+from nitro_wallet.key_policy import KeyPolicyError, render_key_policy, validate_key_policy
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 ADMIN = "arn:aws:iam::111122223333:user/nitro-wallet-admin"
@@ -137,7 +137,7 @@ def test_validate_cli(tmp_path: Path) -> None:
     good.write_text(json.dumps(render([PCR_A])))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(mutated("root delegation")))
-    run = [sys.executable, "-m", "parent_app.key_policy", "validate"]
+    run = [sys.executable, "-m", "nitro_wallet", "key-policy", "validate"]
     ok = subprocess.run([*run, str(good)], capture_output=True, text=True, check=False)
     assert ok.returncode == 0
     assert json.loads(ok.stdout)["pcr0s"] == [PCR_A]

@@ -16,7 +16,6 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from enclave_app.attestation import verify_attestation
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.nsm import (
     NSM_IOCTL,
@@ -32,6 +31,7 @@ from enclave_app.nsm import (
 )
 from nitro_sim.ca import CaError, SimCa
 from nitro_sim.nsm import NsmServer, SimulatedNsm
+from nitro_wallet.attestation import verify_attestation
 from tests.simhelpers import make_ca
 
 REPO = Path(__file__).resolve().parents[1]

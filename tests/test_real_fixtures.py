@@ -24,13 +24,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from enclave_app.attestation import (
+from enclave_app.cms import CmsError, decrypt_enveloped_data
+from nitro_wallet.attestation import (
     AWS_NITRO_ROOT_G1_SHA256,
     AttestationError,
     parse_unverified,
     verify_attestation,
 )
-from enclave_app.cms import CmsError, decrypt_enveloped_data
 
 FIXTURES = Path(
     os.environ.get(

@@ -141,7 +141,8 @@ def _verify(stack: LocalStack, document: Path, *, pcr0: str, nonce: str) -> int:
         [
             sys.executable,
             "-m",
-            "enclave_app.attestation",
+            "nitro_wallet",
+            "attestation",
             "verify",
             "--document",
             str(document),

@@ -188,7 +188,8 @@ def test_attest_op_answers_a_document_the_verifier_cli_accepts(stack: LocalStack
         [
             sys.executable,
             "-m",
-            "enclave_app.attestation",
+            "nitro_wallet",
+            "attestation",
             "verify",
             "--document",
             str(doc_file),
@@ -205,7 +206,15 @@ def test_attest_op_answers_a_document_the_verifier_cli_accepts(stack: LocalStack
     )
     assert verified.returncode == 0, verified.stderr
     refused = subprocess.run(
-        [sys.executable, "-m", "enclave_app.attestation", "verify", "--document", str(doc_file)],
+        [
+            sys.executable,
+            "-m",
+            "nitro_wallet",
+            "attestation",
+            "verify",
+            "--document",
+            str(doc_file),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -95,7 +95,7 @@ def test_a_debug_mode_enclave_is_refused(measured_enclave: LocalStack) -> None:
 def test_a_policy_allowing_the_debug_pcr0_is_refused_before_it_is_applied(
     stack: LocalStack,
 ) -> None:
-    from parent_app.key_policy import KeyPolicyError
+    from nitro_wallet.key_policy import KeyPolicyError
 
     with pytest.raises(KeyPolicyError, match="debug"):
         stack.apply_policy(["0" * 96])

@@ -22,12 +22,12 @@ from typing import Any
 from enclave_app import strict_json
 from nitro_sim.background import BackgroundHttpServer, parse_service_args, serve_until_signalled
 from nitro_sim.ca import CaError, SimCa
+from nitro_sim.httpserver import BoundedThreadingHTTPServer
 from nitro_sim.kms.params import KmsError, Params
 from nitro_sim.kms.service import AuditEntry, KmsService
 from nitro_sim.kms.sigv4 import AuthError, SignedRequest, authenticate
 from nitro_sim.kms.store import StoreError
 from nitro_sim.principals import Principal, Principals, PrincipalsError
-from parent_app.http_server import BoundedThreadingHTTPServer
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_CONNECTIONS = 64

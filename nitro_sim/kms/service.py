@@ -18,7 +18,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enclave_app.attestation import AttestationError, verify_attestation
 from nitro_sim.kms import policy as pol
 from nitro_sim.kms.admin_ops import AdminOps, parse_tags
 from nitro_sim.kms.cms_builder import RecipientKeyError, build_enveloped_data, load_recipient_key
@@ -36,6 +35,7 @@ from nitro_sim.kms.store import (
     seal,
 )
 from nitro_sim.principals import Principal, Principals
+from nitro_wallet.attestation import AttestationError, verify_attestation
 
 SYMMETRIC_DEFAULT = "SYMMETRIC_DEFAULT"
 RSAES_OAEP_SHA_256 = "RSAES_OAEP_SHA_256"

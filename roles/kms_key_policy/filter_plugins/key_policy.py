@@ -1,8 +1,9 @@
-"""Ansible filters for the KMS key policy, backed by parent_app.key_policy.
+"""Ansible filters for the KMS key policy, backed by nitro_wallet.key_policy.
 
 The policy is rendered from templates/kms_key_policy.json.j2 and validated by the same
-code that ``make dev`` and operators use (``python -m parent_app.key_policy``), so the
-role cannot drift from the project's rules.
+code that ``make dev`` and operators use (``nitro-wallet key-policy validate``), so the
+role cannot drift from the project's rules. The operator package ``nitro_wallet`` must
+be installed in the controller's Python (``make venv`` installs it).
 
     nitro_wallet_render_key_policy(admin_arns, enclave_arns, pcr0s) -> dict
     nitro_wallet_validate_key_policy(policy, allow_debug=False)    -> sorted PCR0 list
@@ -10,24 +11,19 @@ role cannot drift from the project's rules.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from ansible.errors import AnsibleFilterError  # type: ignore[import-untyped]
 
-_REPO_ROOT = Path(__file__).resolve().parents[3]
-
 
 def _key_policy() -> Any:
-    if str(_REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(_REPO_ROOT))
     try:
-        from parent_app import key_policy  # noqa: PLC0415 - needs the repo root on sys.path
+        from nitro_wallet import key_policy  # noqa: PLC0415 - a clear error if missing
     except ImportError as exc:
         raise AnsibleFilterError(
-            f"cannot import parent_app.key_policy from {_REPO_ROOT}: {exc}"
+            "cannot import nitro_wallet.key_policy: install the operator package in the "
+            f"controller's Python (make venv): {exc}"
         ) from exc
     return key_policy
 

@@ -13,16 +13,14 @@ whoever rendered it (Ansible's kms_key_policy role, ``make dev``, an operator):
   enclave is refused unless debug is explicitly allowed.
 
 Usable as a library, from the Ansible filter plugin, and as
-``python -m parent_app.key_policy validate FILE [--allow-debug]``.
+``nitro-wallet key-policy validate FILE [--allow-debug]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
 import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -181,28 +179,3 @@ def _attested_pcr0s(condition: object) -> list[str] | None:
             found = True
             values.extend(str(v) for v in _as_list(value))
     return values if found else None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parent_app.key_policy")
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("validate", help="validate a rendered policy file")
-    check.add_argument("file", type=Path)
-    check.add_argument("--allow-debug", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        policy = json.loads(args.file.read_text())
-        pcr0s = validate_key_policy(policy, allow_debug=args.allow_debug)
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"key policy unreadable: {exc}", file=sys.stderr)
-        return 1
-    except KeyPolicyError as exc:
-        for problem in exc.problems:
-            print(f"key policy refused: {problem}", file=sys.stderr)
-        return 1
-    print(json.dumps({"valid": True, "pcr0s": pcr0s}))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``nitro-wallet`` CLI (see ``nitro_wallet.cli``)."""
