@@ -212,7 +212,7 @@ class LocalStack:
 
     def apply_policy(self, pcr0s: Iterable[str], *, allow_debug: bool | None = None) -> None:
         policy = render_key_policy(
-            admin_arns=[self.admin_arn], enclave_arns=[self.role_arn], pcr0s=pcr0s
+            admin_arns=[self.admin_arn], enclave_arns=[self.role_arn], mode="pcr0", pcr0s=pcr0s
         )
         validate_key_policy(
             policy, allow_debug=self.allow_debug if allow_debug is None else allow_debug
