@@ -135,7 +135,7 @@ def test_production_relay_install_holds_no_simulator(host: Any) -> None:
     probe = host.run(
         f"{RELAY_VENV}/bin/python -c "
         "'import importlib.util as u, json; "
-        'print(json.dumps({m: u.find_spec(m) is not None for m in '
+        "print(json.dumps({m: u.find_spec(m) is not None for m in "
         '["parent_app", "nitro_sim", "nitro_wallet", "enclave_app.ops"]}))\''
     )
     assert probe.rc == 0, probe.stderr

@@ -6,6 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import botocore.exceptions
+from ansible_collections.amazon.aws.plugins.module_utils.modules import (  # type: ignore[import-untyped]
+    AnsibleAWSModule,
+)
+
 DOCUMENTATION = r"""
 module: nitro_wallet_kms_key_policy
 short_description: Apply a key policy to an existing, enabled KMS key
@@ -51,15 +56,6 @@ policy:
   returned: always
   type: dict
 """
-
-try:
-    import botocore.exceptions
-except ImportError:
-    pass  # AnsibleAWSModule reports a missing botocore
-
-from ansible_collections.amazon.aws.plugins.module_utils.modules import (  # type: ignore[import-not-found]
-    AnsibleAWSModule,
-)
 
 
 def _error_code(error: Exception) -> str:
