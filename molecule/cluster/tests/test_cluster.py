@@ -220,6 +220,7 @@ def playbook(name: str, *args: str, extra: dict[str, Any] | None = None) -> tupl
         INVENTORY,
         f"--extra-vars=@{EPHEMERAL / 'pins.yml'}",
         f"--extra-vars=kms_key_policy_artifact_dir={EPHEMERAL / 'artifacts'}",
+        f"--extra-vars=enclave_release_root={EPHEMERAL / 'releases'}",
         *([f"--extra-vars={json.dumps(extra)}"] if extra else []),
         *args,
         str(PROJECT / "playbooks" / name),
@@ -255,7 +256,7 @@ def pins() -> dict[str, Any]:
 
 
 def release_pcr0(release: str) -> str:
-    info = json.loads((PROJECT / "releases" / release / "release.json").read_text())
+    info = json.loads((EPHEMERAL / "releases" / release / "release.json").read_text())
     pcr0: str = info["measurements"]["PCR0"]
     return pcr0
 

@@ -236,6 +236,7 @@ def test_check_mode_on_a_converged_host_changes_nothing() -> None:
             "--inventory",
             os.environ["MOLECULE_INVENTORY_FILE"],
             f"--extra-vars=kms_key_policy_artifact_dir={ephemeral}/artifacts",
+            f"--extra-vars=enclave_release_root={ephemeral}/releases",
             str(scenario / "converge.yml"),
         ],
         env=env,
