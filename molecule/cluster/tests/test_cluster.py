@@ -48,7 +48,10 @@ TRANSACTION = {
     "data": "0x",
 }
 
-pytestmark = pytest.mark.skipif(not INVENTORY, reason="runs as molecule's verifier")
+pytestmark = [
+    pytest.mark.skipif(not INVENTORY, reason="runs as molecule's verifier"),
+    pytest.mark.timeout(1800),
+]
 
 
 # --- the load generator --------------------------------------------------------------
