@@ -34,6 +34,19 @@ _AMOUNT_HINT = "amounts are wei as integers or 0x-hex strings"
 
 def quantity(name: str, value: object, *, maximum: int = UINT256_MAX, minimum: int = 0) -> int:
     """An unsigned integer given as int or canonical 0x-hex, within [minimum, maximum]."""
+    # Fast path for the well-formed common case; every refusal is explained below.
+    if type(value) is str:
+        if len(value) <= 2 + 64 and _QUANTITY_RE.fullmatch(value) is not None:
+            number = int(value, 16)
+            if minimum <= number <= maximum:
+                return number
+    elif type(value) is int and minimum <= value <= maximum:
+        return value
+    return _checked_quantity(name, value, maximum=maximum, minimum=minimum)
+
+
+def _checked_quantity(name: str, value: object, *, maximum: int, minimum: int) -> int:
+    """The general path of :func:`quantity`: every refusal with its reason."""
     if isinstance(value, bool):
         raise invalid(f"{name} must be an integer or 0x-hex string, not a boolean")
     if isinstance(value, int):
