@@ -19,17 +19,9 @@ from eth_account import Account
 from enclave_app import wire
 from enclave_app.server import ServerLimits
 from tests.enclave_rig import EnclaveRig, read_answer, request_frame
+from tests.stack_helpers import eip1559
 
-TX = {
-    "type": "0x2",
-    "chainId": "0x1",
-    "nonce": "0x0",
-    "to": "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
-    "value": "0x1",
-    "gas": "0x5208",
-    "maxFeePerGas": "0x77359400",
-    "maxPriorityFeePerGas": "0x3b9aca00",
-}
+TX = eip1559()
 
 
 @pytest.fixture
