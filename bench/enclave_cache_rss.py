@@ -26,6 +26,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import enclave_app.__main__  # noqa: F401 - everything the enclave imports
+from enclave_app.accounts import AccountVault
+from enclave_app.key_cache import KeyCache
+from enclave_app.kms import AttestedKms
+from enclave_app.ops import Operations
+from enclave_app.signing.keys import SigningKey, generate_private_key
+
 CIPHERTEXT_BLOB_BYTES = 184  # a KMS CiphertextBlob for a 256-bit data key
 SEALED_KEY_BYTES = 1 + 12 + 32 + 16  # version, nonce, key, GCM tag
 KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/0d3c2b1a-0000-4000-8000-000000000001"
@@ -40,13 +47,6 @@ def rss_mib() -> float:
 
 def measure(entries: int) -> dict[str, Any]:
     """Fill the caches with ``entries`` accounts in this process; the RSS figures."""
-    import enclave_app.__main__  # noqa: F401 - everything the enclave imports
-    from enclave_app.accounts import AccountVault
-    from enclave_app.key_cache import KeyCache
-    from enclave_app.kms import AttestedKms
-    from enclave_app.ops import Operations
-    from enclave_app.signing.keys import SigningKey, generate_private_key
-
     cache: KeyCache[SigningKey] = KeyCache(entries, 900)
     kms = AttestedKms(None, "https://127.0.0.1:1", "us-east-1", (KEY_ID,))  # type: ignore[arg-type]
     vault = AccountVault(kms, cache)
@@ -64,7 +64,9 @@ def measure(entries: int) -> dict[str, Any]:
             "account_id": str(uuid.uuid4()),
             "address": key.address,
             "key_id": KEY_ID,
-            "encrypted_private_key": base64.b64encode(secrets.token_bytes(SEALED_KEY_BYTES)).decode(),
+            "encrypted_private_key": base64.b64encode(
+                secrets.token_bytes(SEALED_KEY_BYTES)
+            ).decode(),
             "encrypted_data_key": base64.b64encode(
                 secrets.token_bytes(CIPHERTEXT_BLOB_BYTES)
             ).decode(),

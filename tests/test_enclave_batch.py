@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,12 +198,9 @@ def test_cold_accounts_unlock_in_parallel_within_the_kms_bound(rig: EnclaveRig) 
     rig.gate.reset()
     rig.gate.delay = 0.3
     try:
-        started = time.monotonic()
         results = batch(rig, cold, [tx_item(i, 0) for i in range(len(cold))])
-        elapsed = time.monotonic() - started
     finally:
         rig.gate.delay = 0.0
     assert all(r["ok"] for r in results)
     assert rig.gate.calls["Decrypt"] == 9
-    assert rig.gate.max_in_flight == 3  # the bound (kms_concurrency=3), and reached
-    assert elapsed < 9 * 0.3  # parallel, not one after the other
+    assert rig.gate.max_in_flight == 3  # in parallel, up to the bound (kms_concurrency=3)
