@@ -247,6 +247,10 @@ class AttestedKms:
             )
             with self._clients_lock:
                 self._clients[cache_key] = client
+                evicted = []
                 while len(self._clients) > _CLIENT_CACHE_SIZE:
-                    self._clients.popitem(last=False)
+                    evicted.append(self._clients.popitem(last=False)[1])
+            for old in evicted:
+                # Free its kept-alive connections (and the vsock-proxy workers behind them).
+                old.close()
             return client

@@ -2,8 +2,10 @@
 
 Every attested KMS call needs a fresh key pair, and generating one costs tens of
 milliseconds of CPU: most of an account creation. The pool keeps up to ``size`` keys
-ready; one background thread refills it. OpenSSL generates the key with the GIL
-released, so the refiller runs beside request workers rather than in front of them.
+ready; one background thread refills it. ``cryptography`` (50.x) releases the GIL
+while OpenSSL generates the key, so the refiller runs beside request workers rather
+than in front of them (``bench/enclave_recipient_keys.py`` measures it, pinned to one
+CPU as well).
 
 Each key is handed out exactly once: :meth:`RecipientKeyPool.take` removes it from the
 pool under a lock, and a key is only ever put in the pool by the thread that generated

@@ -341,6 +341,10 @@ class LocalStack:
                 str(self.kms_port),
                 "--config",
                 str(allowlist),
+                # One worker per kept-alive KMS connection: at least the enclave's
+                # kms.max_concurrent_calls (8), with room for a credential rotation.
+                "--num_workers",
+                "16",
             ],
         )
         socket_path = self.sim_dir / "vsock" / f"3_{KMS_PROXY_PORT}.sock"
