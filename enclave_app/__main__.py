@@ -124,15 +124,7 @@ def server_limits(config: EnclaveConfig, descriptors: int) -> ServerLimits:
             max_connections,
             config.max_connections,
         )
-    return ServerLimits(
-        max_frame_bytes=config.max_frame_bytes,
-        max_connections=max_connections,
-        workers=config.workers,
-        queue_depth=config.queue_depth,
-        idle_timeout_seconds=config.idle_timeout_seconds,
-        frame_timeout_seconds=config.frame_timeout_seconds,
-        max_buffered_bytes=config.max_buffered_bytes,
-    )
+    return ServerLimits.from_config(config, max_connections)
 
 
 if __name__ == "__main__":

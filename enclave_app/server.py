@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from enclave_app import wire
+from enclave_app.config import EnclaveConfig
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.ops import Operations
 
@@ -55,23 +56,42 @@ _ACCEPT_BATCH = 64
 _TICK_SECONDS = 0.5
 #: After accept() fails for lack of descriptors, seconds before trying again.
 _ACCEPT_BACKOFF_SECONDS = 0.2
+#: Seconds stop() gives the workers to finish what they execute.
+_STOP_GRACE_SECONDS = 5.0
+
+
+_DEFAULTS = EnclaveConfig()
 
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
-    max_connections: int = 4096
-    workers: int = 16
-    queue_depth: int = 64
-    idle_timeout_seconds: float = 60.0
-    frame_timeout_seconds: float = 10.0
-    max_buffered_bytes: int = 64 * 1024 * 1024
+    """The server's bounds; defaults and meanings are ``EnclaveConfig``'s ``[server]``."""
+
+    max_frame_bytes: int = _DEFAULTS.max_frame_bytes
+    max_connections: int = _DEFAULTS.max_connections
+    workers: int = _DEFAULTS.workers
+    queue_depth: int = _DEFAULTS.queue_depth
+    idle_timeout_seconds: float = _DEFAULTS.idle_timeout_seconds
+    frame_timeout_seconds: float = _DEFAULTS.frame_timeout_seconds
+    max_buffered_bytes: int = _DEFAULTS.max_buffered_bytes
 
     def __post_init__(self) -> None:
         if min(self.max_frame_bytes, self.max_connections, self.workers) < 1:
             raise ValueError("frame cap, connections and workers must be at least 1")
         if self.queue_depth < 0 or self.max_buffered_bytes < self.max_frame_bytes:
             raise ValueError("queue_depth >= 0 and max_buffered_bytes >= max_frame_bytes")
+
+    @classmethod
+    def from_config(cls, config: EnclaveConfig, max_connections: int) -> ServerLimits:
+        return cls(
+            max_frame_bytes=config.max_frame_bytes,
+            max_connections=max_connections,
+            workers=config.workers,
+            queue_depth=config.queue_depth,
+            idle_timeout_seconds=config.idle_timeout_seconds,
+            frame_timeout_seconds=config.frame_timeout_seconds,
+            max_buffered_bytes=config.max_buffered_bytes,
+        )
 
 
 class _Connection:
@@ -194,9 +214,10 @@ class EnclaveServer:
         self._listener.close()
         for _ in self._workers:
             self._jobs.put(None)
-        for worker in self._workers:
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for worker in self._workers:  # a worker in a KMS call may take longer: daemons
             if worker.is_alive():
-                worker.join(timeout=5)
+                worker.join(timeout=max(0.0, deadline - time.monotonic()))
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()

@@ -4,12 +4,14 @@ tests/test_key_cache.py)."""
 from __future__ import annotations
 
 import os
+import resource
 import uuid
 from pathlib import Path
 
 import pytest
 
 from enclave_app import envelope, validation
+from enclave_app.__main__ import RESERVED_DESCRIPTORS, allow_descriptors, server_limits
 from enclave_app.config import ConfigError, EnclaveConfig
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.transport import Transport
@@ -147,3 +149,16 @@ def test_validators_refuse_what_does_not_fit() -> None:
     for bad_b64 in ("AAE", "!!!!", "AAAAAAAAAAAAAAAA", ""):
         with pytest.raises(EnclaveError):
             validation.base64_bytes(bad_b64, "f", 4)
+
+
+def test_the_connection_bound_fits_the_open_file_limit(tmp_path: Path) -> None:
+    path = tmp_path / "enclave.toml"
+    path.write_text(config_text())
+    config = EnclaveConfig.load(path, environ={})
+    roomy = server_limits(config, config.max_connections + RESERVED_DESCRIPTORS)
+    assert roomy.max_connections == config.max_connections
+    assert roomy.workers == config.workers
+    assert server_limits(config, RESERVED_DESCRIPTORS + 1000).max_connections == 1000
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert allow_descriptors(16) == soft  # enough already: nothing changes
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft
