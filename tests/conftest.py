@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,14 +14,20 @@ from nitro_sim.stack import LocalStack, free_port
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[LocalStack]:
+def stack_options() -> dict[str, Any]:
+    """Extra LocalStack settings for ``stack``: a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def stack(stack_options: dict[str, Any]) -> Iterator[LocalStack]:
     """One appliance per test module: KMS, IMDS, vsock-proxy, enclave, relay.
 
     The state lives in a short /tmp path: unix socket paths are limited to 107 bytes.
     """
     root = Path(tempfile.mkdtemp(prefix="nw-", dir="/tmp"))
     try:
-        with LocalStack(root=root, relay_port=free_port()) as running:
+        with LocalStack(root=root, relay_port=free_port(), **stack_options) as running:
             yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)
