@@ -36,6 +36,7 @@ class RelayCode(StrEnum):
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
     UPSTREAM_ERROR = "upstream_error"
     UPSTREAM_REJECTED = "upstream_rejected"
+    BATCH_TOO_LARGE = "batch_too_large"
 
 
 class RelayError(Exception):

@@ -48,7 +48,13 @@ from functools import partial
 from typing import Any
 
 from enclave_app import strict_json
-from parent_app.errors import EnclaveBadResponse, JsonRpcCode, RelayError, jsonrpc_code
+from parent_app.errors import (
+    EnclaveBadResponse,
+    JsonRpcCode,
+    RelayCode,
+    RelayError,
+    jsonrpc_code,
+)
 from parent_app.metrics import RelayMetrics
 from parent_app.rawtx import RawTransactionError, transaction_json
 from parent_app.service import WalletService
@@ -352,7 +358,7 @@ class JsonRpcApi:
             JsonRpcCode.LIMIT_EXCEEDED,
             f"batch of {len(messages)} requests exceeds the limit of {self.max_batch_requests} "
             "([relay] max_batch_requests): send smaller batches",
-            {"code": "batch_too_large"},
+            {"code": RelayCode.BATCH_TOO_LARGE},
         )
         answers = []
         for message in messages:
@@ -393,8 +399,9 @@ class JsonRpcApi:
                 slot.label = method
                 self._settle(slot, lambda: handler(params, shape))
             else:
-                slot.label = _PROXIED_LABEL if self.upstream is not None else "unknown"
+                slot.label = "unknown"
                 slot.outcome = self._forward_or_refuse(method, params)
+                slot.label = _PROXIED_LABEL
         except RpcError as exc:
             slot.error = exc
         return slot

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from eth_utils.crypto import keccak
+from prometheus_client.parser import text_string_to_metric_families
 
 from parent_app.errors import RelayError
 from parent_app.upstream import NonceTracker
@@ -442,3 +443,19 @@ def test_a_held_account_is_busy_after_the_lock_timeout() -> None:
     with tracker.hold("0xab"):  # free again, and nothing left behind
         pass
     assert tracker._locks == {}
+
+
+def test_forwarded_calls_are_counted_as_proxied(relay: FakeStack, node: FakeNode) -> None:
+    node.results["eth_blockNumber"] = "0x1"
+    node.errors["eth_call"] = {"code": 3, "message": "execution reverted"}
+    rpc(relay, "eth_blockNumber", [])
+    rpc(relay, "eth_call", [{"to": TO}, "latest"])
+    rpc(relay, "personal_unlockAccount", [])
+    families = {f.name: f for f in text_string_to_metric_families(relay.metrics())}
+    counts = {
+        (s.labels["method"], s.labels["outcome"]): s.value
+        for s in families["nitro_wallet_relay_jsonrpc_requests"].samples
+    }
+    assert counts[("proxied", "ok")] == 1
+    assert counts[("proxied", "3")] == 1
+    assert counts[("unknown", "-32601")] == 1
