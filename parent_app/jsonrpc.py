@@ -12,7 +12,8 @@ Methods served by the relay itself (never forwarded): ``eth_accounts``,
 ``eth_signTransaction``, ``eth_sign``, ``personal_sign``, ``eth_signTypedData_v4`` with
 its geth alias ``eth_signTypedData`` and, where v3 and v4 agree,
 ``eth_signTypedData_v3``; ``eth_chainId`` and ``net_version`` from ``[relay] chain_id``;
-and with ``[relay] upstream_rpc_url``, ``eth_sendTransaction`` (parent_app.upstream).
+and with ``[relay] upstream_rpc_url``, ``eth_sendTransaction``
+(parent_app.send_transaction).
 With an upstream node every other method is forwarded to it and its answer returned
 unchanged, except signing methods (``eth_sign*``, ``personal_*``, ``account_*``,
 ``clef_*``, ``wallet_*``): no key outside the enclave ever signs through the relay.
@@ -57,10 +58,11 @@ from parent_app.errors import (
 )
 from parent_app.metrics import RelayMetrics
 from parent_app.rawtx import RawTransactionError, transaction_json
+from parent_app.send_transaction import TransactionSender
 from parent_app.service import WalletService
 from parent_app.storage import checksum_address
 from parent_app.typed_data_v3 import V3MismatchError, check_v3_compatible
-from parent_app.upstream import Answer, TransactionSender, UpstreamClient, UpstreamError
+from parent_app.upstream import Answer, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from eth_utils.crypto import keccak
 from prometheus_client.parser import text_string_to_metric_families
 
 from parent_app.errors import RelayError
-from parent_app.upstream import NonceTracker
+from parent_app.nonces import NonceTracker
 from tests.fake_enclave import FakeStack, fake_signature
 from tests.fake_node import FakeNode
 from tests.test_jsonrpc_relay import error_of, post, rpc
