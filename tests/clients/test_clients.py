@@ -265,7 +265,8 @@ def web3_transactions(address: str, authorization: dict[str, str]) -> dict[str, 
 
 
 def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any]) -> None:
-    # web3.py reads geth's {raw, tx} from eth_signTransaction: its URL is /geth.
+    # web3.py reads geth's {raw, tx} from eth_signTransaction: its URL is /geth. Its own
+    # recovery functions are eth-account's, as w3.eth.account exposes them.
     w3 = Web3(Web3.HTTPProvider(f"{stack.relay_url}/geth", request_kwargs={"timeout": 60}))
     address = account["address"]
     rows: list[Row] = []
@@ -279,7 +280,7 @@ def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any])
     def sign() -> dict[str, Any]:
         text = "hello from web3.py"
         signature = HexBytes(w3.eth.sign(address, text=text)).to_0x_hex()
-        recovered = Account.recover_message(encode_defunct(text=text), signature=signature)
+        recovered = w3.eth.account.recover_message(encode_defunct(text=text), signature=signature)
         assert recovered == address, recovered
         return {"evidence": {"kind": "message", "text": text, "signature": signature}}
 
@@ -289,7 +290,7 @@ def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any])
         data = "0x00ff10e2"
         response = w3.provider.make_request("personal_sign", [data, address])  # type: ignore[arg-type]
         signature = response["result"]
-        recovered = Account.recover_message(encode_defunct(hexstr=data), signature=signature)
+        recovered = w3.eth.account.recover_message(encode_defunct(hexstr=data), signature=signature)
         assert recovered == address, recovered
         return {"evidence": {"kind": "message", "hex": data, "signature": signature}}
 
@@ -307,8 +308,8 @@ def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any])
         )
         assert isinstance(answers, list)
         one, two, accounts = (answer["result"] for answer in answers)
-        assert Account.recover_message(encode_defunct(text="one"), signature=one) == address
-        assert Account.recover_message(encode_defunct(text="two"), signature=two) == address
+        assert w3.eth.account.recover_message(encode_defunct(text="one"), signature=one) == address
+        assert w3.eth.account.recover_message(encode_defunct(text="two"), signature=two) == address
         assert address in accounts
         return {"detail": "personal_sign, eth_sign, eth_accounts in one batch"}
 
@@ -319,7 +320,7 @@ def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any])
         def typed_data(name: str = name, typed: dict[str, Any] = typed) -> dict[str, Any]:
             signature = HexBytes(w3.eth.sign_typed_data(address, typed)).to_0x_hex()
             signable = encode_typed_data(full_message=typed)
-            assert Account.recover_message(signable, signature=signature) == address
+            assert w3.eth.account.recover_message(signable, signature=signature) == address
             return {"evidence": {"kind": "typed", "name": name, "signature": signature}}
 
         run_check(rows, "web3.py", f"eth.sign_typed_data {name} (eth_signTypedData)", typed_data)
@@ -330,7 +331,7 @@ def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any])
         def sign_transaction(tx: dict[str, Any] = tx) -> dict[str, Any]:
             signed = w3.eth.sign_transaction(tx)  # type: ignore[arg-type]
             raw = bytes(signed["raw"])
-            assert Account.recover_transaction(raw) == address
+            assert w3.eth.account.recover_transaction(raw) == address
             decoded = dict(signed["tx"])
             assert decoded["nonce"] == tx["nonce"]
             assert decoded["chainId"] == CHAIN_ID
