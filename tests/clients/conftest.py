@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,15 @@ def anvil() -> Iterator[Anvil | None]:
     if missing_toolchain() is not None:
         yield None
         return
-    log = Path(tempfile.mkdtemp(prefix="nw-anvil-", dir="/tmp")) / "anvil.log"
-    node = Anvil(log)
+    directory = Path(tempfile.mkdtemp(prefix="nw-anvil-", dir="/tmp"))
     try:
-        yield node
+        node = Anvil(directory / "anvil.log")
+        try:
+            yield node
+        finally:
+            node.stop()
     finally:
-        node.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,8 @@ class Anvil:
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"anvil did not start; see {log}") from None
+                    output = log.read_text(errors="replace")[-800:]
+                    raise RuntimeError(f"anvil did not start: {output}") from None
                 time.sleep(0.1)
 
     def rpc(self, method: str, params: list[Any]) -> Any:
