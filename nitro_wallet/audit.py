@@ -319,9 +319,9 @@ def _authenticate(segment: _Segment) -> list[AuditLogError]:
         first, last = lines[covered + 1].number, lines[-1].number
         errors.append(
             AuditLogError(
-                first,
-                f"lines {first}..{last} are covered by no seal (edited, or the log was cut "
-                "inside a frame)",
+                last + 1,
+                f"the seal covering lines {first}..{last} is missing: the line that sealed them "
+                "was removed here (or the log was cut)",
             )
         )
     return errors

@@ -19,7 +19,7 @@ when it is full, ``reserve`` refuses new decisions (``audit_backlog_full``, a re
 relay lost does not lose its receipt: the relay pulls it from the ring.
 
 A relay starting on a new segment names the last receipt it holds of the previous one
-(``previous``); the enclave records that once as a ``link`` receipt, so the verifier
+(its ``after``); the enclave records that once as a ``link`` receipt, so the verifier
 can tell how the segments join, and a later deletion of the old segment's tail shows.
 """
 
@@ -202,29 +202,33 @@ class ReceiptChain:
 
     # -- collection ------------------------------------------------------------------
 
-    def pull(
-        self,
-        segment: str | None,
-        after: int | None,
-        limit: int = MAX_PULL,
-        previous: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Sealed receipts after ``after`` (the relay's last written counter of
-        ``segment``), in order; acknowledges everything up to ``after``."""
+    def pull(self, after: object, limit: int = MAX_PULL) -> dict[str, Any]:
+        """Sealed receipts after ``after`` in counter order, at most ``limit``.
+
+        ``after`` is ``{"seg", "n", "hash"}`` of the last receipt the relay has written,
+        or None for an empty log. Of this segment, it acknowledges receipts up to ``n``
+        (they leave the ring). Of another segment, it is recorded once as this segment's
+        ``link`` and the answer starts at the genesis receipt.
+        """
         if type(limit) is not int or not 1 <= limit <= MAX_PULL:
             raise invalid(f"limit must be 1..{MAX_PULL}")
-        ours = segment == self.segment.hex()
-        if after is not None and (type(after) is not int or after < 0 or not ours):
-            raise invalid("after must be a counter of the current segment (or null)")
-        if previous is not None and not ours:
-            self._link(previous)
-        start = after + 1 if after is not None else 0
+        start = 0
+        if after is not None:
+            seg, n, digest = _receipt_ref(after)
+            if seg == self.segment.hex():
+                if n > self._sealed:
+                    raise invalid(f"after.n {n} is beyond the sealed head {self._sealed}")
+                start = n + 1
+            else:
+                self._link(seg, n, digest)
         lines: list[str] = []
         size = 0
         with self._lock:
             while self._ring and self._ring[0].n < start:
                 self._ring.popleft()
             for entry in self._ring:
+                if entry.n < start:
+                    continue
                 if entry.n > self._sealed or len(lines) == limit:
                     break
                 line = fmt.log_line(entry.receipt, entry.sig)
@@ -239,16 +243,7 @@ class ReceiptChain:
                 "next": self._next,
             }
 
-    def _link(self, previous: Mapping[str, Any]) -> None:
-        if not isinstance(previous, dict) or set(previous) != {"seg", "n", "hash"}:
-            raise invalid("previous must be {seg, n, hash} of the relay's last receipt")
-        seg, n, digest = previous["seg"], previous["n"], previous["hash"]
-        if not (
-            _is_hex(seg, fmt.SEGMENT_BYTES) and type(n) is int and n >= 0 and _is_hex(digest, 32)
-        ):
-            raise invalid("previous must be {seg: 32 hex, n: counter, hash: 64 hex}")
-        if seg == self.segment.hex():
-            raise invalid("previous must name another segment")
+    def _link(self, seg: str, n: int, digest: str) -> None:
         with self._lock:
             if self._linked:
                 return
@@ -302,6 +297,15 @@ class Reservation:
             self._chain._unreserve(self._left)
             self._left = 0
         self._chain.seal()
+
+
+def _receipt_ref(value: object) -> tuple[str, int, str]:
+    if not isinstance(value, dict) or set(value) != {"seg", "n", "hash"}:
+        raise invalid("after must be {seg, n, hash} of the relay's last receipt, or null")
+    seg, n, digest = value["seg"], value["n"], value["hash"]
+    if not (_is_hex(seg, fmt.SEGMENT_BYTES) and type(n) is int and n >= 0 and _is_hex(digest, 32)):
+        raise invalid("after must be {seg: 32 hex, n: counter, hash: 64 hex}")
+    return seg, n, digest
 
 
 def _is_hex(value: object, length: int) -> bool:
