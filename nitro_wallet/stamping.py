@@ -42,6 +42,7 @@ from enclave_app.auth import canonical, signatures
 from enclave_app.auth.canonical import Approval, Stamp
 
 __all__ = [
+    "ALGORITHMS",
     "KEY_KINDS",
     "KeyFile",
     "KeyFileError",

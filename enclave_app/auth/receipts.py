@@ -41,7 +41,7 @@ from enclave_app.auth.canonical import b64url
 from enclave_app.auth.entropy import MixedEntropy
 from enclave_app.errors import EnclaveError, ErrorCode, invalid
 
-__all__ = ["AuditDecision", "ReceiptChain", "Reservation"]
+__all__ = ["AuditDecision", "ReceiptChain", "Reservation", "audit_head_op", "audit_receipts_op"]
 
 DEFAULT_CAPACITY = 65_536
 MAX_PULL = 1000
@@ -269,6 +269,24 @@ class ReceiptChain:
             "nonce": nonce.hex(),
             "sig": b64url(sig),
         }
+
+
+def audit_receipts_op(chain: ReceiptChain, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``audit_receipts`` op: params ``{"after": {seg, n, hash} | null, "limit"?}``."""
+    if not isinstance(params, Mapping) or not {"after"} <= set(params) <= {"after", "limit"}:
+        raise invalid("audit_receipts takes {after, limit?}")
+    return chain.pull(params["after"], params.get("limit", MAX_PULL))
+
+
+def audit_head_op(chain: ReceiptChain, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``audit_head`` op: params ``{"nonce": hex}`` (16..64 bytes)."""
+    nonce = params.get("nonce") if isinstance(params, Mapping) else None
+    if set(params) != {"nonce"} or not isinstance(nonce, str) or len(nonce) > 128:
+        raise invalid("audit_head takes {nonce: hex}")
+    try:
+        return chain.head(bytes.fromhex(nonce))
+    except ValueError:
+        raise invalid("nonce must be hex") from None
 
 
 class Reservation:
