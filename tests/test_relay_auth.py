@@ -64,7 +64,7 @@ def test_tokens_are_stored_hashed_and_printed_once(tokens_path: Path) -> None:
     assert oct(tokens_path.stat().st_mode & 0o777) == "0o600"
     identity = check_token(read_records(tokens_path), token)
     assert identity is not None
-    assert (identity.name, identity.scopes) == ("ci-bot", {"sign", "read"})
+    assert (identity.name, identity.scopes) == ("ci-bot", frozenset({"sign", "read"}))
     assert check_token(read_records(tokens_path), token[:-1] + "A") is None
     assert check_token(read_records(tokens_path), "nwt_" + record.token_id) is None
 
