@@ -57,7 +57,13 @@ class AttestingNsm(Protocol):
 
 @dataclass(frozen=True)
 class AuditDecision:
-    """One decision as it goes into a receipt: ids and digests only, never secrets."""
+    """One decision as it goes into a receipt: ids and digests only, never secrets.
+
+    An allowed signature carries ``result`` (the transaction hash or signed digest) and,
+    for stamped or approved requests, ``request_digest``. ``payload_digest``
+    (``receipt_format.payload_digest``) identifies what was asked when nothing was
+    signed; computing it costs a JSON encoding, so the signing path leaves it out.
+    """
 
     op: str
     allowed: bool
