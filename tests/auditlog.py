@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from enclave_app.auth import receipt_format as fmt
 from enclave_app.auth.entropy import MixedEntropy
@@ -14,19 +15,30 @@ from enclave_app.auth.receipts import AuditDecision, ReceiptChain
 from enclave_app.nsm import SocketNsm
 from nitro_sim.ca import SimCa
 from nitro_sim.nsm import SimulatedNsm
+from tests.simhelpers import make_ca
 
 PCR0 = bytes(range(48))
 
 
-@contextmanager
-def nsm_socket(ca: SimCa, directory: Path) -> Iterator[SocketNsm]:
-    sim = SimulatedNsm(ca, {0: PCR0}, "i-0sim-enc0audit")
-    with sim.serve(directory / "nsm.sock"):
-        yield SocketNsm(directory / "nsm.sock")
+@dataclass(frozen=True)
+class SimEnclaveNsm:
+    """The simulator's CA and an NSM client of a simulated enclave with PCR0 ``PCR0``."""
+
+    ca: SimCa
+    client: SocketNsm
 
 
-def boot(nsm: SocketNsm, capacity: int = 1024) -> ReceiptChain:
-    return ReceiptChain.boot(nsm, MixedEntropy(nsm.get_random), capacity)
+def serve_nsm(factory: pytest.TempPathFactory) -> Iterator[SimEnclaveNsm]:
+    """Body of a module-scoped fixture: a CA and a served simulated NSM."""
+    ca = make_ca(factory.mktemp("ca"))
+    directory = factory.mktemp("nsm")
+    with SimulatedNsm(ca, {0: PCR0}, "i-0sim-enc0audit").serve(directory / "nsm.sock"):
+        yield SimEnclaveNsm(ca, SocketNsm(directory / "nsm.sock"))
+
+
+def boot(sim: SimEnclaveNsm, capacity: int = 1024) -> ReceiptChain:
+    """A new enclave boot: a new receipt segment on the simulated NSM."""
+    return ReceiptChain.boot(sim.client, MixedEntropy(sim.client.get_random), capacity)
 
 
 def decide(chain: ReceiptChain, count: int, *, allowed: bool = True) -> None:

@@ -7,7 +7,6 @@ import json
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,11 @@ import pytest
 from enclave_app.auth import canonical
 from enclave_app.auth.receipts import ReceiptChain, audit_receipts_op
 from enclave_app.errors import EnclaveError, ErrorCode
-from enclave_app.nsm import SocketNsm
-from nitro_sim.ca import SimCa
 from nitro_wallet.stamping import load_key_file
 from parent_app.audit_log import AuditLogError, AuditLogWriter
 from parent_app.tokens import check_token, read_records
-from tests.auditlog import boot, decide, nsm_socket
+from tests.auditlog import SimEnclaveNsm, boot, decide
 from tests.authhelpers import entry
-from tests.simhelpers import make_ca
 
 
 def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -35,17 +31,6 @@ def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[s
         timeout=60,
         check=False,
     )
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> SimCa:
-    return make_ca(tmp_path_factory.mktemp("auditcli"))
-
-
-@pytest.fixture(scope="module")
-def nsm(ca: SimCa, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SocketNsm]:
-    with nsm_socket(ca, Path(str(tmp_path_factory.mktemp("nsm")))) as client:
-        yield client
 
 
 class LossyEnclave:
@@ -64,10 +49,10 @@ class LossyEnclave:
 
 
 def test_the_writer_gets_every_receipt_through_lost_answers(
-    nsm: SocketNsm, ca: SimCa, tmp_path: Path
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    chain = boot(nsm)
+    chain = boot(audit_nsm)
     enclave = LossyEnclave(chain)
     writer = AuditLogWriter(log, enclave)
     for _ in range(3):
@@ -76,14 +61,14 @@ def test_the_writer_gets_every_receipt_through_lost_answers(
         with pytest.raises(EnclaveError):
             writer.drain()  # the answer is lost
         writer.drain()  # pulled again, from the same point
-    second = boot(nsm)  # the enclave restarts: a new segment, linked by the writer
+    second = boot(audit_nsm)  # the enclave restarts: a new segment, linked by the writer
     decide(second, 1)
     restarted = AuditLogWriter(
         log, lambda params: audit_receipts_op(second, params)
     )  # and so does the relay
     restarted.drain()
     root = tmp_path / "root.pem"
-    root.write_bytes(ca.root_pem)
+    root.write_bytes(audit_nsm.ca.root_pem)
     result = cli("audit", "verify", str(log), "--root", str(root), "--strict")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -92,10 +77,10 @@ def test_the_writer_gets_every_receipt_through_lost_answers(
 
 
 def test_audit_verify_names_a_removed_line_and_refuses_the_aws_root(
-    nsm: SocketNsm, ca: SimCa, tmp_path: Path
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    chain = boot(nsm)
+    chain = boot(audit_nsm)
     for _ in range(3):
         decide(chain, 1)
     AuditLogWriter(log, lambda params: audit_receipts_op(chain, params)).drain()
@@ -103,7 +88,7 @@ def test_audit_verify_names_a_removed_line_and_refuses_the_aws_root(
     cut = tmp_path / "cut.jsonl"
     cut.write_text("".join(lines[:2] + lines[3:]))
     root = tmp_path / "root.pem"
-    root.write_bytes(ca.root_pem)
+    root.write_bytes(audit_nsm.ca.root_pem)
     result = cli("audit", "verify", str(cut), "--root", str(root))
     assert result.returncode == 1
     assert "line 3:" in result.stderr
@@ -113,10 +98,10 @@ def test_audit_verify_names_a_removed_line_and_refuses_the_aws_root(
 
 
 def test_the_writer_refuses_a_batch_that_does_not_continue_the_log(
-    nsm: SocketNsm, tmp_path: Path
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
 ) -> None:
     log = tmp_path / "audit.jsonl"
-    chain = boot(nsm)
+    chain = boot(audit_nsm)
     decide(chain, 2)
     lines = chain.pull(None)["receipts"]
 
@@ -128,9 +113,9 @@ def test_the_writer_refuses_a_batch_that_does_not_continue_the_log(
     assert not log.exists()
 
 
-def test_the_writer_cuts_a_partial_last_line(nsm: SocketNsm, tmp_path: Path) -> None:
+def test_the_writer_cuts_a_partial_last_line(audit_nsm: SimEnclaveNsm, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
-    chain = boot(nsm)
+    chain = boot(audit_nsm)
     decide(chain, 1)
     AuditLogWriter(log, lambda params: audit_receipts_op(chain, params)).drain()
     complete = log.read_bytes()

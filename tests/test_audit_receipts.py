@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,41 +14,28 @@ from enclave_app.auth import receipt_format as fmt
 from enclave_app.auth.canonical import b64url
 from enclave_app.auth.receipts import AuditDecision, ReceiptChain
 from enclave_app.errors import EnclaveError, ErrorCode
-from enclave_app.nsm import SocketNsm
-from nitro_sim.ca import SimCa
 from nitro_wallet.audit import AuditLogError, verify_log
-from tests.auditlog import PCR0, boot, collect, decide, last_ref, nsm_socket, raw
+from tests.auditlog import PCR0, SimEnclaveNsm, boot, collect, decide, last_ref, raw
 from tests.simhelpers import make_ca
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> SimCa:
-    return make_ca(tmp_path_factory.mktemp("audit"))
+def roots(audit_nsm: SimEnclaveNsm) -> tuple[str]:
+    return (audit_nsm.ca.root_fingerprint,)
 
 
 @pytest.fixture(scope="module")
-def nsm(ca: SimCa, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SocketNsm]:
-    with nsm_socket(ca, Path(str(tmp_path_factory.mktemp("nsm")))) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def roots(ca: SimCa) -> tuple[str]:
-    return (ca.root_fingerprint,)
-
-
-@pytest.fixture(scope="module")
-def two_segments(nsm: SocketNsm) -> list[str]:
+def two_segments(audit_nsm: SimEnclaveNsm) -> list[str]:
     """Segment 1: frames of 1, 3 and 2 decisions; the enclave restarts; segment 2 is
     linked to it by the writer and holds frames of 2 and 1."""
     lines: list[str] = []
-    first = boot(nsm)
+    first = boot(audit_nsm)
     decide(first, 1)
     collect(first, lines)
     decide(first, 3)
     decide(first, 2, allowed=False)
     collect(first, lines)
-    second = boot(nsm)
+    second = boot(audit_nsm)
     decide(second, 2)
     collect(second, lines)
     decide(second, 1)
@@ -100,10 +86,10 @@ def test_deleting_any_line_names_it(two_segments: list[str], roots: tuple[str], 
 
 
 def test_deleting_the_last_line_is_caught_by_the_enclave_head(
-    nsm: SocketNsm, roots: tuple[str]
+    audit_nsm: SimEnclaveNsm, roots: tuple[str]
 ) -> None:
     lines: list[str] = []
-    chain = boot(nsm)
+    chain = boot(audit_nsm)
     decide(chain, 1)
     decide(chain, 1)
     collect(chain, lines)
@@ -203,12 +189,14 @@ def test_a_segment_whose_key_is_not_the_attested_one_is_refused(
     assert "does not bind this receipt key" in error.reason
 
 
-def test_an_unlinked_segment_is_reported_as_a_gap(nsm: SocketNsm, roots: tuple[str]) -> None:
+def test_an_unlinked_segment_is_reported_as_a_gap(
+    audit_nsm: SimEnclaveNsm, roots: tuple[str]
+) -> None:
     lines: list[str] = []
-    first = boot(nsm)
+    first = boot(audit_nsm)
     decide(first, 1)
     collect(first, lines)
-    second = boot(nsm)
+    second = boot(audit_nsm)
     decide(second, 1)
     while True:  # a writer that does not name the previous segment (after=None)
         answer = second.pull(last_ref(lines) if lines[-1].find(second.segment.hex()) > 0 else None)
@@ -220,10 +208,12 @@ def test_an_unlinked_segment_is_reported_as_a_gap(nsm: SocketNsm, roots: tuple[s
     assert report.gaps[0].startswith("gap before line 3")
 
 
-def test_a_link_to_a_missing_segment_is_refused(nsm: SocketNsm, roots: tuple[str]) -> None:
+def test_a_link_to_a_missing_segment_is_refused(
+    audit_nsm: SimEnclaveNsm, roots: tuple[str]
+) -> None:
     lines: list[str] = []
     for _ in range(3):
-        chain = boot(nsm)
+        chain = boot(audit_nsm)
         decide(chain, 1)
         collect(chain, lines)
     # lines: segment A (1-2), B (3-5), C (6-8); drop all of B
@@ -235,8 +225,8 @@ def test_a_link_to_a_missing_segment_is_refused(nsm: SocketNsm, roots: tuple[str
 # -- the ring ----------------------------------------------------------------------------
 
 
-def test_a_lost_answer_is_pulled_again(nsm: SocketNsm) -> None:
-    chain = boot(nsm)
+def test_a_lost_answer_is_pulled_again(audit_nsm: SimEnclaveNsm) -> None:
+    chain = boot(audit_nsm)
     decide(chain, 2)
     first = chain.pull(None)
     again = chain.pull(None)  # the relay never saw the first answer
@@ -244,8 +234,8 @@ def test_a_lost_answer_is_pulled_again(nsm: SocketNsm) -> None:
     assert len(first["receipts"]) == 3
 
 
-def test_unsealed_receipts_are_not_handed_out(nsm: SocketNsm) -> None:
-    chain = boot(nsm)
+def test_unsealed_receipts_are_not_handed_out(audit_nsm: SimEnclaveNsm) -> None:
+    chain = boot(audit_nsm)
     frame = chain.reserve(2)
     frame.record(AuditDecision(op="sign_message", allowed=True))
     assert len(chain.pull(None)["receipts"]) == 1  # genesis only: the frame is open
@@ -253,8 +243,8 @@ def test_unsealed_receipts_are_not_handed_out(nsm: SocketNsm) -> None:
     assert len(chain.pull(None)["receipts"]) == 2
 
 
-def test_a_full_ring_refuses_decisions_until_the_relay_collects(nsm: SocketNsm) -> None:
-    chain = boot(nsm, capacity=4)
+def test_a_full_ring_refuses_decisions_until_the_relay_collects(audit_nsm: SimEnclaveNsm) -> None:
+    chain = boot(audit_nsm, capacity=4)
     decide(chain, 3)  # genesis + 3 = full
     with pytest.raises(EnclaveError) as caught:
         chain.reserve(1)
@@ -265,8 +255,8 @@ def test_a_full_ring_refuses_decisions_until_the_relay_collects(nsm: SocketNsm) 
     decide(chain, 3)
 
 
-def test_pull_pages_in_counter_order(nsm: SocketNsm) -> None:
-    chain = boot(nsm)
+def test_pull_pages_in_counter_order(audit_nsm: SimEnclaveNsm) -> None:
+    chain = boot(audit_nsm)
     for _ in range(5):
         decide(chain, 3)
     lines: list[str] = []
@@ -274,8 +264,8 @@ def test_pull_pages_in_counter_order(nsm: SocketNsm) -> None:
     assert [json.loads(line)["receipt"]["n"] for line in lines] == list(range(16))
 
 
-def test_an_acknowledgement_beyond_the_sealed_head_is_refused(nsm: SocketNsm) -> None:
-    chain = boot(nsm)
+def test_an_acknowledgement_beyond_the_sealed_head_is_refused(audit_nsm: SimEnclaveNsm) -> None:
+    chain = boot(audit_nsm)
     with pytest.raises(EnclaveError) as caught:
         chain.pull({"seg": chain.segment.hex(), "n": 5, "hash": "00" * 32})
     assert caught.value.code == ErrorCode.INVALID_PARAMS
@@ -287,8 +277,8 @@ def test_receipts_never_carry_secrets(two_segments: list[str]) -> None:
         assert not {"stamp", "token", "credentials", "private_key"} & set(receipt)
 
 
-def test_a_genesis_per_boot_binds_a_fresh_key(nsm: SocketNsm) -> None:
-    first, second = boot(nsm), boot(nsm)
+def test_a_genesis_per_boot_binds_a_fresh_key(audit_nsm: SimEnclaveNsm) -> None:
+    first, second = boot(audit_nsm), boot(audit_nsm)
     assert first.public_key != second.public_key
     assert first.segment != second.segment
     assert isinstance(first, ReceiptChain)
