@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from nitro_sim.stack import LocalStack, free_port
+from tests.auditlog import SimEnclaveNsm, serve_nsm
 
 
 @pytest.fixture(scope="module")
@@ -31,3 +32,9 @@ def stack(stack_options: dict[str, Any]) -> Iterator[LocalStack]:
             yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def audit_nsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimEnclaveNsm]:
+    """A simulator CA and a served simulated NSM (PCR0 ``tests.auditlog.PCR0``)."""
+    yield from serve_nsm(tmp_path_factory)
