@@ -26,9 +26,24 @@ from enclave_app.signing import SigningKey, keccak256, parse_transaction, sign_t
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 UINT64_MAX = 2**64 - 1
 UINT256_MAX = 2**256 - 1
+MAX_NONCE = 2**64 - 2  # EIP-2681
 CASES = int(os.environ.get("SIGNING_BULK_CASES", "10000"))
 SEED = int(os.environ.get("SIGNING_BULK_SEED", "20261130"))
-_EDGES = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 2**55, 2**56, 2**63, UINT64_MAX, UINT256_MAX)
+_EDGES = (
+    0,
+    1,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0xFFFF,
+    2**55,
+    2**56,
+    2**63,
+    MAX_NONCE,
+    UINT64_MAX,
+    UINT256_MAX,
+)
 
 
 class Generator:
@@ -70,7 +85,7 @@ class Generator:
         if not pre_eip155:
             chain_id = max(1, self.integer(UINT64_MAX))
             tx["chainId"], oracle["chainId"] = self.quantity(chain_id), chain_id
-        nonce = self.integer(UINT64_MAX)
+        nonce = self.integer(MAX_NONCE)
         tx["nonce"], oracle["nonce"] = self.quantity(nonce), nonce
         gas = self.integer(UINT64_MAX)
         tx[rng.choice(["gas", "gasLimit"])], oracle["gas"] = self.quantity(gas), gas
@@ -130,7 +145,7 @@ class Generator:
         rng = self.rng
         values = {
             "chainId": self.integer(UINT256_MAX),
-            "nonce": self.integer(UINT64_MAX),
+            "nonce": self.integer(MAX_NONCE),
             "yParity": rng.randint(0, 1),
             "r": rng.randint(1, SECP256K1_N - 1),
             "s": rng.randint(1, SECP256K1_N // 2),
