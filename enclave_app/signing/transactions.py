@@ -77,6 +77,12 @@ _COMMON_FIELDS = frozenset(
     {"type", "chainId", "nonce", "to", "value", "gas", "gasLimit", "data", "input", "from"}
 )
 _ALL_FIELDS = _COMMON_FIELDS.union(*_TYPE_FIELDS.values())
+#: Per type: every field it may carry, and those it must (besides gas or gasLimit).
+_PERMITTED_FIELDS = {t: _COMMON_FIELDS | fields for t, fields in _TYPE_FIELDS.items()}
+_REQUIRED_FIELDS = {
+    t: (fields - {"accessList"}) | {"nonce"} | (set() if t == LEGACY else {"chainId"})
+    for t, fields in _TYPE_FIELDS.items()
+}
 _TYPE_PREFIX = {tx_type: bytes([tx_type]) for tx_type in _TYPE_FIELDS}
 _AUTH_FIELDS = frozenset({"chainId", "address", "nonce", "yParity", "r", "s"})
 _UNSIGNED_AUTH_FIELDS = frozenset({"chainId", "address", "nonce"})
@@ -234,6 +240,8 @@ def _aliased(
     tx: Mapping[str, object], name: str, alias: str, parse: Callable[[str, object], _T]
 ) -> _T | None:
     """Parse a field that has an alias; both may be given only with equal values."""
+    if alias not in tx:
+        return parse(name, tx[name]) if name in tx else None
     values = [parse(key, tx[key]) for key in (name, alias) if key in tx]
     if len(values) == 2 and values[0] != values[1]:
         raise invalid(f"{name} and {alias} are both given and differ")
@@ -339,30 +347,30 @@ def _opt_quantity(tx: Mapping[str, object], name: str) -> int | None:
 
 def _check_field_set(tx: Mapping[str, object]) -> int:
     """Refuse unknown, type-forbidden and missing fields; return the type."""
-    if not isinstance(tx, Mapping):
+    if type(tx) is not dict and not isinstance(tx, Mapping):
         raise invalid("transaction must be an object")
-    if not all(isinstance(key, str) for key in tx):
-        raise invalid("transaction has a non-string key")
-    unknown = sorted(set(tx) - _ALL_FIELDS)
-    if unknown:
+    keys = tx.keys()
+    if not keys <= _ALL_FIELDS:  # every non-string key is outside it too
+        if not all(isinstance(key, str) for key in keys):
+            raise invalid("transaction has a non-string key")
+        unknown = sorted(keys - _ALL_FIELDS)
         raise invalid(f"transaction has unknown field(s): {', '.join(unknown)}")
     tx_type = _infer_type(tx)
-    allowed = _TYPE_FIELDS[tx_type]
-    forbidden = sorted(set(tx) - _COMMON_FIELDS - allowed)
-    if forbidden:
+    if not keys <= _PERMITTED_FIELDS[tx_type]:
+        forbidden = sorted(keys - _PERMITTED_FIELDS[tx_type])
         raise invalid(
             f"field(s) not allowed in a type {tx_type} transaction: {', '.join(forbidden)}"
         )
-    missing = sorted((allowed - {"accessList"}) - set(tx))
+    if _REQUIRED_FIELDS[tx_type] <= keys and ("gas" in keys or "gasLimit" in keys):
+        return tx_type
+    missing = sorted((_TYPE_FIELDS[tx_type] - {"accessList"}) - keys)
     if "nonce" not in tx:
         missing.append("nonce")
     if "gas" not in tx and "gasLimit" not in tx:
         missing.append("gas")
     if "chainId" not in tx and tx_type != LEGACY:
         missing.append("chainId")
-    if missing:
-        raise invalid(f"type {tx_type} transaction is missing field(s): {', '.join(missing)}")
-    return tx_type
+    raise invalid(f"type {tx_type} transaction is missing field(s): {', '.join(missing)}")
 
 
 def _chain_id(tx: Mapping[str, object], tx_type: int, *, allow_pre_eip155: bool) -> int | None:
