@@ -64,19 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         config.key_cache_max_entries, config.key_cache_ttl_seconds
     )
     vault = AccountVault(kms, cache, max_parallel_unlocks=config.kms_max_concurrent_calls)
+    limits = server_limits(config, allow_descriptors(config.max_connections + RESERVED_DESCRIPTORS))
     operations = Operations(
         nsm,
         vault,
         allow_pre_eip155=config.allow_pre_eip155,
         record_cache_entries=config.key_cache_max_entries,
+        capacity=limits.capacity(),
     )
     listener = config.transport.listen(config.listen_cid, config.port, backlog=LISTEN_BACKLOG)
-    server = EnclaveServer(
-        listener,
-        operations,
-        server_limits(config, allow_descriptors(config.max_connections + RESERVED_DESCRIPTORS)),
-        housekeeping=cache.purge_expired,
-    )
+    server = EnclaveServer(listener, operations, limits, housekeeping=cache.purge_expired)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

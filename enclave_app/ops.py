@@ -57,8 +57,11 @@ class Operations:
         *,
         allow_pre_eip155: bool,
         record_cache_entries: int = DEFAULT_RECORD_CACHE_ENTRIES,
+        capacity: Mapping[str, int] | None = None,
     ) -> None:
         self._nsm = nsm
+        # The server's bounds, reported by health so the relay can size its pool.
+        self._capacity = dict(capacity or {})
         self._vault = vault
         self._allow_pre_eip155 = allow_pre_eip155
         # Parsing a record is a pure function of its five strings: remember it, keyed
@@ -86,7 +89,12 @@ class Operations:
 
     def health(self, params: Mapping[str, Any]) -> dict[str, Any]:
         validation.check_params(params, set(), set())
-        return {"status": "ok", "version": __version__, "protocol": PROTOCOL_VERSION}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "capacity": self._capacity,
+        }
 
     def attest(self, params: Mapping[str, Any]) -> dict[str, Any]:
         validation.check_params(params, set(), {"nonce", "user_data"})

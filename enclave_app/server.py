@@ -81,6 +81,15 @@ class ServerLimits:
         if self.queue_depth < 0 or self.max_buffered_bytes < self.max_frame_bytes:
             raise ValueError("queue_depth >= 0 and max_buffered_bytes >= max_frame_bytes")
 
+    def capacity(self) -> dict[str, int]:
+        """What a client needs to size itself: reported by the ``health`` op."""
+        return {
+            "workers": self.workers,
+            "queue_depth": self.queue_depth,
+            "max_connections": self.max_connections,
+            "max_frame_bytes": self.max_frame_bytes,
+        }
+
     @classmethod
     def from_config(cls, config: EnclaveConfig, max_connections: int) -> ServerLimits:
         return cls(

@@ -148,6 +148,7 @@ class EnclaveRig:
             self.vault,
             allow_pre_eip155=False,
             record_cache_entries=cache_entries,
+            capacity=self.limits.capacity(),
         )
         self.server = EnclaveServer(
             self.transport.listen(ENCLAVE_CID, ENCLAVE_PORT, backlog=1024),

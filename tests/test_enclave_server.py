@@ -59,6 +59,17 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
     return True
 
 
+def test_health_reports_the_capacity_a_client_sizes_itself_by(root: Path) -> None:
+    with rig_with(root, workers=3, queue_depth=5, max_connections=50) as rig:
+        capacity = rig.call("health")["capacity"]
+        assert capacity == {
+            "workers": 3,
+            "queue_depth": 5,
+            "max_connections": 50,
+            "max_frame_bytes": 1024 * 1024,
+        }
+
+
 def test_1000_idle_connections_do_not_stop_signing(root: Path) -> None:
     with rig_with(root) as rig:
         account = rig.create_account()
