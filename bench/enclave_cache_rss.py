@@ -3,7 +3,8 @@
     .venv/bin/python bench/enclave_cache_rss.py [--entries 10000] [--json]
 
 Runs in a fresh process that imports what the enclave imports, builds the enclave's
-objects (key cache, vault, ops with their parsed-record cache), then fills both caches
+objects (key cache, vault, ops with their parsed-record cache, a boto3 KMS client, the
+server with its I/O thread and worker pool on a unix socket), then fills both caches
 through the code paths a warm signature uses: each record is parsed by
 ``Operations`` (so it sits in the parsed-record cache) and its key object
 (``SigningKey``) is put in the key cache under that record's cache key. The records
@@ -21,7 +22,10 @@ import gc
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,9 +33,11 @@ from typing import Any
 import enclave_app.__main__  # noqa: F401 - everything the enclave imports
 from enclave_app.accounts import AccountVault
 from enclave_app.key_cache import KeyCache
-from enclave_app.kms import AttestedKms
+from enclave_app.kms import AttestedKms, AwsCredentials
 from enclave_app.ops import Operations
+from enclave_app.server import EnclaveServer
 from enclave_app.signing.keys import SigningKey, generate_private_key
+from enclave_app.transport import Transport
 
 CIPHERTEXT_BLOB_BYTES = 184  # a KMS CiphertextBlob for a 256-bit data key
 SEALED_KEY_BYTES = 1 + 12 + 32 + 16  # version, nonce, key, GCM tag
@@ -49,6 +55,7 @@ def measure(entries: int) -> dict[str, Any]:
     """Fill the caches with ``entries`` accounts in this process; the RSS figures."""
     cache: KeyCache[SigningKey] = KeyCache(entries, 900)
     kms = AttestedKms(None, "https://127.0.0.1:1", "us-east-1", (KEY_ID,))  # type: ignore[arg-type]
+    kms._client(AwsCredentials("AKIAEXAMPLEEXAMPLE12", "secret"))  # botocore's KMS model loaded
     vault = AccountVault(kms, cache)
     operations = Operations(
         None,  # type: ignore[arg-type]
@@ -56,6 +63,10 @@ def measure(entries: int) -> dict[str, Any]:
         allow_pre_eip155=False,
         record_cache_entries=entries,
     )
+    directory = Path(tempfile.mkdtemp(prefix="nw-rss-", dir="/tmp"))
+    server = EnclaveServer(Transport.unix(directory).listen(16, 5000), operations)
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()  # the I/O thread and the worker pool, as in the running enclave
     gc.collect()
     before = rss_mib()
     for _ in range(entries):
@@ -76,7 +87,10 @@ def measure(entries: int) -> dict[str, Any]:
     gc.collect()
     after = rss_mib()
     assert len(cache) == entries
+    server.stop()
+    serving.join(timeout=10)
     vault.close()
+    shutil.rmtree(directory, ignore_errors=True)
     return {
         "entries": entries,
         "rss_before_mib": round(before, 1),
