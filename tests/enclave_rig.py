@@ -52,7 +52,7 @@ PCR0 = hashlib.sha384(b"nitro-wallet enclave rig").digest()
 
 
 class KmsGate:
-    """Wraps the local KMS service's dispatch: counts, concurrency, delay, hold."""
+    """Wraps the local KMS: counts calls and connections, concurrency, delay, hold."""
 
     def __init__(self, kms: KmsServer) -> None:
         self._inner = kms.service.call
@@ -63,12 +63,23 @@ class KmsGate:
         self.delay = 0.0
         self.open = threading.Event()
         self.open.set()
+        self.connections = 0  # TCP connections the KMS accepted
         kms.service.call = self._call  # type: ignore[method-assign]
+        httpd = kms._httpd
+        accept = httpd.get_request
+
+        def counting_accept() -> tuple[socket.socket, Any]:
+            with self._lock:
+                self.connections += 1
+            return accept()
+
+        httpd.get_request = counting_accept  # type: ignore[method-assign]
 
     def reset(self) -> None:
         with self._lock:
             self.calls.clear()
             self.max_in_flight = 0
+            self.connections = 0
 
     def _call(
         self, principal: Principal, op: str, params: Params, entry: AuditEntry

@@ -124,6 +124,16 @@ def test_concurrent_kms_calls_stay_within_the_bound(rig: EnclaveRig) -> None:
     assert rig.gate.max_in_flight == 2
 
 
+def test_kms_calls_reuse_their_connections(rig: EnclaveRig) -> None:
+    rig.gate.reset()
+    accounts = [rig.create_account() for _ in range(3)]
+    rig.forget_keys()
+    for account in accounts:
+        assert sign(rig, account) == account["address"]
+    assert rig.gate.calls["GenerateDataKey"] + rig.gate.calls["Decrypt"] == 6
+    assert rig.gate.connections <= 1  # six calls one after the other, one connection at most
+
+
 def test_a_cold_record_wanted_by_many_requests_is_decrypted_once(rig: EnclaveRig) -> None:
     account = rig.create_account()
     rig.forget_keys()
