@@ -88,6 +88,10 @@ DATA_KEY_ACTIONS = (
     "kms:ReEncryptFrom",
     "kms:ReEncryptTo",
     "kms:CreateGrant",
+    # A replica of a multi-Region key shares the key material under a policy that its
+    # creator writes: as good as Decrypt.
+    "kms:ReplicateKey",
+    "kms:UpdatePrimaryRegion",
 )
 ATTESTABLE_ACTIONS = frozenset({"kms:decrypt", "kms:generatedatakey"})
 # Actions that only read: granting them makes nobody an administrator.

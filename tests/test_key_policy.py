@@ -261,6 +261,7 @@ MUTATIONS: list[tuple[str, str, Callable[[dict[str, Any]], object], str]] = [
         "unattested-data-keys",
     ),
     ("pcr0", "grant", _admin_actions("kms:CreateGrant"), "unattested-data-keys"),
+    ("sealed", "replicate the key", _admin_actions("kms:ReplicateKey"), "unattested-data-keys"),
     (
         "sealed",
         "not action",
