@@ -45,8 +45,15 @@ class ReleaseSigner:
         ]
 
 
-def create_release_signer(directory: Path, common_name: str) -> ReleaseSigner:
-    """A new key and self-signed certificate in ``directory`` (replacing any there)."""
+def create_release_signer(
+    directory: Path,
+    common_name: str,
+    *,
+    valid_from: datetime | None = None,
+    valid_for: timedelta = VALIDITY,
+) -> ReleaseSigner:
+    """A new key and self-signed certificate in ``directory`` (replacing any there),
+    valid from ``valid_from`` (default: five minutes ago) for ``valid_for``."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name(
@@ -55,15 +62,15 @@ def create_release_signer(directory: Path, common_name: str) -> ReleaseSigner:
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
-    now = datetime.now(UTC)
+    start = valid_from or datetime.now(UTC) - timedelta(minutes=5)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
+        .not_valid_before(start)
+        .not_valid_after(start + valid_for)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA384())
     )

@@ -18,12 +18,12 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.x509.oid import NameOID
 
 from nitro_sim import eif
+from nitro_sim.release import create_release_signer
 from tests.test_sim_nitro_cli import build, call, cli, make_image, ok_json, run, state
 
 __all__ = ["state"]  # the fixture, shared with test_sim_nitro_cli
@@ -71,29 +71,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
 
 
 def expired_pair(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP384R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired release")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=60))
-        .not_valid_after(now - timedelta(days=1))
-        .sign(key, hashes.SHA384())
+    signer = create_release_signer(
+        directory / "expired",
+        "expired release",
+        valid_from=datetime.now(UTC) - timedelta(days=60),
+        valid_for=timedelta(days=59),
     )
-    cert_path, key_path = directory / "expired.pem", directory / "expired.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+    return signer.certificate, signer.private_key
 
 
 def signing(pair: tuple[Path, Path]) -> tuple[str, ...]:
