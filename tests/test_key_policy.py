@@ -303,6 +303,14 @@ MUTATIONS: list[tuple[str, str, Callable[[dict[str, Any]], object], str]] = [
     ),
     (
         "sealed",
+        "deny scoped to another key",
+        lambda p: statement(p, "DenyDataKeysUnlessSignedByTheReleaseCertificate").update(
+            Resource="arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000"
+        ),
+        "missing-deny",
+    ),
+    (
+        "sealed",
         "deny for one principal only",
         lambda p: statement(p, "DenyDataKeysUnlessSignedByTheReleaseCertificate").update(
             Principal={"AWS": ROLE}
