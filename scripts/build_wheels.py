@@ -22,9 +22,10 @@ Artifacts (docs/architecture.md, "Production artifacts"):
 A wheel holds exactly its packages plus everything they import, transitively
 (``scripts.layering.reach`` over the import graph), minus what a required wheel
 provides. The relay wheel shares files with the operator and sim wheels (enclave_app
-protocol modules, parent_app/__init__.py), so it goes into a virtualenv of its own. Each wheel's Requires-Dist are the pins of its
-``requirements/<lock>.in``; hosts install the hashed ``requirements/<lock>.txt`` with
-``--require-hashes --no-deps`` and then the wheel with ``--no-deps``.
+protocol modules, parent_app/__init__.py), so it goes into a virtualenv of its own.
+Each wheel's Requires-Dist are the pins of its ``requirements/<lock>.in``; hosts install
+the hashed ``requirements/<lock>.txt`` with ``--require-hashes --no-deps`` and then the
+wheel with ``--no-deps``.
 
 Reproducible: sources are staged with fixed modes, built by the pinned setuptools
 (pyproject's dev extra, no build isolation, no network) with ``SOURCE_DATE_EPOCH``
