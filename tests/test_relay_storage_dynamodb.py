@@ -363,6 +363,22 @@ def test_ping_fails_clearly_when_the_table_is_missing(dynamodb: LocalDynamoDb) -
         storage.close()
 
 
+def test_a_created_table_has_point_in_time_recovery_and_deletion_protection(
+    dynamodb: LocalDynamoDb,
+) -> None:
+    table = _table_name()
+    storage = _storage(dynamodb, table)
+    try:
+        storage.create_table_if_missing()
+        raw = _raw_client(dynamodb)
+        backups = raw.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
+        recovery = backups["PointInTimeRecoveryDescription"]
+        assert recovery["PointInTimeRecoveryStatus"] == "ENABLED"
+        assert raw.describe_table(TableName=table)["Table"]["DeletionProtectionEnabled"] is True
+    finally:
+        storage.close()
+
+
 def test_ping_fails_when_the_listing_index_is_missing(dynamodb: LocalDynamoDb) -> None:
     table = _table_name()
     _raw_client(dynamodb).create_table(
