@@ -15,14 +15,22 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from eth_account import Account
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from nitro_wallet.backup_check import SEALED_KEY_BYTES
 from nitro_wallet.cli import main
@@ -79,6 +87,7 @@ def stored(path: Path) -> list[Row]:
 
 
 def relay_toml(directory: Path, store: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
     config = directory / "relay.toml"
     config.write_text(
         f'[kms]\nkey_id = "{KEY_ARN}"\n[storage]\nbackend = "sqlite"\nsqlite_path = "{store}"\n'
@@ -516,3 +525,151 @@ def test_restore_warns_when_records_use_another_key_than_the_config(
     assert code == 0, err
     assert KEY_ARN in summary["warnings"][0]
     assert "allowed_key_ids" in summary["warnings"][0]
+
+
+# ---------------------------------------------------------------------- S3
+
+
+class LocalS3:
+    """moto's server app (S3) on 127.0.0.1:<free port>."""
+
+    def __init__(self) -> None:
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server: BaseWSGIServer = make_server(
+            "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[LocalS3]:
+    server = LocalS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A bucket, and boto3's default credential chain pointed at test keys."""
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAS3BACKUPTEST0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-backup-test-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    client = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_server.endpoint)
+    client.create_bucket(Bucket="nw-backups")
+    return client
+
+
+@pytest.mark.parametrize(
+    ("sse", "extra"), [("aws:kms", ["--sse-kms-key-id", "alias/backups"]), ("AES256", [])]
+)
+def test_backup_uploads_to_s3_with_server_side_encryption_and_restores_from_it(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    store: Path,
+    config: Path,
+    s3_server: LocalS3,
+    s3: Any,
+    sse: str,
+    extra: list[str],
+) -> None:
+    records = fill(store, 6)
+    out = tmp_path / "b.db"
+    code, summary, err = cli(
+        capsys,
+        "backup",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--s3-uri",
+        "s3://nw-backups/host-a/",
+        "--sse",
+        sse,
+        *extra,
+        "--s3-endpoint-url",
+        s3_server.endpoint,
+    )
+    assert code == 0, err
+    assert summary["s3"]["uri"] == "s3://nw-backups/host-a/b.db"
+    assert summary["s3"]["sse"] == sse
+    head = s3.head_object(Bucket="nw-backups", Key="host-a/b.db")
+    assert head["ServerSideEncryption"] == sse
+    if extra:
+        assert "alias/backups" in head["SSEKMSKeyId"]
+    manifest = s3.head_object(Bucket="nw-backups", Key="host-a/b.db.manifest.json")
+    assert manifest["ServerSideEncryption"] == sse
+    body = s3.get_object(Bucket="nw-backups", Key="host-a/b.db")["Body"].read()
+    assert body == out.read_bytes()
+
+    fresh = relay_toml(tmp_path / "fresh", tmp_path / "fresh" / "state" / "accounts.db")
+    code, restored, err = cli(
+        capsys,
+        "restore",
+        "--config",
+        str(fresh),
+        "--from",
+        "s3://nw-backups/host-a/b.db",
+        "--s3-endpoint-url",
+        s3_server.endpoint,
+    )
+    assert code == 0, err
+    assert restored["restored"] == 6
+    assert stored(tmp_path / "fresh" / "state" / "accounts.db") == [row(r) for r in records]
+
+
+def test_restore_from_s3_refuses_an_object_changed_behind_its_manifest(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    store: Path,
+    config: Path,
+    s3_server: LocalS3,
+    s3: Any,
+) -> None:
+    fill(store, 3)
+    out = tmp_path / "b.db"
+    args = ["--s3-endpoint-url", s3_server.endpoint]
+    code, _, err = cli(
+        capsys, "backup", "--config", str(config), "--out", str(out),
+        "--s3-uri", "s3://nw-backups/h", "--sse", "AES256", *args,
+    )  # fmt: skip
+    assert code == 0, err
+    tampered = bytearray(out.read_bytes())
+    tampered[-1] ^= 1
+    s3.put_object(Bucket="nw-backups", Key="h/b.db", Body=bytes(tampered))
+    fresh = relay_toml(tmp_path / "fresh", tmp_path / "fresh" / "accounts.db")
+    code, _, err = cli(
+        capsys, "restore", "--config", str(fresh), "--from", "s3://nw-backups/h/b.db", *args
+    )
+    assert code == 1
+    assert "manifest_mismatch" in err
+    assert not (tmp_path / "fresh" / "accounts.db").exists()
+
+
+def test_s3_failures_name_the_operation_and_code_only(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    store: Path,
+    config: Path,
+    s3_server: LocalS3,
+    s3: Any,
+) -> None:
+    fill(store, 1)
+    code, _, err = cli(
+        capsys, "backup", "--config", str(config), "--out", str(tmp_path / "b.db"),
+        "--s3-uri", "s3://no-such-bucket/x", "--s3-endpoint-url", s3_server.endpoint,
+    )  # fmt: skip
+    assert code == 1
+    assert "s3_error: S3 PutObject s3://no-such-bucket/x/b.db failed (NoSuchBucket)" in err
+    assert "s3-backup-test-secret" not in err
