@@ -58,6 +58,8 @@ RELAY_DESCRIPTIONS: dict[str, str] = {
     "relay.keep_alive_timeout_seconds": "Idle keep-alive connections are closed after this.",
     "relay.chain_id": "Chain id for eth_chainId/net_version and transactions without one.",
     "relay.max_batch_requests": "Largest JSON-RPC batch (array) accepted.",
+    "relay.upstream_rpc_url": "Ethereum node for eth_sendTransaction and forwarded methods.",
+    "relay.upstream_timeout_seconds": "Timeout of one call to the upstream node.",
     "enclave.transport": 'How to reach the enclave: "vsock" (hardware) or "unix:DIR" (simulator).',
     "enclave.cid": "vsock CID of the enclave.",
     "enclave.port": "vsock port the enclave listens on.",
@@ -133,10 +135,15 @@ class Recorder:
 
 # ---------------------------------------------------------------- relay.toml
 
+#: Optional keys that are read only when present get a value here, so they are documented.
+RELAY_BASE: dict[str, Any] = {
+    "kms": {"key_id": "alias/example"},
+    "relay": {"upstream_rpc_url": "https://node.example.com"},
+}
 RELAY_SCENARIOS: dict[str, dict[str, Any]] = {
-    'storage.backend = "sqlite"': {"kms": {"key_id": "alias/example"}},
+    'storage.backend = "sqlite"': {**RELAY_BASE, "storage": {}},
     'storage.backend = "dynamodb"': {
-        "kms": {"key_id": "alias/example"},
+        **RELAY_BASE,
         "storage": {
             "backend": "dynamodb",
             "table_name": "accounts",
@@ -149,8 +156,13 @@ RELAY_SCENARIOS: dict[str, dict[str, Any]] = {
 def relay_keys() -> list[Key]:
     recorder = Recorder("relay.toml")
     original = relay_config._Section
+    probed: set[tuple[str, str]] = set()
 
     class Recording(original):  # type: ignore[misc,valid-type]
+        def __contains__(self, key: str) -> bool:
+            probed.add((self.name, key))
+            return bool(super().__contains__(key))
+
         def string(self, key: str, default: str | None = None) -> str:
             recorder.add(self.name, key, "string", default)
             return str(super().string(key, default))
@@ -180,6 +192,9 @@ def relay_keys() -> list[Key]:
         for scenario, document in RELAY_SCENARIOS.items():
             recorder.scenario = scenario
             relay_config.RelayConfig.from_mapping(document)
+    unread = sorted(f"{s}.{k}" for s, k in probed - set(recorder.keys))
+    if unread:
+        raise SystemExit(f"keys only read when present: give them a value in RELAY_BASE: {unread}")
     _find_optional(recorder, RELAY_SCENARIOS, relay_config.RelayConfig.from_mapping)
     return _finish(recorder, set(RELAY_SCENARIOS))
 
