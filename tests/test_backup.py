@@ -24,17 +24,12 @@ from typing import Any
 import boto3
 import pytest
 from eth_account import Account
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
 from prometheus_client.parser import text_string_to_metric_families
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from nitro_wallet.backup_check import SEALED_KEY_BYTES
 from nitro_wallet.cli import main
 from parent_app.storage import AccountRecord, SqliteStorage, format_time
+from tests.moto_server import MotoServer
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/mrk-0123456789abcdef0123456789abcdef"
 
@@ -530,36 +525,15 @@ def test_restore_warns_when_records_use_another_key_than_the_config(
 # ---------------------------------------------------------------------- S3
 
 
-class LocalS3:
-    """moto's server app (S3) on 127.0.0.1:<free port>."""
-
-    def __init__(self) -> None:
-        app = DomainDispatcherApplication(create_backend_app)
-        self._server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[LocalS3]:
-    server = LocalS3()
+def s3_server() -> Iterator[MotoServer]:
+    server = MotoServer()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def s3(s3_server: LocalS3, monkeypatch: pytest.MonkeyPatch) -> Any:
+def s3(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A bucket, and boto3's default credential chain pointed at test keys."""
     for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(name, raising=False)
@@ -579,7 +553,7 @@ def test_backup_uploads_to_s3_with_server_side_encryption_and_restores_from_it(
     tmp_path: Path,
     store: Path,
     config: Path,
-    s3_server: LocalS3,
+    s3_server: MotoServer,
     s3: Any,
     sse: str,
     extra: list[str],
@@ -634,7 +608,7 @@ def test_restore_from_s3_refuses_an_object_changed_behind_its_manifest(
     tmp_path: Path,
     store: Path,
     config: Path,
-    s3_server: LocalS3,
+    s3_server: MotoServer,
     s3: Any,
 ) -> None:
     fill(store, 3)
@@ -662,7 +636,7 @@ def test_s3_failures_name_the_operation_and_code_only(
     tmp_path: Path,
     store: Path,
     config: Path,
-    s3_server: LocalS3,
+    s3_server: MotoServer,
     s3: Any,
 ) -> None:
     fill(store, 1)
