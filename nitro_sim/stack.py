@@ -335,6 +335,7 @@ class LocalStack:
             "enclave_kms_endpoint_scheme": "http",
             "enclave_kms_endpoint_host": "127.0.0.1",
             "enclave_kms_proxy_port": KMS_PROXY_PORT,
+            "enclave_kms_timeout_seconds": 10,
             "enclave_kms_key_ids": [self.key_arn],
             "enclave_kms_max_concurrent_calls": 8,
             "enclave_kms_recipient_key_pool": 8,
