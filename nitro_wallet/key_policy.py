@@ -88,6 +88,10 @@ DATA_KEY_ACTIONS = (
     "kms:ReEncryptFrom",
     "kms:ReEncryptTo",
     "kms:CreateGrant",
+    # A replica of a multi-Region key shares the key material under a policy that its
+    # creator writes: as good as Decrypt.
+    "kms:ReplicateKey",
+    "kms:UpdatePrimaryRegion",
 )
 ATTESTABLE_ACTIONS = frozenset({"kms:decrypt", "kms:generatedatakey"})
 # Actions that only read: granting them makes nobody an administrator.
@@ -236,6 +240,7 @@ class _Statement:
     actions: tuple[str, ...]
     conditions: Mapping[str, Mapping[str, list[str]]]  # operator -> key -> values (lowered)
     not_action: bool
+    resources: tuple[str, ...] = ("*",)
 
     def grants(self, action: str) -> bool:
         hit = any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in self.actions)
@@ -244,6 +249,11 @@ class _Statement:
     @property
     def open(self) -> bool:
         return "*" in self.principals
+
+    @property
+    def whole_key(self) -> bool:
+        """In a key policy, Resource "*" is the key itself; anything else may miss it."""
+        return "*" in self.resources
 
     def only_grants(self, allowed: Iterable[str]) -> bool:
         patterns = [a.lower() for a in allowed]
@@ -308,6 +318,7 @@ def _parse_statement(raw: object, index: int) -> _Statement:
         actions=tuple(str(a) for a in actions),
         conditions=_conditions(raw.get("Condition", {}), label),
         not_action="NotAction" in raw,
+        resources=tuple(str(r) for r in _as_list(raw.get("Resource"))),
     )
 
 
@@ -333,9 +344,9 @@ def _allow_pins(statement: _Statement) -> dict[str, list[str]] | None:
 def _deny_pins(statement: _Statement) -> tuple[str, list[str]] | None:
     """(measure, values) when the Deny refuses data keys to everyone unless one measure
     is in the list; any extra condition would weaken it, so it does not count."""
-    if not statement.open or not all(statement.grants(a) for a in ATTESTABLE_ACTIONS):
+    if not (statement.open and statement.whole_key):
         return None
-    if len(statement.conditions) != 1:
+    if not all(statement.grants(a) for a in ATTESTABLE_ACTIONS) or len(statement.conditions) != 1:
         return None
     ((operator, block),) = statement.conditions.items()
     if operator not in DENY_OPERATORS or len(block) != 1:
@@ -347,11 +358,18 @@ def _deny_pins(statement: _Statement) -> tuple[str, list[str]] | None:
 
 
 def _unconditional_deny(statement: _Statement, action: str) -> bool:
-    return statement.open and not statement.conditions and statement.grants(action)
+    return (
+        statement.open
+        and statement.whole_key
+        and not statement.conditions
+        and statement.grants(action)
+    )
 
 
 def _window_deny(statement: _Statement) -> bool:
-    if not statement.open or not statement.grants("kms:ScheduleKeyDeletion"):
+    if not (statement.open and statement.whole_key) or not statement.grants(
+        "kms:ScheduleKeyDeletion"
+    ):
         return False
     block = statement.conditions.get("numericlessthan", {})
     values = block.get(WINDOW_KEY, [])
@@ -400,9 +418,11 @@ def _collect_allow(statement: _Statement, found: _Findings, problems: list[Probl
         found.policy_holders.update(statement.principals)
     if statement.grants("kms:ScheduleKeyDeletion"):
         found.deletion.append(statement)  # judged by _check_deletion
-    if not statement.only_grants(
-        (*READ_ONLY_ACTIONS, *DATA_KEY_ACTIONS)
-    ) and not statement.only_grants((*READ_ONLY_ACTIONS, *DELETION_ACTIONS)):
+    # Administrators: whoever gets more than reading plus either data keys (the enclave
+    # statement) or deletion (the break-glass statement).
+    enclave_like = statement.only_grants((*READ_ONLY_ACTIONS, *DATA_KEY_ACTIONS))
+    break_glass_like = statement.only_grants((*READ_ONLY_ACTIONS, *DELETION_ACTIONS))
+    if not (enclave_like or break_glass_like):
         found.admin_arns.update(statement.principals)
     if granted:
         pins = _allow_pins(statement)

@@ -11,8 +11,8 @@ JSON line per wheel on stdout::
 Artifacts (docs/architecture.md, "Production artifacts"):
 
 ``relay``     nitro-wallet-relay: parent_app and the enclave_app protocol modules it
-              imports (wire, errors, strict_json, transport); console script
-              ``nitro-wallet-relay``; for relay hosts.
+              imports (the ``relay`` import contract lists those it may); console
+              script ``nitro-wallet-relay``; for relay hosts.
 ``operator``  nitro-wallet-operator: nitro_wallet and the key-policy template;
               console script ``nitro-wallet``; for the Ansible controller.
 ``sim``       nitro-wallet-sim: nitro_sim and the enclave_app modules it imports;
@@ -21,10 +21,11 @@ Artifacts (docs/architecture.md, "Production artifacts"):
 
 A wheel holds exactly its packages plus everything they import, transitively
 (``scripts.layering.reach`` over the import graph), minus what a required wheel
-provides. The relay and sim wheels both carry some enclave_app protocol modules, so
-they go into separate virtualenvs. Each wheel's Requires-Dist are the pins of its
-``requirements/<lock>.in``; hosts install the hashed ``requirements/<lock>.txt`` with
-``--require-hashes --no-deps`` and then the wheel with ``--no-deps``.
+provides. The relay wheel shares files with the operator and sim wheels (enclave_app
+protocol modules, parent_app/__init__.py), so it goes into a virtualenv of its own.
+Each wheel's Requires-Dist are the pins of its ``requirements/<lock>.in``; hosts install
+the hashed ``requirements/<lock>.txt`` with ``--require-hashes --no-deps`` and then the
+wheel with ``--no-deps``.
 
 Reproducible: sources are staged with fixed modes, built by the pinned setuptools
 (pyproject's dev extra, no build isolation, no network) with ``SOURCE_DATE_EPOCH``

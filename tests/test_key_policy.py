@@ -261,6 +261,7 @@ MUTATIONS: list[tuple[str, str, Callable[[dict[str, Any]], object], str]] = [
         "unattested-data-keys",
     ),
     ("pcr0", "grant", _admin_actions("kms:CreateGrant"), "unattested-data-keys"),
+    ("sealed", "replicate the key", _admin_actions("kms:ReplicateKey"), "unattested-data-keys"),
     (
         "sealed",
         "not action",
@@ -298,6 +299,14 @@ MUTATIONS: list[tuple[str, str, Callable[[dict[str, Any]], object], str]] = [
         lambda p: statement(p, "DenyDataKeysUnlessSignedByTheReleaseCertificate")[
             "Condition"
         ].update({"StringEquals": {"kms:CallerAccount": "444455556666"}}),
+        "missing-deny",
+    ),
+    (
+        "sealed",
+        "deny scoped to another key",
+        lambda p: statement(p, "DenyDataKeysUnlessSignedByTheReleaseCertificate").update(
+            Resource="arn:aws:kms:us-east-1:111122223333:key/00000000-0000-4000-8000-000000000000"
+        ),
         "missing-deny",
     ),
     (
