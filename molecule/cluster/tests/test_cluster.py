@@ -125,7 +125,7 @@ def ready(url: str) -> bool:
 
 class LoadGenerator:
     def __init__(
-        self, relays: list[str], wallets: list[Wallet], workers: int = 3, pause: float = 0.02
+        self, relays: list[str], wallets: list[Wallet], workers: int = 3, pause: float = 0.1
     ) -> None:
         self.relays = relays
         self.wallets = wallets
