@@ -181,6 +181,24 @@ def test_enclave_runs_the_trusted_release(host: Any) -> None:
     assert described["Measurements"]["PCR0"].lower() == pcrs["PCR0"]
 
 
+def test_sealed_policy_pins_the_release_certificate(host: Any) -> None:
+    """The release is signed (PCR8) and the policy on the key is sealed: it pins that PCR8
+    and leaves no principal able to put another policy (applied once, lockout check
+    bypassed on purpose)."""
+    from nitro_wallet.key_policy import validate_key_policy  # noqa: PLC0415 - controller
+
+    release = json.loads(host.file(f"{RELEASES}/local/release.json").content_string)
+    assert release["signed"] is True
+    pcr8 = release["measurements"]["PCR8"]
+    policy_file = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "artifacts/kms-key-policy.json"
+    summary = validate_key_policy(json.loads(policy_file.read_text()), allow_debug=False)
+    assert summary.mode == "sealed"
+    assert summary.pcr8s == [pcr8]
+    assert summary.to_json()["policy_holders"] == []
+    enclaves = json.loads(host.check_output("nitro-cli describe-enclaves"))
+    assert [e["Measurements"]["PCR8"].lower() for e in enclaves] == [pcr8]
+
+
 def test_readyz(host: Any, relay_url: str) -> None:
     status, body = curl_json(host, "GET", f"{relay_url}/readyz")
     assert status == 200
