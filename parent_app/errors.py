@@ -98,6 +98,13 @@ def invalid_request(message: str) -> RelayError:
     return RelayError(400, RelayCode.INVALID_REQUEST, message)
 
 
+def server_busy(message: str, retry_after_seconds: int = 1) -> RelayError:
+    """Overload: a 503 the caller retries after ``Retry-After`` seconds."""
+    return RelayError(
+        503, RelayCode.SERVER_BUSY, message, {"Retry-After": str(retry_after_seconds)}
+    )
+
+
 def internal_error() -> RelayError:
     """The answer to anything unexpected: the details stay in the server log."""
     return RelayError(500, RelayCode.INTERNAL_ERROR, "internal error")
