@@ -1,4 +1,9 @@
-"""``nitro-wallet-relay --config /etc/nitro-wallet/relay.toml``: run the parent relay."""
+"""``nitro-wallet-relay --config /etc/nitro-wallet/relay.toml``: run the parent relay.
+
+Signals: SIGTERM/SIGINT stop it gracefully (requests in flight finish); SIGUSR1 enters
+drain mode (new requests but /healthz, /readyz and /metrics get 503 ``draining``;
+/readyz says ``"status": "draining"``) and SIGUSR2 leaves it.
+"""
 
 from __future__ import annotations
 
@@ -100,7 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         server.request_stop()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def drain(signum: int, frame: FrameType | None) -> None:
+        draining = signum == signal.SIGUSR1
+        log.info(
+            "received %s: %s", signal.Signals(signum).name, "draining" if draining else "serving"
+        )
+        server.api.set_draining(draining)
+
+    handlers = {
+        signal.SIGTERM: stop,
+        signal.SIGINT: stop,
+        signal.SIGUSR1: drain,
+        signal.SIGUSR2: drain,
+    }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     host, port = server.server_address
     log.info(
         "relay listening on %s:%s (enclave %s cid=%d port=%d, backlog %d)",

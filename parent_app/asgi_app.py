@@ -91,6 +91,7 @@ class RelayAsgiApp:
         try:
             match = self.api.router.resolve(method, path)
             route = match.template
+            self.api.admit(route)
             query = parse_query(scope["query_string"].decode("latin-1"), match.endpoint.query)
             raw = b""
             body = None

@@ -27,6 +27,7 @@ class RelayCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     ACCOUNT_EXISTS = "account_exists"
     SERVER_BUSY = "server_busy"
+    DRAINING = "draining"
     ENCLAVE_UNAVAILABLE = "enclave_unavailable"
     ENCLAVE_BAD_RESPONSE = "enclave_bad_response"
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"

@@ -51,6 +51,11 @@ class RelayMetrics:
             "HTTP requests being received or answered (bounded by max_concurrent_requests).",
             registry=self.registry,
         )
+        self.draining = Gauge(
+            "nitro_wallet_relay_draining",
+            "1 while the relay drains (SIGUSR1 .. SIGUSR2): new requests get 503 draining.",
+            registry=self.registry,
+        )
         self.enclave_calls = LabelledCounter(
             self.registry,
             "nitro_wallet_relay_enclave_calls_total",

@@ -217,6 +217,9 @@ def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 # -- the API ----------------------------------------------------------------------
 
+#: Routes still served while the relay drains: the probes and the metrics.
+DRAIN_EXEMPT_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 class RelayApi:
     def __init__(
@@ -228,6 +231,7 @@ class RelayApi:
     ) -> None:
         self.service = service
         self.metrics = service.metrics
+        self.draining = False
         self.rpc = JsonRpcApi(
             service,
             chain_id=chain_id,
@@ -272,6 +276,22 @@ class RelayApi:
         add("/readyz", Endpoint("GET", self.readyz))
         add("/metrics", Endpoint("GET", self.metrics_text))
         add("/openapi.json", Endpoint("GET", self.openapi))
+
+    def set_draining(self, draining: bool) -> None:
+        """Drain mode (rolling upgrades): new requests except the probes and the metrics
+        get 503 ``draining``; requests already admitted finish."""
+        self.draining = draining
+        self.metrics.draining.set(1 if draining else 0)
+
+    def admit(self, route: str) -> None:
+        """Raise the 503 a draining relay answers to a request for ``route``."""
+        if self.draining and route not in DRAIN_EXEMPT_ROUTES:
+            raise RelayError(
+                503,
+                RelayCode.DRAINING,
+                "the relay is draining for maintenance; retry on another host or shortly",
+                {"Retry-After": "5"},
+            )
 
     def create_account(self, call: Call) -> Response:
         body = call.body or {}
@@ -363,6 +383,9 @@ class RelayApi:
 
     def readyz(self, call: Call) -> Response:
         readiness = self.service.readiness()
+        if self.draining:
+            payload = {"status": "draining", "checks": readiness.checks}
+            return Response(503, json_response(503, payload).body, headers={"Retry-After": "5"})
         status = "ready" if readiness.ready else "not_ready"
         return json_response(
             200 if readiness.ready else 503, {"status": status, "checks": readiness.checks}

@@ -140,7 +140,7 @@ class FakeEnclave:
     cid: int = 16
     port: int = 5000
     allowed_key_ids: tuple[str, ...] = (KEY_ID,)
-    max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
+    max_frame_bytes: int = 1 << 20  # the enclave's default frame cap
     # Misbehaviour knobs, read on every request.
     generate_overrides: dict[str, Any] = field(default_factory=dict)
     # merged into the results of sign_* and attest
@@ -150,6 +150,8 @@ class FakeEnclave:
     health_status: str = "ok"
     # Read requests of these ops, then close the connection without answering.
     drop_ops: frozenset[str] = frozenset()
+    # Read the next N requests (any op), then close their connection without answering.
+    drop_next: int = 0
     # sign_batch answers these results instead of the real ones.
     batch_results_override: list[Any] | None = None
     idle_timeout_seconds: float = 60.0
@@ -229,35 +231,45 @@ class FakeEnclave:
 
     def _answer_one(self, conn: socket.socket) -> bool:
         """Answer one frame; False when the connection ends (idle, closed, dropped)."""
-        conn.settimeout(self.idle_timeout_seconds)
-        request_id: str | None = None
-        try:
-            body = wire.read_frame(conn, self.max_frame_bytes)
-        except TimeoutError:
-            return False  # idle: closed, as the enclave does
-        except EnclaveError as exc:
-            wire.write_frame(conn, wire.error_frame(None, exc))
-            return False
+        body = self._next_frame(conn)
         if body is None:
             return False
         conn.settimeout(10)
+        request_id: str | None = None
         try:
             request = wire.parse_request(body)
             request_id = request.request_id
             with self._lock:
                 self.requests.append(request)
-            if self.delay_seconds:
-                self._stop.wait(self.delay_seconds)
-            if request.op in self.drop_ops:
+            if not self._will_answer(request):
                 return False
             if self.raw_answer is not None:
-                wire.write_frame(conn, self.raw_answer)
-                return True
-            answer = wire.ok_frame(request_id, self._dispatch(request))
+                answer = self.raw_answer
+            else:
+                answer = wire.ok_frame(request_id, self._dispatch(request))
         except EnclaveError as exc:
             answer = wire.error_frame(request_id, exc)
         wire.write_frame(conn, answer)
         return True
+
+    def _next_frame(self, conn: socket.socket) -> bytes | None:
+        conn.settimeout(self.idle_timeout_seconds)
+        try:
+            return wire.read_frame(conn, self.max_frame_bytes)
+        except TimeoutError:
+            return None  # idle: closed, as the enclave does
+        except EnclaveError as exc:
+            wire.write_frame(conn, wire.error_frame(None, exc))
+            return None
+
+    def _will_answer(self, request: wire.Request) -> bool:
+        """Apply the delay and drop knobs; False when this request goes unanswered."""
+        if self.delay_seconds and self._stop.wait(self.delay_seconds):
+            return False  # stopped mid-request: a dead process answers nothing
+        with self._lock:
+            dropped = self.drop_next > 0
+            self.drop_next -= 1 if dropped else 0
+        return not (dropped or request.op in self.drop_ops)
 
     def _dispatch(self, request: wire.Request) -> dict[str, Any]:
         params = request.params
@@ -379,48 +391,52 @@ class FakeEnclave:
         return account_id
 
     def _sign(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Check the payload as the enclave would, then sign (real or deterministic)."""
         account_id = self._unlock(params)
+        address = self.address_for(account_id)
+        payload: Any = params.get(PAYLOADS[op])
+        _check_payload(op, payload, address)
         if self.real_keys:
-            return _real_sign(op, real_private_key(account_id), params.get(PAYLOADS[op]))
-        address = fake_address(account_id)
+            return _real_sign(op, real_private_key(account_id), payload)
         if op == "sign_message":
-            message = params.get("message")
-            if not isinstance(message, str):
-                raise EnclaveError(ErrorCode.INVALID_PARAMS, "message must be a string")
-            if message.startswith("fake_error:"):
-                code = message.removeprefix("fake_error:")
-                raise EnclaveError(ErrorCode(code), f"injected {code}")
-            return fake_message_signature(address, "message", message)
-        name = {
-            "sign_transaction": "transaction",
-            "sign_typed_data": "typed_data",
-            "sign_authorization": "authorization",
-        }[op]
-        payload = params.get(name)
-        if not isinstance(payload, dict):
-            raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} must be an object")
-        injected = payload.get("fake_error")
-        if isinstance(injected, str):
-            raise EnclaveError(ErrorCode(injected), f"injected {injected}")
+            return fake_message_signature(address, "message", payload)
         if op == "sign_typed_data":
             return fake_message_signature(address, "typed_data", payload)
         if op == "sign_authorization":
-            if set(payload) != {"chainId", "address", "nonce"}:
-                raise EnclaveError(ErrorCode.INVALID_PARAMS, "authorization fields")
             return {"authorization": fake_authorization(address, payload)}
-        value = payload.get("value")
-        if isinstance(value, str) and value.isdigit():  # as the real enclave words it
-            raise EnclaveError(
-                ErrorCode.INVALID_PARAMS,
-                "value: decimal strings are not accepted; "
-                "amounts are wei as integers or 0x-hex strings",
-            )
-        sender = payload.get("from")
-        if isinstance(sender, str) and sender.lower() != address.lower():
-            raise EnclaveError(
-                ErrorCode.INVALID_PARAMS, "from does not match the signing account's address"
-            )
         return fake_signature(address, payload)
+
+
+def _check_payload(op: str, payload: Any, address: str) -> None:
+    name = PAYLOADS[op]
+    if op == "sign_message":
+        if not isinstance(payload, str):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "message must be a string")
+        if payload.startswith("fake_error:"):
+            code = payload.removeprefix("fake_error:")
+            raise EnclaveError(ErrorCode(code), f"injected {code}")
+        return
+    if not isinstance(payload, dict):
+        raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} must be an object")
+    injected = payload.get("fake_error")
+    if isinstance(injected, str):
+        raise EnclaveError(ErrorCode(injected), f"injected {injected}")
+    if op == "sign_authorization" and set(payload) != {"chainId", "address", "nonce"}:
+        raise EnclaveError(ErrorCode.INVALID_PARAMS, "authorization fields")
+    if op != "sign_transaction":
+        return
+    value = payload.get("value")
+    if isinstance(value, str) and value.isdigit():  # as the real enclave words it
+        raise EnclaveError(
+            ErrorCode.INVALID_PARAMS,
+            "value: decimal strings are not accepted; "
+            "amounts are wei as integers or 0x-hex strings",
+        )
+    sender = payload.get("from")
+    if isinstance(sender, str) and sender.lower() != address.lower():
+        raise EnclaveError(
+            ErrorCode.INVALID_PARAMS, "from does not match the signing account's address"
+        )
 
 
 def _real_sign(op: str, key: bytes, payload: Any) -> dict[str, Any]:

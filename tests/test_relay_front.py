@@ -187,20 +187,9 @@ def test_enclave_pool_exhausted_gives_503_server_busy_with_retry_after(tmp_path:
 
 
 def _drip(port: int, head: bytes, body: bytes, interval: float, budget: float) -> bytes:
-    """Send ``head`` then ``body`` one byte per ``interval`` (for at most ``budget`` s)
-    and return what the server answered; stops when the server closes."""
-    data = head + body
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        stop = time.monotonic() + budget
-        for byte in data:
-            if time.monotonic() > stop:
-                break
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:
-                break  # the server closed on us: the answer is waiting
-            time.sleep(interval)
-        return _read_all(sock)
+    """Send ``head`` then ``body`` one byte per ``interval`` on a new connection."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return _drip_on(sock, head + body, interval, budget)
 
 
 @pytest.mark.parametrize("phase", ["headers", "body"])
@@ -242,6 +231,8 @@ def test_a_drip_feeding_client_loses_its_slot_at_the_deadline(tmp_path: Path, ph
 
 
 def _drip_on(sock: socket.socket, data: bytes, interval: float, budget: float) -> bytes:
+    """Send ``data`` one byte per ``interval`` (for at most ``budget`` s), then return
+    what the server answered; stops early when the server closes."""
     with sock:
         stop = time.monotonic() + budget
         for byte in data:

@@ -161,3 +161,48 @@ def test_unusable_database_exits_1(tmp_path: Path, edges: tuple[FakeEnclave, Fak
     )
     assert result.returncode == 1
     assert "cannot" in result.stderr
+
+
+def test_sigusr1_drains_and_sigusr2_resumes(
+    tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]
+) -> None:
+    enclave, imds = edges
+    relay = RelayProcess(write_config(tmp_path, enclave, imds))
+    try:
+        account_id = http_call(relay.port, "POST", "/v1/accounts", {}).json()["account_id"]
+        enclave.delay_seconds = 1.0
+        in_flight: list[int] = []
+        signer = threading.Thread(
+            target=lambda: in_flight.append(
+                http_call(
+                    relay.port,
+                    "POST",
+                    f"/v1/accounts/{account_id}/sign/transaction",
+                    {"transaction": {"nonce": 1}},
+                ).status
+            )
+        )
+        signer.start()
+        time.sleep(0.3)  # admitted and waiting on the enclave
+        relay.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        refused = http_call(relay.port, "POST", "/v1/accounts", {})
+        assert refused.status == 503
+        assert refused.error_code == "draining"
+        assert refused.headers["Retry-After"]
+        assert http_call(relay.port, "GET", "/healthz").status == 200
+        ready = http_call(relay.port, "GET", "/readyz")
+        assert (ready.status, ready.json()["status"]) == (503, "draining")
+        metrics = http_call(relay.port, "GET", "/metrics").body.decode()
+        assert "nitro_wallet_relay_draining 1.0" in metrics.splitlines()
+        signer.join(10)
+        assert in_flight == [200]  # the request admitted before the drain finished
+        enclave.delay_seconds = 0
+        relay.process.send_signal(signal.SIGUSR2)
+        time.sleep(0.3)
+        assert http_call(relay.port, "POST", "/v1/accounts", {}).status == 201
+        assert http_call(relay.port, "GET", "/readyz").status == 200
+    finally:
+        enclave.delay_seconds = 0
+        relay.process.send_signal(signal.SIGTERM)
+        assert relay.process.wait(10) == 0
