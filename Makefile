@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv dev demo demo-dev test test-fast lint format fixtures pytest lock clean
+.PHONY: venv dev demo demo-dev test test-fast lint format fixtures pytest lock clean bench
 
 # One lock for the controller/dev tooling; the package itself is installed without deps.
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
@@ -37,6 +37,11 @@ test: venv lint fixtures
 ## Everything but molecule: the fast loop.
 test-fast: venv lint fixtures
 	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 $(VENV)/bin/pytest -q
+
+## Performance: every row of issue 7's table in one run against the simulated appliance
+## (artifacts/bench/latest.json, latest.md, latest.png). QUICK=1 runs in under 3 minutes.
+bench: venv
+	$(PY) -m bench.run $(if $(QUICK),--quick,)
 
 lint: venv
 	$(VENV)/bin/ruff check .

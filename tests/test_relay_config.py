@@ -181,3 +181,41 @@ def test_front_end_and_pool_defaults_and_overrides() -> None:
     assert tuned.relay.request_deadline_seconds == 2.5
     assert tuned.relay.keep_alive_timeout_seconds == 30.0
     assert (tuned.enclave.pool_size, tuned.enclave.pool_wait_seconds) == (4, 0.25)
+
+
+def test_the_role_template_renders_a_config_the_relay_accepts(tmp_path: Path) -> None:
+    """roles/parent_relay: defaults + template give a relay.toml that loads, with the
+    front-end and pool keys the role sets."""
+    import json
+
+    import jinja2
+    import yaml
+
+    role = Path(__file__).resolve().parent.parent / "roles" / "parent_relay"
+    variables = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    variables.update(
+        {
+            "ansible_managed": "test",
+            "parent_relay_enclave_cid": 16,
+            "parent_relay_enclave_port": 5000,
+            "parent_relay_kms_key_id": "alias/nitro-wallet",
+            "parent_relay_sqlite_path": "/var/lib/nitro-wallet/accounts.db",
+        }
+    )
+    environment = jinja2.Environment(  # noqa: S701 - renders TOML
+        loader=jinja2.FileSystemLoader(role / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    environment.filters["to_json"] = json.dumps
+    path = tmp_path / "relay.toml"
+    path.write_text(environment.get_template("relay.toml.j2").render(**variables))
+    config = RelayConfig.load(path)
+    assert config.relay.listen_backlog == variables["parent_relay_listen_backlog"] >= 1024
+    assert config.relay.max_body_bytes == 1 << 20
+    assert config.relay.max_concurrent_requests == variables["parent_relay_max_concurrent_requests"]
+    assert config.relay.max_connections == variables["parent_relay_max_connections"]
+    assert config.relay.request_deadline_seconds == 10
+    assert config.relay.keep_alive_timeout_seconds == 5
+    assert config.enclave.pool_size == variables["parent_relay_enclave_pool_size"]
+    assert config.enclave.pool_wait_seconds == 1
