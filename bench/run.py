@@ -274,6 +274,9 @@ def batch_requests(account_id: str, size: int = 50, variants: int = 8) -> list[b
 def create_accounts(
     stack: LocalStack, count: int, concurrency: int
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """``count`` accounts at ``concurrency``; the rate counts every answer, and the
+    refusals (503 + Retry-After under overload) are reported, then retried as a client
+    would, outside the measurement."""
     result = load(
         stack.relay_port,
         [http_request("POST", "/v1/accounts", {})],
@@ -282,6 +285,20 @@ def create_accounts(
         keep_bodies=count,
     )
     accounts = [json.loads(body) for body in result["bodies"] if body.startswith('{"account_id"')]
+    refusals = [body for body in result["bodies"] if not body.startswith('{"account_id"')]
+    result["refusals"] = sorted({body[:200] for body in refusals})
+    for _ in range(5):
+        if len(accounts) >= count:
+            break
+        time.sleep(1)
+        retry = load(
+            stack.relay_port,
+            [http_request("POST", "/v1/accounts", {})],
+            concurrency,
+            count=count - len(accounts),
+            keep_bodies=count,
+        )
+        accounts += [json.loads(b) for b in retry["bodies"] if b.startswith('{"account_id"')]
     return accounts, result
 
 

@@ -27,6 +27,7 @@ pool, so a late answer can never be read as the answer to another request.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import socket
 import threading
@@ -84,13 +85,16 @@ class EnclaveClient:
         self._idle: list[socket.socket] = []  # LIFO: the warmest connection first
         self._lock = threading.Lock()
         self._closed = False
+        # Frame ids only pair an answer with its request: a random prefix and a counter.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
 
     # -- the one entry point ----------------------------------------------------------
 
     def call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send ``op`` and return its result; raise the enclave's ``EnclaveError`` or a
         ``RelayError`` (unavailable, bad response, busy pool, frame too large)."""
-        request_id = secrets.token_hex(16)
+        request_id = f"{self._id_prefix}{next(self._ids):016x}"
         frame = wire.request_frame(wire.Request(request_id=request_id, op=op, params=params))
         if len(frame) > self.max_frame_bytes:
             raise RelayError(

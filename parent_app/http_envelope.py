@@ -9,9 +9,10 @@ answer through these helpers, so every answer has the same shape.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
-import uuid
+import secrets
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qs
 
@@ -41,7 +42,18 @@ def header_map(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
 def request_id(headers: Mapping[str, str]) -> str:
     """The caller's X-Request-Id when it is safe to echo and log, else a fresh one."""
     supplied = headers.get("x-request-id", "")
-    return supplied if _REQUEST_ID_RE.match(supplied) else uuid.uuid4().hex
+    return supplied if _REQUEST_ID_RE.match(supplied) else new_request_id()
+
+
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique per process run: a random prefix and a counter. Request ids
+    trace, they authorise nothing, so they need not be unpredictable (and a getrandom
+    call per request, as uuid4 makes, showed in the relay's profile)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def announces_body(headers: Mapping[str, str]) -> bool:

@@ -31,7 +31,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
@@ -43,7 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from parent_app.asgi_app import RelayAsgiApp
 from parent_app.config import RelaySettings
 from parent_app.errors import RelayCode, RelayError, invalid_request, server_busy
-from parent_app.http_envelope import Recorder, response_headers
+from parent_app.http_envelope import Recorder, new_request_id, response_headers
 from parent_app.routes import RelayApi, error_response
 
 log = logging.getLogger(__name__)
@@ -268,7 +267,7 @@ class RelayProtocol(HttpToolsProtocol):
         self._refused = True
         self._release_slot()
         response = error_response(error)
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         head = [STATUS_LINE[response.status]]
         for name, value in response_headers(response, request_id, close=True):
             head.extend((name, b": ", value, b"\r\n"))

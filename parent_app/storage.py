@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -32,6 +33,7 @@ MAX_CURSOR_CHARS = 512
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _ADDRESS_RE = re.compile(r"\A0x[0-9a-fA-F]{40}\Z")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 
 
 class InvalidCursorError(ValueError):
@@ -43,8 +45,12 @@ def is_uuid(value: str) -> bool:
     return bool(_UUID_RE.match(value))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def checksum_address(value: str) -> str:
-    """EIP-55 form of a 0x-prefixed 40-hex address; mixed case must already be valid EIP-55."""
+    """EIP-55 form of a 0x-prefixed 40-hex address; mixed case must already be valid EIP-55.
+
+    Every storage read checks the stored form; a pure function of its input, it is
+    memoised (a refusal raises and is not cached)."""
     if not _ADDRESS_RE.match(value):
         raise ValueError("address must be 0x followed by 40 hex digits")
     checksummed = to_checksum_address(bytes.fromhex(value[2:]))
@@ -60,7 +66,10 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    """The inverse of ``format_time`` (the exact fixed-width form only)."""
+    if not _TIME_RE.match(text):
+        raise ValueError(f"time {text[:40]!r} is not in the stored form")
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
