@@ -451,7 +451,13 @@ def sweep_rows(
 ) -> dict[str, Row]:
     requests = [sign_requests(a["account_id"], variants=1)[0] for a in accounts]
     rows: dict[str, Row] = {}
-    for key, label in (("sweep_first", "first"), ("sweep_after_first", "second")):
+    assert stack.measurements is not None
+    stack.run_enclave(stack.measurements.eif)  # an empty key cache: the first pass is cold
+    labels = (
+        ("sweep_first", "first pass after an enclave restart: every key unlocked via KMS"),
+        ("sweep_after_first", "second pass"),
+    )
+    for key, label in labels:
         kms_before = kms_calls(stack)
         result = load(stack.relay_port, requests, 8, count=len(requests), keep_bodies=0)
         kms_used = kms_calls(stack) - kms_before
@@ -459,7 +465,7 @@ def sweep_rows(
         target = ">= 1000" if key == "sweep_after_first" else "(the cold pass: reported)"
         passed = result["rps"] >= 1000 if key == "sweep_after_first" else None
         row = Row(
-            f"signing sweep over {len(accounts):,} accounts, each once, c=8 ({label} pass)",
+            f"signing sweep over {len(accounts):,} accounts, each once, c=8 ({label})",
             result["rps"],
             "signatures/s",
             target,
