@@ -109,7 +109,7 @@ class RelayProtocol(HttpToolsProtocol):
         self._refused = False
         self._in_message = False
         self._headers_done = False
-        self._holds_slot = False
+        self._slots_held = 0  # one per request received and not yet answered (pipelining)
         self._deadline: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._linger_budget = 0
@@ -135,7 +135,7 @@ class RelayProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
-        self._release_slot()
+        self._release_slots()
         super().connection_lost(exc)
 
     def close_connection(self) -> None:
@@ -181,7 +181,7 @@ class RelayProtocol(HttpToolsProtocol):
         if not self.front.take_slot():
             self._refuse(server_busy("too many concurrent requests; retry shortly"))
             raise _StopParsingError
-        self._holds_slot = True
+        self._slots_held += 1
         self._deadline = self.loop.call_later(
             self.front.settings.request_deadline_seconds, self._deadline_passed
         )
@@ -228,8 +228,11 @@ class RelayProtocol(HttpToolsProtocol):
         self._deadline = None
         cycle = self.cycle
         answered = self._headers_done and cycle is not None and cycle.response_started
-        if answered:
-            self._raw.close()  # answered already; the rest of its body is too slow
+        writing = cycle is not None and cycle.response_started and not cycle.response_complete
+        if answered or writing or self.pipeline:
+            # Answered already (the rest of its body is too slow), or an earlier answer is
+            # being written or queued (pipelining): no 408 can be slotted in; close.
+            self._raw.close()
             return
         self._refuse(
             RelayError(
@@ -265,7 +268,7 @@ class RelayProtocol(HttpToolsProtocol):
     def _refuse(self, error: RelayError, *, linger_seconds: float = LINGER_SECONDS) -> None:
         """Answer before (or instead of) the application, then close with a linger."""
         self._refused = True
-        self._release_slot()
+        self._release_slots()
         response = error_response(error)
         request_id = new_request_id()
         head = [STATUS_LINE[response.status]]
@@ -302,9 +305,15 @@ class RelayProtocol(HttpToolsProtocol):
             self._deadline = None
 
     def _release_slot(self) -> None:
-        if self._holds_slot:
-            self._holds_slot = False
+        """The oldest request of this connection was answered."""
+        if self._slots_held:
+            self._slots_held -= 1
             self.front.release_slot()
+
+    def _release_slots(self) -> None:
+        """The connection ends (or refuses): every request it held is done."""
+        while self._slots_held:
+            self._release_slot()
 
 
 class _Server(uvicorn.Server):

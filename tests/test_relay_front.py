@@ -344,3 +344,31 @@ def test_malformed_requests_get_json_errors(
     assert (got_status, body["error"]["code"]) == (status, code)
     assert b"\r\nx-request-id: " in reply.lower()
     assert stack.call("GET", "/healthz").status == 200
+
+
+def test_pipelined_requests_are_answered_in_order_and_free_their_slots(tmp_path: Path) -> None:
+    with fake_stack(tmp_path, max_concurrent_requests=3) as stack:
+        requests_ = b"".join(
+            f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: pipe-{n}\r\n\r\n".encode()
+            for n in range(3)
+        )
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+            sock.sendall(requests_)
+            reply = b""
+            while reply.count(b"HTTP/1.1 200") < 3:
+                chunk = sock.recv(65536)
+                assert chunk, reply
+                reply += chunk
+        ids = [
+            line.split(b": ")[1]
+            for line in reply.split(b"\r\n")
+            if line.startswith(b"x-request-id")
+        ]
+        assert ids == [b"pipe-0", b"pipe-1", b"pipe-2"]
+        metrics = stack.metrics()
+        (gauge,) = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("nitro_wallet_relay_http_requests_in_flight ")
+        ]
+        assert float(gauge.split()[1]) == 1.0  # the /metrics request itself, nothing leaked
