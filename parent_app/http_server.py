@@ -10,9 +10,10 @@ extension point):
   and at most ``max_connections`` connections are open; beyond either bound the client
   gets 503 ``server_busy`` with ``Retry-After``, as JSON;
 - a request must arrive whole (request line, headers and body) within
-  ``request_deadline_seconds`` of its first byte, or it gets 408 and the connection
-  closes: a client that drips bytes (slowloris) loses its slot when the deadline
-  passes. uvicorn itself has no header-read timeout; this is it;
+  ``request_deadline_seconds`` of its first byte (blank lines before a request line
+  count), or it gets 408 and the connection closes: a client that drips bytes
+  (slowloris) loses its slot when the deadline passes. uvicorn itself has no
+  header-read timeout; this is it;
 - the request line and headers are capped at ``MAX_HEAD_BYTES`` (431 beyond);
 - malformed requests get JSON errors (400, 501 for unknown methods), never plain text;
 - an answer sent before the request body was read (413, 411, 415, 408, 503) is
@@ -155,6 +156,8 @@ class RelayProtocol(HttpToolsProtocol):
             return
         if not self._headers_done and self._count_head(data):
             return
+        if self._deadline is None:  # a request's first byte (blank lines before one count)
+            self._start_deadline()
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -182,9 +185,8 @@ class RelayProtocol(HttpToolsProtocol):
             self._refuse(server_busy("too many concurrent requests; retry shortly"))
             raise _StopParsingError
         self._slots_held += 1
-        self._deadline = self.loop.call_later(
-            self.front.settings.request_deadline_seconds, self._deadline_passed
-        )
+        if self._deadline is None:  # a pipelined request begins in the same chunk
+            self._start_deadline()
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
@@ -298,6 +300,11 @@ class RelayProtocol(HttpToolsProtocol):
             self._raw.write_eof()
         self.flow.resume_reading()
         self._linger_timer = self.loop.call_later(seconds, self._raw.close)
+
+    def _start_deadline(self) -> None:
+        self._deadline = self.loop.call_later(
+            self.front.settings.request_deadline_seconds, self._deadline_passed
+        )
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:

@@ -230,6 +230,14 @@ def test_a_drip_feeding_client_loses_its_slot_at_the_deadline(tmp_path: Path, ph
         assert "generate_account" not in stack.enclave.ops()
 
 
+def test_blank_lines_dripped_before_a_request_line_hit_the_deadline(tmp_path: Path) -> None:
+    with fake_stack(tmp_path, request_deadline_seconds=1.0) as stack:
+        started = time.monotonic()
+        reply = _drip(stack.port, b"\r\n" * 200, b"", 0.05, 6.0)
+        assert time.monotonic() - started < 3.5
+        assert reply == b"" or reply.split()[1] == b"408"
+
+
 def _drip_on(sock: socket.socket, data: bytes, interval: float, budget: float) -> bytes:
     """Send ``data`` one byte per ``interval`` (for at most ``budget`` s), then return
     what the server answered; stops early when the server closes."""
