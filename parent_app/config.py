@@ -16,9 +16,10 @@ address needs ``allow_non_loopback = true``: the relay is loopback-only by defau
                   pool_size, pool_wait_seconds
 
 Capacity rule: ``enclave.pool_size`` (the relay's persistent connections to the
-enclave) must not exceed the enclave's ``server.max_connections``; beyond it the
-enclave refuses connections the relay counts on. The relay cannot read the enclave's
-file, so the Ansible roles check the rule (docs/operations.md).
+enclave) must not exceed the enclave's ``server.max_connections`` nor its
+``server.workers + server.queue_depth``: beyond them the enclave refuses connections or
+answers server_busy. The relay cannot read the enclave's file, so the Ansible roles
+check the rule (docs/performance.md).
     [kms]         key_id (required), region
     [storage]     backend ("sqlite" | "dynamodb");
                   sqlite: sqlite_path;
