@@ -198,6 +198,7 @@ def test_the_role_template_renders_a_config_the_relay_accepts(tmp_path: Path) ->
             "ansible_managed": "test",
             "parent_relay_enclave_cid": 16,
             "parent_relay_enclave_port": 5000,
+            "parent_relay_enclave_max_frame_bytes": 1 << 20,
             "parent_relay_kms_key_id": "alias/nitro-wallet",
             "parent_relay_sqlite_path": "/var/lib/nitro-wallet/accounts.db",
         }
