@@ -339,6 +339,7 @@ class LocalStack:
             "enclave_kms_key_ids": [self.key_arn],
             "enclave_kms_max_concurrent_calls": 8,
             "enclave_kms_recipient_key_pool": 8,
+            "enclave_kms_probe_interval_seconds": 30,
             "enclave_key_cache_max_entries": 20000,
             "enclave_key_cache_ttl_seconds": 900,
             "enclave_allow_pre_eip155": False,
