@@ -21,7 +21,6 @@ import base64
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from enclave_app.errors import EnclaveError
 from enclave_app.transport import Transport
 from nitro_sim.stack import ENCLAVE_CID, ENCLAVE_PORT, LocalStack, free_port, http_json
 from nitro_wallet.kms_replicas import replica_arn
-from tests.stack_helpers import eip1559, stored_record
+from tests.stack_helpers import assert_every_account_signs, eip1559, nitro_wallet, stored_record
 
 pytestmark = pytest.mark.stack
 
@@ -48,17 +47,9 @@ DR_REGION = "eu-west-1"
 ACCOUNTS = 4
 
 
-def nitro_wallet(stack: LocalStack, *args: str) -> dict[str, Any]:
-    """Run the operator CLI as the runbook does; its JSON answer."""
-    result = subprocess.run(
-        [sys.executable, "-m", "nitro_wallet", *args],
-        cwd=REPO,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def run(stack: LocalStack, *args: str) -> dict[str, Any]:
+    """The operator CLI as the runbook runs it; its JSON answer."""
+    result = nitro_wallet(stack, *args)
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
@@ -97,7 +88,7 @@ def recovered(request: pytest.FixtureRequest) -> Iterator[Recovered]:
             backup = base / "backup" / "accounts.db"
             backup.parent.mkdir()
             config = str(primary.root / "relay.toml")
-            made = nitro_wallet(primary, "backup", "--config", config, "--out", str(backup))
+            made = run(primary, "backup", "--config", config, "--out", str(backup))
             assert made["accounts"] == ACCOUNTS
             assert primary.measurements is not None
             primary_pcr0 = primary.measurements.pcr0
@@ -111,11 +102,11 @@ def recovered(request: pytest.FixtureRequest) -> Iterator[Recovered]:
             key_arn=replica_arn(primary.key_arn, DR_REGION),
         )
         dr.start()
-        checked = nitro_wallet(dr, "verify-backup", str(backup), "--require-manifest")
+        checked = run(dr, "verify-backup", str(backup), "--require-manifest")
         assert checked["accounts"] == ACCOUNTS
         dr.stop_relay()
         dr_config = str(dr.root / "relay.toml")
-        restored = nitro_wallet(dr, "restore", "--config", dr_config, "--from", str(backup))
+        restored = run(dr, "restore", "--config", dr_config, "--from", str(backup))
         dr.start_relay()
         yield Recovered(mode, primary, dr, accounts, primary_pcr0, backup, restored)
     finally:
@@ -185,7 +176,7 @@ def test_the_replica_carries_the_policy_the_runbook_renders(recovered: Recovered
         assert dr.measurements is not None
         args += ["--pcr0", dr.measurements.pcr0]
         assert recovered.primary_pcr0 not in json.dumps(current)
-    assert current == nitro_wallet(dr, *args)
+    assert current == run(dr, *args)
 
 
 def test_every_account_restored_in_the_dr_region_signs_there(recovered: Recovered) -> None:
@@ -193,14 +184,7 @@ def test_every_account_restored_in_the_dr_region_signs_there(recovered: Recovere
     assert recovered.restored["restored"] == ACCOUNTS
     assert recovered.restored["warnings"] == []  # records of the primary ARN: same key
     before = len(kms_audit(dr))
-    for account_id, address in sorted(recovered.accounts.items()):
-        status, body = http_json(
-            "POST",
-            f"{dr.relay_url}/v1/accounts/{account_id}/sign/transaction",
-            {"transaction": eip1559(nonce=3)},
-        )
-        assert status == 200, body
-        assert Account.recover_transaction(body["raw_transaction"]) == address
+    assert_every_account_signs(dr.relay_url, recovered.accounts, nonce=3)
     decrypts = [entry for entry in kms_audit(dr)[before:] if entry["op"] == "Decrypt"]
     assert len(decrypts) == ACCOUNTS  # every key was cold: one attested Decrypt each
     assert dr.measurements is not None
