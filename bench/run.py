@@ -158,20 +158,19 @@ class Processes:
     def relay(self) -> list[int]:
         return procfs.tree(self.stack._processes["relay"].pid)
 
-    def enclave(self) -> list[int]:
+    def _record_tree(self, key: str) -> list[int]:
         for directory in statedir.enclaves_dir(self.stack.sim_dir).iterdir():
             record = statedir.read_record(directory)
-            if record and isinstance(record.get("EnclaveProcessID"), int):
-                return procfs.tree(int(record["EnclaveProcessID"]))
+            if record and isinstance(record.get(key), int):
+                return procfs.tree(int(record[key]))
         raise RuntimeError("no running enclave")
+
+    def enclave(self) -> list[int]:
+        return self._record_tree("EnclaveProcessID")
 
     def runner(self) -> list[int]:
         """The simulated enclave's runner: the enclave process and the NSM it serves."""
-        for directory in statedir.enclaves_dir(self.stack.sim_dir).iterdir():
-            record = statedir.read_record(directory)
-            if record and isinstance(record.get("ProcessID"), int):
-                return procfs.tree(int(record["ProcessID"]))
-        raise RuntimeError("no running enclave")
+        return self._record_tree("ProcessID")
 
     def cpu(self, *, edges: bool = False) -> dict[str, float]:
         """CPU seconds so far: relay and enclave, and with ``edges`` the simulated NSM,

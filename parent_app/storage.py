@@ -68,7 +68,7 @@ def format_time(moment: datetime) -> str:
 def parse_time(text: str) -> datetime:
     """The inverse of ``format_time`` (the exact fixed-width form only)."""
     if not _TIME_RE.match(text):
-        raise ValueError(f"time {text[:40]!r} is not in the stored form")
+        raise ValueError(f"time data {text[:40]!r} does not match format {_TIME_FORMAT!r}")
     return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
 
 

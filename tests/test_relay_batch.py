@@ -16,19 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from parent_app.service import BatchItem
 from tests.fake_enclave import FakeStack, real_address, real_private_key
+from tests.test_enclave_batch import TYPED_DATA
 
-TYPED = {
-    "types": {
-        "EIP712Domain": [
-            {"name": "name", "type": "string"},
-            {"name": "chainId", "type": "uint256"},
-        ],
-        "Mail": [{"name": "contents", "type": "string"}],
-    },
-    "primaryType": "Mail",
-    "domain": {"name": "nitro", "chainId": 1},
-    "message": {"contents": "hello"},
-}
+TYPED = TYPED_DATA  # the enclave batch tests' typed data
 
 
 def tx(nonce: int, **extra: Any) -> dict[str, Any]:
