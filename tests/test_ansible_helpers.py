@@ -108,8 +108,9 @@ def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> No
     repo = tmp_path / "repo"
     _make_repo(repo)
     first = _pack(repo, tmp_path / "a.tar.gz")
-    time.sleep(1.1)  # a later mtime must not change the archive
-    (repo / "enclave_app/__main__.py").touch()
+    source = repo / "enclave_app/__main__.py"
+    later = source.stat().st_mtime + 3600  # a later mtime must not change the archive
+    os.utime(source, (later, later))
     second = _pack(repo, tmp_path / "b.tar.gz")
     assert first["sha256"] == second["sha256"]
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()

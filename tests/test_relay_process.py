@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,10 +40,12 @@ class RelayProcess:
         self.lines: list[str] = []
         self._port: int | None = None
         self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(20) or self._port is None:
             self.process.kill()
-            raise AssertionError("relay did not start:\n" + "".join(self.lines))
+            self.wait(10)
+            raise AssertionError("relay did not start:\n" + self.log)
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -61,8 +62,16 @@ class RelayProcess:
         assert self._port is not None
         return self._port
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the exit, then for the reader to drain stderr to its end."""
+        code = self.process.wait(timeout)
+        self._reader.join(timeout)
+        assert not self._reader.is_alive(), "stderr was not closed after the relay exited"
+        return code
+
     @property
     def log(self) -> str:
+        """Everything the relay wrote to stderr so far (complete after ``wait``)."""
         return "".join(self.lines)
 
 
@@ -99,7 +108,7 @@ def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
     assert created.status == 201
     account_id = created.json()["account_id"]
     first.process.send_signal(signal.SIGKILL)  # no chance to flush anything
-    first.process.wait(10)
+    first.wait(10)
 
     second = RelayProcess(config)
     try:
@@ -115,8 +124,7 @@ def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
         assert signed.status == 200
     finally:
         second.process.send_signal(signal.SIGTERM)
-        assert second.process.wait(10) == 0
-    time.sleep(0.1)
+        assert second.wait(10) == 0
     log = first.log + second.log
     assert "relay stopped" in second.log
     assert f"POST /v1/accounts/{account_id}/sign/transaction 200" in log
@@ -132,7 +140,8 @@ def test_sigint_stops_cleanly(tmp_path: Path, edges: tuple[FakeEnclave, FakeImds
     relay = RelayProcess(write_config(tmp_path, enclave, imds))
     assert http_call(relay.port, "GET", "/healthz").status == 200
     relay.process.send_signal(signal.SIGINT)
-    assert relay.process.wait(10) == 0
+    assert relay.wait(10) == 0
+    assert "relay stopped" in relay.log
 
 
 def test_bad_config_exits_2_with_a_clear_message(
