@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nitro_sim.stack import LocalStack, free_port, http_json
+from nitro_sim.stack import LocalStack, http_json
 
 TX = {
     "type": "0x2",
@@ -54,7 +54,7 @@ def main() -> int:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="nw-bench-", dir="/tmp"))
     try:
-        with LocalStack(root=root, relay_port=free_port()) as stack:
+        with LocalStack(root=root) as stack:
             assert stack.measurements is not None
             accounts = []
             for _ in range(args.rounds):

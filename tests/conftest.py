@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nitro_sim.stack import LocalStack, free_port
+from nitro_sim.stack import LocalStack
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,7 @@ def stack() -> Iterator[LocalStack]:
     """
     root = Path(tempfile.mkdtemp(prefix="nw-", dir="/tmp"))
     try:
-        with LocalStack(root=root, relay_port=free_port()) as running:
+        with LocalStack(root=root) as running:
             yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+import time
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,16 @@ from nitro_sim.nsm import SimulatedNsm
 from nitro_sim.stack import LocalStack, http_json
 
 CHAIN_ID = 11155111
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:
