@@ -5,11 +5,11 @@ port is taken (naming the port and, where this user can see it, the process hold
 it), and they accept a readiness answer only when the listening socket belongs to the
 process they started, never to another stack that happens to hold the same port.
 
-    python -m nitro_sim.ports check PORT [--what NAME] [--allow-pidns-of PID]
+    python -m nitro_sim.ports check PORT [--what NAME] [--allow-pidns-of PID] [--held]
 
 exits 0 when PORT is free, or held only by processes in the PID namespace of PID
 (``make demo``: the container's relay), and 1 with a message naming the port
-otherwise.
+otherwise. With ``--held`` a free port fails too: something of ours must listen.
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="exit 1, naming the port, if it is taken")
     check.add_argument("port", type=int)
     check.add_argument("--what", default="TCP")
+    check.add_argument("--held", action="store_true", help="fail if nothing listens")
     check.add_argument(
         "--allow-pidns-of",
         type=int,
@@ -155,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         if theirs or not taken.holders or allowed is None:
             print(f"error: {taken}", file=sys.stderr)
             return 1
+        return 0
+    if args.held:
+        print(f"error: nothing listens on the {args.what} port {args.port}", file=sys.stderr)
+        return 1
     return 0
 
 

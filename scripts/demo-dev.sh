@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
 # `make demo-dev`: the simulated appliance as plain processes (no root, no podman),
 # then the curl walk-through (scripts/walkthrough.sh) against its relay.
+#
+# The stack owns its ports: it refuses to start when one is taken (naming it), and the
+# walk-through runs only against the relay it started (the URL it prints), never
+# against whatever else may hold port 8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-RELAY=${RELAY:-http://127.0.0.1:8080}
 STATE=.demo-state
+LOG=$STATE/dev.log
+mkdir -p "$STATE"
 
-$PY -m nitro_sim.dev --state-dir "$STATE" >"$STATE.log" 2>&1 &
+$PY -m nitro_sim.dev --state-dir "$STATE" "$@" >"$LOG" 2>&1 &
 stack_pid=$!
 trap 'kill -TERM $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  curl -fsS "$RELAY/readyz" >/dev/null 2>&1 && break
-  kill -0 $stack_pid 2>/dev/null || { cat "$STATE.log"; exit 1; }
-  sleep 1
+for _ in $(seq 1 240); do
+  grep -q "dev stack is up" "$LOG" && break
+  if ! kill -0 $stack_pid 2>/dev/null; then
+    cat "$LOG"
+    echo "demo-dev: the dev stack did not start (see above)" >&2
+    exit 1
+  fi
+  sleep 0.5
 done
-sed -n '/dev stack is up/,/logs/p' "$STATE.log"
+grep -q "dev stack is up" "$LOG" || { cat "$LOG"; echo "demo-dev: no stack after 120s" >&2; exit 1; }
+sed -n '/dev stack is up/,/logs/p' "$LOG"
+RELAY=$(sed -n 's|^  relay  *\(http://127\.0\.0\.1:[0-9]*\) .*|\1|p' "$LOG" | head -n 1)
 
 scripts/walkthrough.sh "$RELAY"
 echo

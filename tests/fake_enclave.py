@@ -148,6 +148,9 @@ class FakeEnclave:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() at once
+                self._listener.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
         if self._listener is not None:

@@ -104,6 +104,7 @@ def _pack(root: Path, output: Path) -> dict[str, str]:
     return info
 
 
+@pytest.mark.process
 def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
@@ -130,6 +131,7 @@ def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> No
     assert _pack(repo, tmp_path / "c.tar.gz")["sha256"] != first["sha256"]
 
 
+@pytest.mark.process
 def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
@@ -146,6 +148,7 @@ def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     assert "Dockerfile does not exist" in result.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("content", "ok"),
     [
@@ -223,6 +226,7 @@ def _supervise(tmp_path: Path) -> tuple[subprocess.Popen[str], socket.socket, Pa
     return process, notify, state
 
 
+@pytest.mark.process
 def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Path) -> None:
     process, notify, state = _supervise(tmp_path)
     try:
@@ -243,6 +247,7 @@ def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Pat
             process.kill()
 
 
+@pytest.mark.process
 def test_supervisor_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     process, notify, _state = _supervise(tmp_path)
     try:

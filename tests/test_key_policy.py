@@ -132,6 +132,7 @@ def test_not_json_objects_and_empty_policies_are_refused() -> None:
             validate_key_policy(bad)
 
 
+@pytest.mark.process
 def test_validate_cli(tmp_path: Path) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(render([PCR_A])))

@@ -64,3 +64,13 @@ def test_the_cli_names_the_port_unless_its_holder_is_in_the_allowed_namespace(
     assert ports.main(["check", str(port), "--what", "relay"]) == 1
     assert f"error: the relay port {port} is already in use" in capsys.readouterr().err
     assert ports.main(["check", str(port), "--allow-pidns-of", str(os.getpid())]) == 0
+
+
+def test_the_cli_with_held_fails_on_a_free_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as bound:  # bound with SO_REUSEADDR, never listening: "free"
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        assert ports.main(["check", str(port)]) == 0
+        assert ports.main(["check", str(port), "--what", "demo relay", "--held"]) == 1
+    assert f"nothing listens on the demo relay port {port}" in capsys.readouterr().err

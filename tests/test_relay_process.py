@@ -98,6 +98,7 @@ def write_config(tmp_path: Path, enclave: FakeEnclave, imds: FakeImds) -> Path:
     return config
 
 
+@pytest.mark.process
 def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
     tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]
 ) -> None:
@@ -135,6 +136,7 @@ def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
         assert secret.encode() not in stored
 
 
+@pytest.mark.process
 def test_sigint_stops_cleanly(tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]) -> None:
     enclave, imds = edges
     relay = RelayProcess(write_config(tmp_path, enclave, imds))
@@ -154,6 +156,7 @@ def test_bad_config_exits_2_with_a_clear_message(
     assert main(["--config", str(tmp_path / "missing.toml")]) == 2
 
 
+@pytest.mark.process
 def test_unusable_database_exits_1(tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]) -> None:
     enclave, imds = edges
     config = write_config(tmp_path, enclave, imds)

@@ -69,6 +69,7 @@ def _create(state: str) -> str:
     return Principals.load_or_create(Path(state)).role_credentials().access_key_id
 
 
+@pytest.mark.process
 def test_concurrent_creation_has_one_winner(tmp_path: Path) -> None:
     state = str(tmp_path / "race")
     context = multiprocessing.get_context("spawn")
@@ -219,6 +220,7 @@ def test_botocore_instance_metadata_fetcher(imds: ImdsServer, tmp_path: Path) ->
     assert creds["token"] == role.session_token
 
 
+@pytest.mark.process
 def test_boto3_session_from_environment_reaches_kms(tmp_path: Path) -> None:
     """A fresh process with only AWS_EC2_METADATA_SERVICE_ENDPOINT set calls the KMS."""
     state = tmp_path / "state"
@@ -260,6 +262,7 @@ def test_boto3_session_from_environment_reaches_kms(tmp_path: Path) -> None:
     assert answer["create"] == "AccessDeniedException"  # the role is not a key administrator
 
 
+@pytest.mark.process
 def test_main_runs_as_a_process(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "nitro_sim.imds", "--state-dir", str(tmp_path / "s"), "--port", "0"],

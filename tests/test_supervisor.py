@@ -15,6 +15,8 @@ import pytest
 from nitro_sim.supervisor import RestartPolicy, Service, ServiceError, State
 from tests.stack_helpers import wait_for
 
+pytestmark = pytest.mark.process  # supervises real child processes
+
 FAST = RestartPolicy(first_delay=0.05, max_delay=0.2, burst=4, interval=60)
 
 
