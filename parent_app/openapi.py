@@ -277,7 +277,7 @@ def build_openapi() -> dict[str, Any]:
             "InternalError": "internal_error, storage_error and enclave-side failures",
             "BadGateway": "enclave_bad_response",
             "Unavailable": "enclave_unavailable, credentials_unavailable, kms_unavailable, "
-            "nsm_unavailable, server_busy",
+            "nsm_unavailable, server_busy, storage_unavailable",
         }.items()
     }
     common = {
