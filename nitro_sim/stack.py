@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import jinja2
 
-from nitro_sim import ports, statedir, vsock_proxy
+from nitro_sim import ports, statedir
 from nitro_sim.supervisor import RestartPolicy, Service, ServiceError
 from nitro_wallet.key_policy import render_key_policy, validate_key_policy
 
@@ -58,8 +58,11 @@ KMS_PROXY_PORT = 8000
 ENCLAVE_NAME = "nitro-wallet"
 KEY_ALIAS = "alias/nitro-wallet"
 SUPERVISE_SCRIPT = REPO_ROOT / "roles" / "enclave" / "files" / "enclave_supervise.py"
-#: vsock-proxy workers: the enclave's KMS concurrency, as the vsock_proxy role sets them.
-KMS_PROXY_WORKERS = vsock_proxy.DEFAULT_WORKERS
+#: The enclave's bound on concurrent KMS calls (enclave.toml [kms], default 8), and so the
+#: vsock-proxy's workers, as the vsock_proxy role sets them on hosts: every call the
+#: enclave allows itself gets a worker, none waits in the proxy's backlog.
+KMS_CONCURRENCY = 8
+KMS_PROXY_WORKERS = KMS_CONCURRENCY
 
 
 class StackError(RuntimeError):
