@@ -102,6 +102,18 @@ def owned_by(port: int, pid: int, proc: Path = PROC) -> bool:
     return bool(listening) and listening <= socket_inodes(pid, proc)
 
 
+def free_port() -> int:
+    """A port that was free a moment ago, for a child that cannot bind port 0 and report
+    it (the stack's own services do that instead).
+
+    Another process may take it before the child binds it: check with ``owned_by`` once
+    the child answers, and start again on a clash."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def check_free(port: int, what: str, host: str = "127.0.0.1") -> None:
     """Raise ``PortInUse`` unless ``port`` can be bound on ``host`` and nobody listens on it."""
     if listening_inodes(port):

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nitro_wallet.commands import attestation, key_policy
+from nitro_wallet.commands import attestation, audit, key_policy, keygen, stamp, token
 
-COMMANDS = (attestation, key_policy)
+COMMANDS = (attestation, audit, key_policy, keygen, stamp, token)
 
 
 class Parser(argparse.ArgumentParser):

@@ -33,6 +33,11 @@ class RelayCode(StrEnum):
     STORAGE_ERROR = "storage_error"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL_ERROR = "internal_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    BATCH_TOO_LARGE = "batch_too_large"
 
 
 class RelayError(Exception):
@@ -177,6 +182,9 @@ JSONRPC_SERVER_CODES: Mapping[str, int] = {
     RelayCode.CREDENTIALS_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.STORAGE_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.SERVER_BUSY: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.UPSTREAM_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.UPSTREAM_ERROR: JsonRpcCode.INVALID_INPUT,
+    RelayCode.UPSTREAM_REJECTED: JsonRpcCode.TRANSACTION_REJECTED,
     ErrorCode.FRAME_TOO_LARGE: JsonRpcCode.LIMIT_EXCEEDED,
     RelayCode.INTERNAL_ERROR: JsonRpcCode.INTERNAL_ERROR,
 }
