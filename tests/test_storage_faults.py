@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from parent_app import storage
 from parent_app.errors import StorageUnavailable
 from parent_app.storage import PROBE_TTL_SECONDS, AccountRecord, SqliteStorage
 from tests.fake_enclave import (
@@ -148,7 +149,16 @@ def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
 # --------------------------------------------------------------- the store itself
 
 
-def test_the_store_answers_503_under_a_fault_and_loses_nothing(fault: Fault) -> None:
+@pytest.fixture
+def quick_probe(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A probe verdict that expires in 0.1 s, so the store-level tests need not wait 2 s."""
+    monkeypatch.setattr(storage, "PROBE_TTL_SECONDS", 0.1)
+    return 0.1
+
+
+def test_the_store_answers_503_under_a_fault_and_loses_nothing(
+    fault: Fault, quick_probe: float
+) -> None:
     store = SqliteStorage(fault.directory / "accounts.db")
     kept = [record() for _ in range(3)]
     for stored in kept:
@@ -170,7 +180,7 @@ def test_the_store_answers_503_under_a_fault_and_loses_nothing(fault: Fault) -> 
         assert not fault.reads_survive
 
     fault.clear()
-    time.sleep(PROBE_TTL_SECONDS)  # the probe's verdict expires
+    time.sleep(quick_probe)  # the probe's verdict expires
     store.ping()
     assert [store.get(r.account_id) for r in kept] == kept
     assert store.get(lost.account_id) is None  # refused, so never half-stored
@@ -180,7 +190,9 @@ def test_the_store_answers_503_under_a_fault_and_loses_nothing(fault: Fault) -> 
     assert [reopened.get(r.account_id) for r in [*kept, lost]] == [*kept, lost]
 
 
-def test_a_store_that_is_read_only_at_start_serves_reads_and_heals(tmp_path: Path) -> None:
+def test_a_store_that_is_read_only_at_start_serves_reads_and_heals(
+    tmp_path: Path, quick_probe: float
+) -> None:
     source = tmp_path / "source"
     store = SqliteStorage(source / "accounts.db")
     kept = record()
@@ -197,7 +209,7 @@ def test_a_store_that_is_read_only_at_start_serves_reads_and_heals(tmp_path: Pat
         with pytest.raises(StorageUnavailable):
             read_only.insert(record())
         view.read_only(False)
-        time.sleep(PROBE_TTL_SECONDS)
+        time.sleep(quick_probe)
         read_only.ping()  # reopened for writing
         read_only.insert(record())
         read_only.close()
