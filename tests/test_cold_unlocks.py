@@ -36,6 +36,11 @@ def accounts(stack: LocalStack) -> list[dict[str, Any]]:
     return made
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="until issue 7 lands: the relay's listen backlog resets connections and the "
+    "enclave answers 500 at its connection limit (docs/reliability.md); remove then",
+)
 def test_100_concurrent_cold_unlocks_all_sign_and_none_hangs(
     stack: LocalStack, accounts: list[dict[str, Any]]
 ) -> None:
