@@ -129,9 +129,9 @@ def test_no_key_in_storage_logs_responses_or_the_relays_memory_but_in_the_enclav
     in_relay = hits(relay_pid, needles)
     assert in_relay == {}, f"key material in the relay's memory: {sorted(in_relay)[:5]}"
 
-    record = stack.enclave_record()
-    assert record is not None
-    in_enclave = hits(int(record["EnclaveProcessID"]), needles)
+    enclave = stack.enclave_record()
+    assert enclave is not None
+    in_enclave = hits(int(enclave["EnclaveProcessID"]), needles)
     private_keys_found = {label for label in in_enclave if label.startswith("private key")}
     missing = ACCOUNTS - len({label.split()[3] for label in private_keys_found})
     assert missing == 0, f"the positive control failed: {missing} keys not in the enclave"
