@@ -30,9 +30,10 @@ demo: venv
 demo-dev: venv
 	bash scripts/demo-dev.sh $(DEMO_DEV_ARGS)
 
-## Every check: ruff, mypy, pytest (unit, property, end-to-end, Ansible lint and
-## syntax, the client suite), the 2,000-example property runs (hypothesis profile
-## "thorough") and the molecule scenarios on podman systemd hosts (needs root + podman).
+## Every check: ruff, mypy, import-linter (the layers), pytest (unit, property,
+## end-to-end, Ansible lint and syntax, the client suite), the 2,000-example property
+## runs (hypothesis profile "thorough") and the molecule scenarios on podman systemd
+## hosts (needs root + podman).
 test: venv lint fixtures clients
 	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_REQUIRE_CLIENTS=1 NITRO_WALLET_MOLECULE=1 \
 	  NITRO_WALLET_HYPOTHESIS=thorough $(VENV)/bin/pytest -q
@@ -57,6 +58,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: venv
 	$(VENV)/bin/ruff format .
@@ -75,11 +77,11 @@ $(CLIENTS_STAMP): tests/clients/package.json tests/clients/package-lock.json
 
 ## Regenerate the lock files from requirements/*.in and pyproject.toml.
 lock: venv
-	cd requirements && for name in enclave relay sim; do \
+	cd requirements && for name in enclave relay sim operator; do \
 	  ../$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-header \
 	    --no-emit-index-url --no-emit-find-links --output-file $$name.txt $$name.in; done
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-index-url \
-	  --no-emit-find-links --extra sim --extra dev --extra ansible \
+	  --no-emit-find-links --allow-unsafe --extra sim --extra dev --extra ansible \
 	  --output-file requirements/dev.txt pyproject.toml
 
 clean:

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from enclave_app.signing.keys import to_checksum_address
 from parent_app.errors import AccountExists, RelayError, StorageError, StorageUnavailable
+from parent_app.ethaddress import to_checksum_address
 
 SCHEMA_VERSION = 2
 MAX_CIPHERTEXT_BYTES = 16 * 1024

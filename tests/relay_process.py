@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.fake_enclave import KEY_ID, FakeEnclave, FakeImds, remove_tree, short_tempdir
@@ -17,12 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RelayProcess:
-    """``python -m parent_app --config CONFIG``; ``port`` once it listens."""
+    """``python -m parent_app --config CONFIG`` (or another ``command``, such as an
+    installed ``nitro-wallet-relay``); ``port`` once it listens."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        command: Sequence[str] = (sys.executable, "-m", "parent_app"),
+        cwd: Path = ROOT,
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parent_app", "--config", str(config)],
-            cwd=ROOT,
+            [*command, "--config", str(config)],
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
