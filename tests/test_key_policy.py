@@ -591,6 +591,7 @@ def test_filter_plugin_registers_its_filters(filters: ModuleType) -> None:
     }
 
 
+@pytest.mark.process
 def test_filters_render_and_validate_both_modes(
     filters: ModuleType, certificate: tuple[Path, bytes]
 ) -> None:

@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
+pytestmark = pytest.mark.process  # builds wheels and virtualenvs, runs lint-imports and the relay
+
+
 def build(out: Path, *artifacts: str, epoch: str | None = None) -> dict[str, dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     if epoch is not None:
