@@ -65,11 +65,12 @@ KMS_PROXY_PORT = 8000
 ENCLAVE_NAME = "nitro-wallet"
 KEY_ALIAS = "alias/nitro-wallet"
 SUPERVISE_SCRIPT = REPO_ROOT / "roles" / "enclave" / "files" / "enclave_supervise.py"
-#: The enclave's bound on concurrent KMS calls (enclave.toml [kms], default 8), and so the
-#: vsock-proxy's workers, as the vsock_proxy role sets them on hosts: every call the
-#: enclave allows itself gets a worker, none waits in the proxy's backlog.
+#: The enclave's bound on concurrent KMS calls (enclave.toml kms.max_concurrent_calls).
 KMS_CONCURRENCY = 8
-KMS_PROXY_WORKERS = KMS_CONCURRENCY
+#: The vsock-proxy's workers: one per kept-alive KMS connection of the enclave, so at
+#: least ``KMS_CONCURRENCY``, with room for a credential rotation (the old connections
+#: linger while new ones open); none of the enclave's calls waits in the proxy's backlog.
+KMS_PROXY_WORKERS = 2 * KMS_CONCURRENCY
 
 
 class StackError(RuntimeError):
@@ -376,14 +377,22 @@ class LocalStack:
         variables: dict[str, Any] = {
             "ansible_managed": "rendered by nitro_sim.stack (make dev)",
             "enclave_vsock_port": ENCLAVE_PORT,
-            "enclave_max_frame_bytes": 262144,
-            "enclave_max_connections": 32,
+            "enclave_max_frame_bytes": 1048576,
+            "enclave_max_connections": 4096,
+            "enclave_workers": 16,
+            "enclave_queue_depth": 64,
+            "enclave_idle_timeout_seconds": 60,
+            "enclave_frame_timeout_seconds": 10,
+            "enclave_max_buffered_bytes": 64 * 1024 * 1024,
             "enclave_region": self.region,
             "enclave_kms_endpoint_scheme": "http",
             "enclave_kms_endpoint_host": "127.0.0.1",
             "enclave_kms_proxy_port": KMS_PROXY_PORT,
+            "enclave_kms_timeout_seconds": 10,
             "enclave_kms_key_ids": [self.key_arn],
-            "enclave_key_cache_max_entries": 1024,
+            "enclave_kms_max_concurrent_calls": KMS_CONCURRENCY,
+            "enclave_kms_recipient_key_pool": 8,
+            "enclave_key_cache_max_entries": 20000,
             "enclave_key_cache_ttl_seconds": 900,
             "enclave_allow_pre_eip155": False,
         }

@@ -27,6 +27,7 @@ done
 grep -q "dev stack is up" "$LOG" || { cat "$LOG"; echo "demo-dev: no stack after 120s" >&2; exit 1; }
 sed -n '/dev stack is up/,/logs/p' "$LOG"
 RELAY=$(sed -n 's|^  relay  *\(http://127\.0\.0\.1:[0-9]*\) .*|\1|p' "$LOG" | head -n 1)
+[ -n "$RELAY" ] || { echo "demo-dev: no relay URL in $LOG" >&2; exit 1; }
 
 scripts/walkthrough.sh "$RELAY"
 echo
