@@ -49,7 +49,6 @@ import jinja2
 from botocore.exceptions import ClientError
 
 from nitro_sim import ports, statedir
-from nitro_sim.ports import free_port as free_port  # the old name; prefer port 0 (below)
 from nitro_sim.release import ReleaseSigner, load_or_create_release_signer
 from nitro_sim.supervisor import RestartPolicy, Service, ServiceError
 from nitro_wallet.key_policy import PCR0, SEALED, render_key_policy, validate_key_policy
@@ -76,6 +75,10 @@ KMS_PROXY_WORKERS = 2 * KMS_CONCURRENCY
 
 class StackError(RuntimeError):
     pass
+
+
+#: The old name, for callers that still pick a port first; prefer port 0 (LocalStack).
+free_port = ports.free_port
 
 
 #: What ``stop()`` may take in all, however the processes behave.
