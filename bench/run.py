@@ -156,7 +156,13 @@ class Processes:
         self.stack = stack
 
     def relay(self) -> list[int]:
-        return procfs.tree(self.stack._processes["relay"].pid)
+        return procfs.tree(self._pid("relay"))
+
+    def _pid(self, name: str) -> int:
+        pid = self.stack.services[name].pid
+        if pid is None:
+            raise RuntimeError(f"the stack's {name} is not running")
+        return pid
 
     def _record_tree(self, key: str) -> list[int]:
         for directory in statedir.enclaves_dir(self.stack.sim_dir).iterdir():
@@ -182,8 +188,7 @@ class Processes:
         if edges:
             figures["nsm_sim"] = procfs.cpu_seconds(self.runner()) - figures["enclave"]
             for name in ("kms", "vsock-proxy"):
-                pid = self.stack._processes[name].pid
-                figures[f"{name}_sim"] = procfs.cpu_seconds(procfs.tree(pid))
+                figures[f"{name}_sim"] = procfs.cpu_seconds(procfs.tree(self._pid(name)))
         return figures
 
 

@@ -305,7 +305,8 @@ def build_openapi() -> dict[str, Any]:
             "InternalError": "internal_error, storage_error and enclave-side failures",
             "BadGateway": "enclave_bad_response",
             "Unavailable": "enclave_unavailable, credentials_unavailable, kms_unavailable, "
-            "nsm_unavailable, server_busy, draining; always with a Retry-After header",
+            "nsm_unavailable, server_busy, draining, storage_unavailable; always with a "
+            "Retry-After header",
         }.items()
     }
     common = {

@@ -32,6 +32,7 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,6 +187,9 @@ class FakeEnclave:
         """Go down as a process does: stop listening and cut every open connection,
         mid-request or not (``start()`` again comes back with none)."""
         self._stop.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() at once
+                self._listener.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
         if self._listener is not None:
@@ -679,6 +683,18 @@ def http_call(
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The port stays bound (never listening) until the block ends, so no other process
+    can take it in between, as it could a port probed free and released.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
 
 
 # -- the whole relay against the fakes ---------------------------------------------------

@@ -61,6 +61,7 @@ def _alerts() -> list[dict[str, Any]]:
     return [rule for group in _load(RULES)["groups"] for rule in group["rules"]]
 
 
+@pytest.mark.process
 def test_promtool_checks_the_rules() -> None:
     result = subprocess.run(
         [_promtool(), "check", "rules", str(RULES)],
@@ -73,6 +74,7 @@ def test_promtool_checks_the_rules() -> None:
     assert f"SUCCESS: {len(_alerts())} rules found" in result.stdout
 
 
+@pytest.mark.process
 def test_promtool_unit_tests_of_the_alerts_pass() -> None:
     result = subprocess.run(
         [_promtool(), "test", "rules", RULE_TESTS.name],
