@@ -53,7 +53,6 @@ RELAY_DESCRIPTIONS: dict[str, str] = {
     "relay.allow_non_loopback": "Allow a non-loopback listen_host (put authentication in front).",
     "relay.max_concurrent_requests": "Requests handled at once; beyond, 503 server_busy.",
     "relay.max_connections": "Open connections, idle keep-alive ones included; beyond, 503.",
-    "relay.request_timeout_seconds": "Time allowed to receive a request.",
     "relay.request_deadline_seconds": "From a request's first byte to its last body byte (408).",
     "relay.keep_alive_timeout_seconds": "Idle keep-alive connections are closed after this.",
     "relay.chain_id": "Chain id for eth_chainId/net_version and transactions without one.",
@@ -65,7 +64,7 @@ RELAY_DESCRIPTIONS: dict[str, str] = {
     "enclave.port": "vsock port the enclave listens on.",
     "enclave.timeout_seconds": "Time allowed for one enclave call.",
     "enclave.max_frame_bytes": "Largest frame sent to or accepted from the enclave.",
-    "enclave.pool_size": "Persistent connections to the enclave (<= its server.max_connections).",
+    "enclave.pool_size": "Persistent enclave connections (<= max_connections, workers + queue).",
     "enclave.pool_wait_seconds": "How long a request waits for a pooled connection (then 503).",
     "kms.key_id": "The appliance's KMS key (ARN): new accounts' data keys come from it.",
     "kms.region": "Region of that key.",
@@ -88,16 +87,19 @@ ENCLAVE_DESCRIPTIONS: dict[str, str] = {
     "server.frame_timeout_seconds": "A frame must arrive whole within this long.",
     "server.max_buffered_bytes": "Request bytes held at once across connections.",
     "kms.endpoint_scheme": "https on AWS; http only for the simulator.",
-    "kms.endpoint_host": "KMS host name, reached through the parent's vsock-proxy.",
+    "kms.endpoint_host": (
+        "KMS host name, reached through the parent's vsock-proxy (its region must be kms.region)."
+    ),
     "kms.proxy_port": "vsock port of the parent's KMS vsock-proxy.",
     "kms.allowed_key_ids": "KMS keys the enclave accepts (required, non-empty).",
     "kms.timeout_seconds": "Timeout of one KMS call.",
     "kms.max_concurrent_calls": "KMS requests in flight at once (match the vsock-proxy workers).",
     "kms.recipient_key_pool": "Pre-generated RSA keys for KMS Recipient (0: one per call).",
+    "kms.probe_interval_seconds": "kms_probe answers are reused this long (one KMS call per key).",
     "key_cache.max_entries": "Unlocked keys kept in enclave memory (0: no cache).",
     "key_cache.ttl_seconds": "How long an unlocked key stays cached.",
     "signing.allow_pre_eip155": "Sign legacy transactions without a chain id (replayable).",
-    "kms.region": "Region of the KMS endpoint the enclave calls.",
+    "kms.region": "Region of the KMS endpoint the enclave calls (pinned ARNs must be in it).",
 }
 DESCRIPTIONS = {"relay.toml": RELAY_DESCRIPTIONS, "enclave.toml": ENCLAVE_DESCRIPTIONS}
 

@@ -13,6 +13,8 @@ import yaml
 
 from tests.ansible_runner import ROOT, local_inventory, run_playbook
 
+pytestmark = pytest.mark.process  # ansible-playbook runs as a process
+
 PCR0 = "a1" * 48
 PINS = {
     "nitro_wallet_key_policy_mode": "pcr0",

@@ -83,6 +83,7 @@ def _repo_with_wheels(tmp_path: Path) -> tuple[Path, Path]:
     return repo, cache
 
 
+@pytest.mark.process
 def test_build_context_carries_exactly_the_pinned_wheels_and_the_rendered_toml(
     tmp_path: Path,
 ) -> None:
@@ -114,6 +115,7 @@ def test_build_context_carries_exactly_the_pinned_wheels_and_the_rendered_toml(
     assert "wheels/beta-2.0-cp311-abi3-win_amd64.whl" not in names
 
 
+@pytest.mark.process
 def test_build_context_refuses_a_pin_without_a_matching_wheel(tmp_path: Path) -> None:
     repo, cache = _repo_with_wheels(tmp_path)
     (cache / "alpha-1.0-py3-none-any.whl").write_bytes(b"tampered")
@@ -139,12 +141,14 @@ def test_build_context_refuses_a_pin_without_a_matching_wheel(tmp_path: Path) ->
     assert "alpha==1.0" in result.stderr
 
 
+@pytest.mark.process
 def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
     first = _pack(repo, tmp_path / "a.tar.gz")
-    time.sleep(1.1)  # a later mtime must not change the archive
-    (repo / "enclave_app/__main__.py").touch()
+    source = repo / "enclave_app/__main__.py"
+    later = source.stat().st_mtime + 3600  # a later mtime must not change the archive
+    os.utime(source, (later, later))
     second = _pack(repo, tmp_path / "b.tar.gz")
     assert first["sha256"] == second["sha256"]
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
@@ -164,6 +168,7 @@ def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> No
     assert _pack(repo, tmp_path / "c.tar.gz")["sha256"] != first["sha256"]
 
 
+@pytest.mark.process
 def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
@@ -180,6 +185,7 @@ def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     assert "Dockerfile does not exist" in result.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("content", "ok"),
     [
@@ -257,6 +263,7 @@ def _supervise(tmp_path: Path) -> tuple[subprocess.Popen[str], socket.socket, Pa
     return process, notify, state
 
 
+@pytest.mark.process
 def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Path) -> None:
     process, notify, state = _supervise(tmp_path)
     try:
@@ -277,6 +284,7 @@ def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Pat
             process.kill()
 
 
+@pytest.mark.process
 def test_supervisor_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     process, notify, _state = _supervise(tmp_path)
     try:
@@ -289,6 +297,7 @@ def test_supervisor_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
             process.kill()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("memory_mib", "pools"),
     [

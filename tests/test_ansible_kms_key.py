@@ -27,7 +27,7 @@ from tests.test_sim_kms import (  # noqa: F401 - pytest fixtures by name
     state,
 )
 
-pytestmark = pytest.mark.usefixtures("kms")
+pytestmark = [pytest.mark.process, pytest.mark.usefixtures("kms")]  # ansible-playbook runs
 
 ALIAS = "alias/nitro-wallet"
 PCR0_OLD, PCR0_NEW = "a1" * 48, "b2" * 48

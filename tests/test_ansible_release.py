@@ -20,6 +20,8 @@ import yaml
 
 from tests.ansible_runner import ROOT, local_inventory, run_playbook
 
+pytestmark = pytest.mark.process  # ansible-playbook runs as a process
+
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/0f0e0d0c-0b0a-4908-8706-050403020100"
 BUILD_VARS = {
     "nitro_wallet_release": "r1",
