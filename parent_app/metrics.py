@@ -48,7 +48,8 @@ class RelayMetrics:
         )
         self.in_flight = Gauge(
             "nitro_wallet_relay_http_requests_in_flight",
-            "HTTP requests being received or answered (bounded by max_concurrent_requests).",
+            "HTTP requests being answered: arrived whole, handler running (at most "
+            "max_concurrent_requests).",
             registry=self.registry,
         )
         self.draining = Gauge(
