@@ -64,17 +64,17 @@ class FrontState:
         self.settings = settings
         self.recorder = recorder
         self.active = 0  # requests holding a slot
+        # Read when /metrics is scraped, not written twice per request.
+        recorder.metrics.in_flight.set_function(lambda: self.active)
 
     def take_slot(self) -> bool:
         if self.active >= self.settings.max_concurrent_requests:
             return False
         self.active += 1
-        self.recorder.metrics.in_flight.set(self.active)
         return True
 
     def release_slot(self) -> None:
         self.active -= 1
-        self.recorder.metrics.in_flight.set(self.active)
 
 
 class _StopParsingError(Exception):
