@@ -78,17 +78,16 @@ class ExecutionSlots:
     def __init__(self, limit: int, gauge: Gauge) -> None:
         self.limit = limit
         self.active = 0
-        self._gauge = gauge
+        # Read when /metrics is scraped, not written twice per request.
+        gauge.set_function(lambda: self.active)
 
     def take(self) -> None:
         if self.active >= self.limit:
             raise server_busy("too many concurrent requests; retry shortly")
         self.active += 1
-        self._gauge.set(self.active)
 
     def release(self) -> None:
         self.active -= 1
-        self._gauge.set(self.active)
 
 
 class RelayAsgiApp:
