@@ -55,9 +55,11 @@ ACCOUNTS = 4
 
 
 @pytest.fixture(scope="module")
-def relay_headers() -> dict[str, str]:
-    """Headers every generated request carries (the one place for authentication)."""
-    return {}
+def relay_headers(stack: LocalStack) -> dict[str, str]:
+    """Headers every generated request carries: the one place for authentication. A stack
+    whose relay requires a bearer token (``LocalStack.api_token``, relay auth) has it sent."""
+    token = getattr(stack, "api_token", None)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @pytest.fixture(scope="module")
