@@ -39,8 +39,8 @@ calls the host directly is never refused because of the state: its warm requests
 Cost: one ``health`` and one ``kms_probe`` call per evaluation (the enclave answers the
 probe from its cache, so polling /readyz never turns into KMS load), run as single
 flights (``parent_app.single_flight``) with a bounded wait, so /readyz answers within
-about ``CHECK_WAIT_SECONDS`` (+ ``STATS_WAIT`` when it needs the cache level) even when
-the enclave hangs.
+about ``CHECK_WAIT_SECONDS`` (+ ``CACHE_LEVEL_WAIT_SECONDS`` when it needs the cache
+level) even when the enclave hangs.
 """
 
 from __future__ import annotations
