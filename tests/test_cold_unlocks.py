@@ -6,11 +6,10 @@ is empty), all at once, through the vsock-proxy with as many workers as the encl
 bounded KMS concurrency. Each must come back signed and verified, none slower than 5 s
 on this project's machine (the issue's figure; a hang, not a speed target).
 
-The 5 s bound holds only with bounded reuse of a recipient key (h12-perf; docs/reliability.md,
-"The KMS path under concurrency"): with a fresh RSA-2048 key per attested KMS call and a
-pool of 8, right after a restart 92 of the 100 unlocks generate one inline, 45-120 ms of
-CPU each on 2 cores shared with the relay and the simulated KMS. Until that lands, the
-bound is a strict xfail.
+The 5 s bound holds because one RSA-2048 recipient key serves several KMS calls
+(``kms.recipient_key_uses``); with a fresh key per call and a pool of 8, 92 of the 100
+unlocks right after a restart generated one inline, and the slowest took 10 to 30 s on
+2 cores (docs/reliability.md, "The KMS path under concurrency").
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from typing import Any
 import pytest
 from eth_account import Account
 
-from enclave_app.config import EnclaveConfig
 from nitro_sim.stack import LocalStack, http_json
 from tests.stack_helpers import create_account, eip1559
 
@@ -99,12 +97,5 @@ def test_100_concurrent_cold_unlocks_all_sign(accounts: list[dict[str, Any]], bu
         assert Account.recover_transaction(body["raw_transaction"]) == account["address"]
 
 
-@pytest.mark.xfail(
-    not hasattr(EnclaveConfig, "kms_recipient_key_uses"),
-    strict=True,
-    reason="until bounded reuse of a recipient key lands (h12-perf b94cc66): 92 of the 100 "
-    "RSA-2048 recipient keys are generated inline after a restart, slowest 10 to 30 s on "
-    "2 cores (docs/reliability.md)",
-)
 def test_no_cold_unlock_takes_over_5_seconds(burst: Burst) -> None:
     assert max(took for _, took, _ in burst) < BOUND_SECONDS
