@@ -56,7 +56,7 @@ lock: venv
 	  ../$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-header \
 	    --no-emit-index-url --no-emit-find-links --output-file $$name.txt $$name.in; done
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-index-url \
-	  --no-emit-find-links --extra sim --extra dev --extra ansible \
+	  --no-emit-find-links --extra sim --extra operator --extra dev --extra ansible \
 	  --output-file requirements/dev.txt pyproject.toml
 
 clean:

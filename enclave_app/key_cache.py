@@ -1,9 +1,10 @@
 """Bounded, time-limited in-memory cache of unlocked private keys.
 
 A warm signature costs no KMS call. Entries are keyed by the account id *and* a
-digest of the stored ciphertexts, so a record whose ciphertexts change (or a record
-swapped by the parent) never hits a key unlocked from other bytes. Size and age are
-both bounded; expired entries are dropped on access and on insert.
+digest of the stored ciphertexts and the sealed metadata, so a record whose
+ciphertexts or labels change (or a record swapped by the parent) never hits a key
+unlocked from other bytes. Size and age are both bounded; expired entries are dropped
+on access and on insert.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ class CacheKey:
 
     @classmethod
     def for_record(
-        cls, account_id: str, address: str, encrypted_private_key: bytes, encrypted_data_key: bytes
+        cls,
+        account_id: str,
+        address: str,
+        encrypted_private_key: bytes,
+        encrypted_data_key: bytes,
+        metadata: bytes = b"",
     ) -> CacheKey:
         digest = hashlib.sha256()
         for part in (
@@ -31,6 +37,7 @@ class CacheKey:
             address.lower().encode(),
             encrypted_private_key,
             encrypted_data_key,
+            metadata,
         ):
             digest.update(len(part).to_bytes(4, "big"))
             digest.update(part)

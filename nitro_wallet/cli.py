@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nitro_wallet.commands import attestation, key_policy
+from nitro_wallet.commands import attestation, key_policy, policy
 
-COMMANDS = (attestation, key_policy)
+COMMANDS = (attestation, key_policy, policy)
 
 
 class Parser(argparse.ArgumentParser):
