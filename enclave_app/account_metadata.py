@@ -7,10 +7,12 @@ version 2, see :mod:`enclave_app.envelope`): an account whose labels or keys the
 changed does not open. The enclave reads labels only from a record it has opened, so a
 relay-supplied label never reaches the policy.
 
-Record fields (both optional, absent = empty):
+Record fields (all optional, absent = empty):
 - ``labels``: distinct strings matching ``[a-z0-9][a-z0-9._-]{0,63}``, at most 16;
 - ``stamp_keys``: at most 16 objects ``{"id", "public_key" (PEM SPKI, P-256 or Ed25519),
-  "scopes": [create|sign|read]}`` with distinct ids.
+  "scopes": [create|sign|read]}`` with distinct ids;
+- ``created_by``: the principal that created the account, ``stamp:<id>`` or
+  ``relay:<id>`` (set by the enclave at creation, for the audit trail).
 The bound bytes are canonical: labels sorted, keys sorted by id with their SPKI DER in
 base64 and their scopes sorted, in compact sorted-key JSON.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,8 +32,9 @@ from enclave_app.policy.keys import KeyFormatError, PublicKey, parse_public_key,
 from enclave_app.policy.model import Scope
 
 MAX_BOUND_STAMP_KEYS = 16
-FIELDS = frozenset({"labels", "stamp_keys"})
+FIELDS = frozenset({"labels", "stamp_keys", "created_by"})
 _SCOPES = frozenset(scope.value for scope in Scope)
+_CREATOR_RE = re.compile(rf"(stamp|relay):{syntax.ID_PATTERN}")
 
 
 @dataclass(frozen=True)
@@ -46,15 +50,17 @@ class AccountMetadata:
     labels: frozenset[str] = frozenset()
     stamp_keys: tuple[BoundStampKey, ...] = ()
     """Sorted by id."""
+    created_by: str = ""
 
     @property
     def empty(self) -> bool:
-        return not self.labels and not self.stamp_keys
+        return not self.labels and not self.stamp_keys and not self.created_by
 
     @cached_property
     def canonical(self) -> bytes:
         """The bytes bound into the envelope's additional data."""
         document = {
+            "created_by": self.created_by,
             "labels": sorted(self.labels),
             "stamp_keys": [
                 {
@@ -70,6 +76,8 @@ class AccountMetadata:
     def to_record(self) -> dict[str, object]:
         """The record fields, normalised (what generate_account returns)."""
         record: dict[str, object] = {}
+        if self.created_by:
+            record["created_by"] = self.created_by
         if self.labels:
             record["labels"] = sorted(self.labels)
         if self.stamp_keys:
@@ -92,9 +100,15 @@ class AccountMetadata:
 
 def parse_metadata(record: Mapping[str, object], where: str = "account") -> AccountMetadata:
     """The metadata fields of a record or a generate_account request (others ignored)."""
+    created_by = record.get("created_by", "")
+    if not isinstance(created_by, str) or (
+        created_by and _CREATOR_RE.fullmatch(created_by) is None
+    ):
+        raise invalid(f"{where}.created_by must be stamp:<id> or relay:<id>")
     return AccountMetadata(
         labels=parse_labels(f"{where}.labels", record.get("labels", [])),
         stamp_keys=_stamp_keys(f"{where}.stamp_keys", record.get("stamp_keys", [])),
+        created_by=created_by,
     )
 
 

@@ -58,6 +58,7 @@ def metadata(**record: Any) -> AccountMetadata:
 
 
 LABELLED: dict[str, Any] = {
+    "created_by": "stamp:ops",
     "labels": ["hot", "eu"],
     "stamp_keys": [{"id": "owner", "public_key": public_pem("p256", 7), "scopes": ["sign"]}],
 }
@@ -77,29 +78,27 @@ def test_a_new_account_is_sealed_as_version_2_and_opens_with_its_metadata() -> N
     assert cold_kms.decrypts == 1
 
 
+OWNER_KEY = LABELLED["stamp_keys"][0]
+
+
 @pytest.mark.parametrize(
-    "tampered",
+    "change",
     [
         {"labels": ["hot", "eu", "treasury"]},
         {"labels": ["hot"]},
         {"labels": []},
-        {"labels": ["hot", "eu"]},  # the bound key dropped
-        {
-            "labels": ["hot", "eu"],
-            "stamp_keys": [{**LABELLED["stamp_keys"][0], "scopes": ["sign", "create"]}],
-        },
-        {
-            "labels": ["hot", "eu"],
-            "stamp_keys": [
-                {"id": "owner", "public_key": public_pem("p256", 8), "scopes": ["sign"]}
-            ],
-        },
+        {"stamp_keys": []},
+        {"stamp_keys": [{**OWNER_KEY, "scopes": ["sign", "create"]}]},
+        {"stamp_keys": [{**OWNER_KEY, "id": "owner2"}]},
+        {"stamp_keys": [{**OWNER_KEY, "public_key": public_pem("p256", 8)}]},
+        {"created_by": "relay:bot"},
+        {"created_by": ""},
     ],
 )
-def test_changed_metadata_does_not_open_cold_or_warm(tampered: dict[str, Any]) -> None:
+def test_changed_metadata_does_not_open_cold_or_warm(change: dict[str, Any]) -> None:
     accounts, kms = vault()
     account = accounts.generate(ACCOUNT_ID, "key", CREDENTIALS, metadata(**LABELLED))
-    forged = replace(account, metadata=metadata(**tampered))
+    forged = replace(account, metadata=metadata(**{**LABELLED, **change}))
     with pytest.raises(EnclaveError) as error:
         accounts.unlock(forged, CREDENTIALS)  # the warm key must not answer for it
     assert error.value.code is ErrorCode.CIPHERTEXT_INVALID
@@ -151,7 +150,9 @@ def test_the_additional_data_names_its_version_and_binds_every_field() -> None:
         ACCOUNT_ID, "0xAbC", "k", b"\x02" + bytes(40), b"d", metadata(labels=["x"])
     )
     assert additional_data_for(account) == (
-        b"nitro-wallet/v2|" + ACCOUNT_ID.encode() + b'|0xabc|{"labels":["x"],"stamp_keys":[]}'
+        b"nitro-wallet/v2|"
+        + ACCOUNT_ID.encode()
+        + b'|0xabc|{"created_by":"","labels":["x"],"stamp_keys":[]}'
     )
     key = os.urandom(32)
     sealed = envelope.seal(key, b"secret", additional_data_for(account))
@@ -163,6 +164,9 @@ def test_the_additional_data_names_its_version_and_binds_every_field() -> None:
     ("record", "problem"),
     [
         ({"labels": "hot"}, "list of at most 16 labels"),
+        ({"created_by": "root"}, "stamp:<id> or relay:<id>"),
+        ({"created_by": "relay:a.b"}, "stamp:<id> or relay:<id>"),
+        ({"created_by": 7}, "stamp:<id> or relay:<id>"),
         ({"labels": ["Hot"]}, "must match"),
         ({"labels": ["hot", "hot"]}, "repeats a label"),
         ({"labels": [f"l{i}" for i in range(17)]}, "at most 16"),

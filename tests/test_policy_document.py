@@ -65,6 +65,9 @@ HOSTILE: dict[str, dict[str, Any]] = {
     "empty scopes": edited("principals.relay_identities.0.scopes", []),
     "repeated scope": edited("principals.relay_identities.0.scopes", ["sign", "sign"]),
     "id with a space": edited("principals.relay_identities.0.id", "my bot"),
+    "id with a dot (the stamp header's separator)": edited(
+        "principals.relay_identities.0.id", "my.bot"
+    ),
     "id with a trailing newline": edited("principals.relay_identities.0.id", "bot\n"),
     "id too long": edited("principals.relay_identities.0.id", "b" * 65),
     "key not PEM": edited("principals.stamp_keys.0.public_key", "MFkwEwYHKoZIzj0CAQYI"),
@@ -72,6 +75,7 @@ HOSTILE: dict[str, dict[str, Any]] = {
     "rule without a name": edited("rules.0.name", DELETE),
     "reserved rule name": edited("rules.0.name", "default-deny"),
     "rule named principal-scopes": edited("rules.0.name", "principal-scopes"),
+    "rule named account-creation": edited("rules.0.name", "account-creation"),
     "effect maybe": edited("rules.0.effect", "maybe"),
     "no principals in a rule": edited("rules.0.principals", {}),
     "principals all": edited("rules.0.principals", {"stamp_keys": "all"}),

@@ -9,6 +9,7 @@ import pytest
 
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.policy import (
+    ACCOUNT_CREATION,
     DEFAULT_DENY,
     PRINCIPAL_SCOPES,
     Op,
@@ -17,6 +18,7 @@ from enclave_app.policy import (
     PrincipalKind,
     Request,
     Scope,
+    authorize_create,
     evaluate,
 )
 from tests.policy_helpers import (
@@ -182,3 +184,42 @@ def test_a_request_payload_must_fit_its_operation() -> None:
     with pytest.raises(TypeError, match="sign_message takes a bytes payload"):
         Request(Op.SIGN_MESSAGE, stamp(), account(), tx_request().payload)
     assert message_request().payload == b"hello"
+
+
+# -- account creation ---------------------------------------------------------------------
+SIGN_ONLY = frozenset({Scope.SIGN})
+
+
+def test_creating_an_account_needs_the_create_scope() -> None:
+    assert authorize_create(stamp(), []).allowed
+    assert authorize_create(relay("bot"), []).rule == ACCOUNT_CREATION
+    decision = authorize_create(relay("bot", SIGN_ONLY), [])
+    assert (decision.allowed, decision.rule, decision.code) == (
+        False,
+        PRINCIPAL_SCOPES,
+        ErrorCode.SCOPE_DENIED,
+    )
+
+
+@pytest.mark.parametrize(
+    "creator",
+    [relay("bot"), Principal(PrincipalKind.STAMP, "owner", frozenset(Scope), account_bound=True)],
+    ids=["relay identity", "account-bound key"],
+)
+def test_only_a_policy_stamp_key_may_bind_stamp_keys_to_a_new_account(creator: Principal) -> None:
+    assert authorize_create(creator, []).allowed
+    decision = authorize_create(creator, [SIGN_ONLY])
+    assert (decision.allowed, decision.rule, decision.code) == (
+        False,
+        ACCOUNT_CREATION,
+        ErrorCode.POLICY_DENIED,
+    )
+    assert authorize_create(stamp("ops"), [SIGN_ONLY, frozenset(Scope)]).allowed
+
+
+def test_a_bound_key_gets_no_scope_its_creator_lacks() -> None:
+    creator = stamp("ops", frozenset({Scope.CREATE, Scope.SIGN}))
+    assert authorize_create(creator, [frozenset({Scope.SIGN})]).allowed
+    decision = authorize_create(creator, [frozenset({Scope.SIGN, Scope.READ})])
+    assert not decision.allowed
+    assert "scope its creator lacks" in decision.message

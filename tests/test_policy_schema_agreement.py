@@ -39,7 +39,7 @@ SEMANTIC_REFUSALS = (
 )
 
 KEYS = [public_pem("p256", 10), public_pem("ed25519", 11), public_pem("p256", 12)]
-ids = st.sampled_from(["a", "b", "ops-1", "Bot.2", "x_y"])
+ids = st.sampled_from(["a", "b", "ops-1", "Bot_2", "-x"])
 labels = st.sampled_from(["hot", "cold", "eu-1", "t.2"])
 addresses = st.sampled_from(
     [

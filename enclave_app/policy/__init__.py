@@ -20,11 +20,13 @@ from enclave_app.policy.evaluate import (
     Decision,
     PolicyDeniedError,
     Request,
+    authorize_create,
     evaluate,
     typed_data_facts,
 )
 from enclave_app.policy.keys import KeyFormatError, parse_public_key
 from enclave_app.policy.model import (
+    ACCOUNT_CREATION,
     DEFAULT_DENY,
     PRINCIPAL_SCOPES,
     ApproverKey,
@@ -37,6 +39,7 @@ from enclave_app.policy.model import (
 )
 
 __all__ = [
+    "ACCOUNT_CREATION",
     "DEFAULT_DENY",
     "PRINCIPAL_SCOPES",
     "AccountFacts",
@@ -56,6 +59,7 @@ __all__ = [
     "StampKey",
     "TypedDataFacts",
     "Verdict",
+    "authorize_create",
     "canonical_bytes",
     "evaluate",
     "load_policy",

@@ -17,17 +17,19 @@ limits come after an allow (:mod:`enclave_app.policy.engine`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.policy.conditions import NO_MATCH, Payload, TypedDataFacts, Verdict
 from enclave_app.policy.model import (
+    ACCOUNT_CREATION,
     DEFAULT_DENY,
     PRINCIPAL_SCOPES,
     Op,
     Policy,
     Principal,
+    PrincipalKind,
     Rule,
     Scope,
 )
@@ -140,6 +142,39 @@ def evaluate(policy: Policy, request: Request) -> Decision:
             f"{approvals.count(request.approvers)} valid approval(s) given",
         )
     return denied(DEFAULT_DENY, ErrorCode.POLICY_DENIED, _default_deny_reason(request))
+
+
+def authorize_create(
+    principal: Principal, bound_key_scopes: Iterable[frozenset[Scope]]
+) -> Decision:
+    """May ``principal`` create an account binding stamp keys with these scopes?
+
+    Creating needs the ``create`` scope. Binding stamp keys to the new account is
+    reserved to stamp keys declared in the policy, and a bound key gets no scope its
+    creator lacks: otherwise a compromised relay could create accounts (which may later
+    hold funds) with a key of its own that ``stamp_keys: any`` rules trust.
+    """
+    if Scope.CREATE not in principal.scopes:
+        return denied(
+            PRINCIPAL_SCOPES,
+            ErrorCode.SCOPE_DENIED,
+            f"{principal.kind} principal {principal.id!r} lacks the 'create' scope",
+        )
+    scopes = list(bound_key_scopes)
+    if scopes and (principal.kind is not PrincipalKind.STAMP or principal.account_bound):
+        return denied(
+            ACCOUNT_CREATION,
+            ErrorCode.POLICY_DENIED,
+            "only a stamp key declared in the policy may bind stamp keys to a new account",
+        )
+    for wanted in scopes:
+        if not wanted <= principal.scopes:
+            return denied(
+                ACCOUNT_CREATION,
+                ErrorCode.POLICY_DENIED,
+                "a bound stamp key may not have a scope its creator lacks",
+            )
+    return Decision(True, ACCOUNT_CREATION, None, f"policy rule '{ACCOUNT_CREATION}': allowed")
 
 
 def _default_deny_reason(request: Request) -> str:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 #: Rule names the engine uses for decisions no written rule made.
 DEFAULT_DENY = "default-deny"
 PRINCIPAL_SCOPES = "principal-scopes"
-RESERVED_NAMES = frozenset({DEFAULT_DENY, PRINCIPAL_SCOPES})
+ACCOUNT_CREATION = "account-creation"
+RESERVED_NAMES = frozenset({DEFAULT_DENY, PRINCIPAL_SCOPES, ACCOUNT_CREATION})
 
 
 class Scope(StrEnum):

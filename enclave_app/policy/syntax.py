@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 from typing import TypeGuard
 
-#: Ids of stamp keys, relay identities and approvers; names of rules and limits.
-ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+#: Ids of stamp keys, relay identities and approvers; names of rules and limits. The
+#: same spelling as enclave_app.auth's stamp and approval headers (no dots: they
+#: separate the header's fields), so every id a policy declares can be stamped.
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 #: Account labels (lowercase, so "Hot" and "hot" cannot be two labels).
 LABEL_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 #: Labels per account.
