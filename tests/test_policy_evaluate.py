@@ -12,6 +12,7 @@ from enclave_app.policy import (
     ACCOUNT_CREATION,
     DEFAULT_DENY,
     PRINCIPAL_SCOPES,
+    Decision,
     Op,
     PolicyDeniedError,
     Principal,
@@ -21,6 +22,7 @@ from enclave_app.policy import (
     authorize_create,
     evaluate,
 )
+from parent_app.errors import from_enclave, jsonrpc_code
 from tests.policy_helpers import (
     OTHER_ACCOUNT_ID,
     account,
@@ -223,3 +225,26 @@ def test_a_bound_key_gets_no_scope_its_creator_lacks() -> None:
     decision = authorize_create(creator, [frozenset({Scope.SIGN, Scope.READ})])
     assert not decision.allowed
     assert "scope its creator lacks" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "jsonrpc"),
+    [
+        (ErrorCode.POLICY_DENIED, 403, -32003),
+        (ErrorCode.APPROVALS_REQUIRED, 403, -32003),
+        (ErrorCode.SCOPE_DENIED, 403, -32003),
+        (ErrorCode.PRINCIPAL_UNKNOWN, 403, -32003),
+        (ErrorCode.VELOCITY_EXCEEDED, 429, -32005),
+    ],
+)
+def test_the_relay_passes_a_refusal_through_with_its_code_and_rule(
+    code: ErrorCode, status: int, jsonrpc: int
+) -> None:
+    refusal = PolicyDeniedError(Decision(False, "some-rule", code, "policy rule 'some-rule': no"))
+    relayed = from_enclave(refusal)
+    assert (relayed.status, relayed.code, relayed.message) == (
+        status,
+        code.value,
+        "policy rule 'some-rule': no",
+    )
+    assert jsonrpc_code(relayed.code) == jsonrpc

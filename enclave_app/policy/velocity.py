@@ -46,18 +46,36 @@ class Charge:
 
 @dataclass(slots=True)
 class _Window:
+    """Per-slot sums (oldest first: slots are added in time order) and their totals."""
+
     width: float
     slots: dict[int, list[int]] = field(default_factory=dict)  # slot -> [value, count]
+    value: int = 0
+    count: int = 0
 
     def used(self, now: float) -> tuple[int, int, int]:
         """(value, count, current slot) over the window ending at ``now``."""
         current = int(now // self.width)
         oldest = current - SLOTS
-        for slot in [s for s in self.slots if s < oldest]:
-            del self.slots[slot]
-        value = sum(entry[0] for entry in self.slots.values())
-        count = sum(entry[1] for entry in self.slots.values())
-        return value, count, current
+        while self.slots:
+            first = next(iter(self.slots))
+            if first >= oldest:
+                break
+            entry = self.slots.pop(first)
+            self.value -= entry[0]
+            self.count -= entry[1]
+        return self.value, self.count, current
+
+    def add(self, slot: int, value: int, count: int) -> None:
+        entry = self.slots.get(slot)
+        if entry is None:
+            if count < 0:
+                return  # the slot has left the window: nothing to give back
+            entry = self.slots[slot] = [0, 0]
+        entry[0] += value
+        entry[1] += count
+        self.value += value
+        self.count += count
 
 
 class Reservation:
@@ -70,10 +88,7 @@ class Reservation:
     def release(self) -> None:
         with self._ledger.lock:
             for window, slot, value in self._entries:
-                entry = window.slots.get(slot)
-                if entry is not None:
-                    entry[0] -= value
-                    entry[1] -= 1
+                window.add(slot, -value, -1)
             self._entries = []
 
 
@@ -99,9 +114,7 @@ class VelocityLedger:
                     raise PolicyDeniedError(refusal)
                 taken.append((window, slot, charge.value))
             for window, slot, value in taken:
-                entry = window.slots.setdefault(slot, [0, 0])
-                entry[0] += value
-                entry[1] += 1
+                window.add(slot, value, 1)
             self._reservations += 1
             if self._reservations % SWEEP_EVERY == 0:
                 self._sweep(now)
