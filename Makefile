@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv dev demo demo-dev test test-fast lint format fixtures pytest lock clean
+.PHONY: venv dev demo demo-dev test test-fast lint format fixtures clients pytest lock clean
 
 # One lock for the controller/dev tooling; the package itself is installed without deps.
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
@@ -31,12 +31,12 @@ demo-dev: venv
 
 ## Every check: ruff, mypy, pytest (unit, property, end-to-end, Ansible lint and
 ## syntax) and the molecule scenarios on podman systemd hosts (needs root + podman).
-test: venv lint fixtures
-	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_MOLECULE=1 $(VENV)/bin/pytest -q
+test: venv lint fixtures clients
+	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_REQUIRE_CLIENTS=1 NITRO_WALLET_MOLECULE=1 $(VENV)/bin/pytest -q
 
 ## Everything but molecule: the fast loop.
-test-fast: venv lint fixtures
-	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 $(VENV)/bin/pytest -q
+test-fast: venv lint fixtures clients
+	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_REQUIRE_CLIENTS=1 $(VENV)/bin/pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -49,6 +49,14 @@ format: venv
 
 fixtures: venv
 	$(PY) scripts/fetch-real-fixtures.py
+
+## The real Ethereum clients of tests/clients (ethers, viem, cast, anvil), pinned by its
+## package-lock.json; needs node and npm (Debian: apt-get install nodejs npm).
+CLIENTS_STAMP := tests/clients/node_modules/.installed
+clients: $(CLIENTS_STAMP)
+$(CLIENTS_STAMP): tests/clients/package.json tests/clients/package-lock.json
+	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## Regenerate the lock files from requirements/*.in and pyproject.toml.
 lock: venv

@@ -37,6 +37,23 @@ class ErrorCode(StrEnum):
     VELOCITY_EXCEEDED = "velocity_exceeded"
     SCOPE_DENIED = "scope_denied"
     PRINCIPAL_UNKNOWN = "principal_unknown"
+    # Caller authentication, approvals, audit, entropy (enclave_app.auth)
+    UNAUTHENTICATED = "unauthenticated"
+    STAMP_MALFORMED = "stamp_malformed"
+    STAMP_KEY_UNKNOWN = "stamp_key_unknown"
+    STAMP_EXPIRED = "stamp_expired"
+    STAMP_SIGNATURE_INVALID = "stamp_signature_invalid"
+    STAMP_REPLAYED = "stamp_replayed"
+    REQUEST_MISMATCH = "request_mismatch"
+    REPLAY_MEMORY_FULL = "replay_memory_full"
+    APPROVAL_MALFORMED = "approval_malformed"
+    APPROVAL_UNKNOWN_APPROVER = "approval_unknown_approver"
+    APPROVAL_SIGNATURE_INVALID = "approval_signature_invalid"
+    APPROVAL_EXPIRED = "approval_expired"
+    APPROVAL_DUPLICATE = "approval_duplicate"
+    APPROVAL_REPLAYED = "approval_replayed"
+    AUDIT_BACKLOG_FULL = "audit_backlog_full"
+    ENTROPY_UNAVAILABLE = "entropy_unavailable"
     # Anything unexpected: details stay in the enclave.
     INTERNAL = "internal_error"
 

@@ -77,6 +77,9 @@ class LocalStack:
     imds_port: int = field(default_factory=free_port)
     region: str = "us-east-1"
     allow_debug: bool = False
+    # The relay's default chain (anvil's and hardhat's local chain id) and optional node.
+    chain_id: int = 31337
+    upstream_rpc_url: str | None = None
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key_arn: str = ""
     measurements: Measurements | None = None
@@ -341,9 +344,12 @@ class LocalStack:
 
     # ---------------------------------------------------------------- relay
     def relay_config(self) -> str:
+        upstream = self.upstream_rpc_url
+        upstream_line = f"upstream_rpc_url = {json.dumps(upstream)}\n" if upstream else ""
         return (
             "[relay]\n"
             f'listen_host = "127.0.0.1"\nlisten_port = {self.relay_port}\n'
+            f"chain_id = {self.chain_id}\n{upstream_line}"
             "[enclave]\n"
             f'transport = "unix:{self.sim_dir / "vsock"}"\n'
             f"cid = {ENCLAVE_CID}\nport = {ENCLAVE_PORT}\ntimeout_seconds = 30\n"

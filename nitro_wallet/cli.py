@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nitro_wallet.commands import attestation, key_policy, policy
+from nitro_wallet.commands import attestation, audit, key_policy, keygen, policy, stamp, token
 
-COMMANDS = (attestation, key_policy, policy)
+COMMANDS = (attestation, audit, key_policy, keygen, policy, stamp, token)
 
 
 class Parser(argparse.ArgumentParser):

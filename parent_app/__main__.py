@@ -20,6 +20,7 @@ from parent_app.routes import RelayApi
 from parent_app.service import WalletService
 from parent_app.storage import SqliteStorage, Storage
 from parent_app.storage_dynamodb import DynamoDbStorage
+from parent_app.upstream import UpstreamClient
 
 log = logging.getLogger("parent_app")
 
@@ -43,10 +44,16 @@ def build_relay(
             config.enclave.max_frame_bytes,
         )
         service = WalletService(storage, enclave, source, config.kms.key_id, RelayMetrics())
+        upstream = None
+        if config.relay.upstream_rpc_url is not None:
+            upstream = UpstreamClient(
+                config.relay.upstream_rpc_url, config.relay.upstream_timeout_seconds
+            )
         api = RelayApi(
             service,
             chain_id=config.relay.chain_id,
             max_batch_requests=config.relay.max_batch_requests,
+            upstream=upstream,
         )
         return RelayHTTPServer(api, config.relay)
     except BaseException:

@@ -6,8 +6,11 @@ address needs ``allow_non_loopback = true``: the relay is loopback-only by defau
 
     [relay]       listen_host, listen_port, max_body_bytes, log_level,
                   allow_non_loopback, max_concurrent_requests, request_timeout_seconds,
-                  chain_id (optional: enables eth_chainId / net_version),
-                  max_batch_requests (JSON-RPC batch size cap)
+                  chain_id (optional: the default chain, answered by eth_chainId /
+                  net_version and filled into transactions that give none),
+                  max_batch_requests (JSON-RPC batch size cap),
+                  upstream_rpc_url (optional http(s) node: eth_sendTransaction and
+                  forwarding), upstream_timeout_seconds
     [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes
     [kms]         key_id (required), region
     [storage]     backend ("sqlite" | "dynamodb");
@@ -29,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from enclave_app.transport import Transport
+from parent_app.upstream import validate_url
 
 T = TypeVar("T")
 
@@ -55,7 +59,9 @@ class RelaySettings:
     max_concurrent_requests: int = 64
     request_timeout_seconds: float = 10.0
     chain_id: int | None = None
-    max_batch_requests: int = 20
+    max_batch_requests: int = 100
+    upstream_rpc_url: str | None = None
+    upstream_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,10 @@ def _relay(section: _Section) -> RelaySettings:
         max_batch_requests=section.integer(
             "max_batch_requests", defaults.max_batch_requests, 1, 1000
         ),
+        upstream_rpc_url=_upstream_rpc_url(section),
+        upstream_timeout_seconds=section.number(
+            "upstream_timeout_seconds", defaults.upstream_timeout_seconds, 0, 300
+        ),
     )
     section.done()
     if not settings.allow_non_loopback and not is_loopback(settings.listen_host):
@@ -243,6 +253,17 @@ def _relay(section: _Section) -> RelaySettings:
             "binds loopback only unless relay.allow_non_loopback = true"
         )
     return settings
+
+
+def _upstream_rpc_url(section: _Section) -> str | None:
+    if "upstream_rpc_url" not in section:
+        return None
+    url = section.string("upstream_rpc_url")
+    try:
+        return validate_url(url)
+    except ValueError as exc:
+        # The URL can hold a provider key: the message never repeats it.
+        raise ConfigError(f"relay.upstream_rpc_url {exc}") from None
 
 
 def _enclave(section: _Section) -> EnclaveSettings:

@@ -32,6 +32,11 @@ class RelayCode(StrEnum):
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
     STORAGE_ERROR = "storage_error"
     INTERNAL_ERROR = "internal_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_REJECTED = "upstream_rejected"
+    BATCH_TOO_LARGE = "batch_too_large"
 
 
 class RelayError(Exception):
@@ -170,6 +175,9 @@ JSONRPC_SERVER_CODES: Mapping[str, int] = {
     RelayCode.ENCLAVE_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.CREDENTIALS_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.SERVER_BUSY: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.UPSTREAM_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.UPSTREAM_ERROR: JsonRpcCode.INVALID_INPUT,
+    RelayCode.UPSTREAM_REJECTED: JsonRpcCode.TRANSACTION_REJECTED,
     ErrorCode.FRAME_TOO_LARGE: JsonRpcCode.LIMIT_EXCEEDED,
     RelayCode.INTERNAL_ERROR: JsonRpcCode.INTERNAL_ERROR,
 }

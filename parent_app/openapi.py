@@ -476,6 +476,13 @@ def build_openapi() -> dict[str, Any]:
             }
         },
     }
+    paths["/geth"] = {
+        "post": {
+            **paths["/"]["post"],
+            "operationId": "jsonRpcGeth",
+            "summary": "The same JSON-RPC; eth_signTransaction answers geth's {raw, tx}",
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {

@@ -16,11 +16,12 @@ from typing import Any
 
 from enclave_app import strict_json
 from parent_app.errors import RelayCode, RelayError, invalid_request
-from parent_app.jsonrpc import MAX_JSON_DEPTH, JsonRpcApi
+from parent_app.jsonrpc import MAX_JSON_DEPTH, JsonRpcApi, SignedTxShape
 from parent_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from parent_app.openapi import build_openapi
 from parent_app.service import WalletService
 from parent_app.storage import InvalidCursorError
+from parent_app.upstream import UpstreamClient
 
 JSON_CONTENT_TYPE = "application/json"
 DEFAULT_PAGE_SIZE = 100
@@ -198,6 +199,10 @@ def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _rpc_response(answer: bytes | None) -> Response:
+    return Response(204, b"") if answer is None else Response(200, answer)
+
+
 # -- the API ----------------------------------------------------------------------
 
 
@@ -207,7 +212,8 @@ class RelayApi:
         service: WalletService,
         *,
         chain_id: int | None = None,
-        max_batch_requests: int = 20,
+        max_batch_requests: int = 100,
+        upstream: UpstreamClient | None = None,
     ) -> None:
         self.service = service
         self.metrics = service.metrics
@@ -216,6 +222,7 @@ class RelayApi:
             chain_id=chain_id,
             max_batch_requests=max_batch_requests,
             metrics=service.metrics,
+            upstream=upstream,
         )
         self._openapi = json.dumps(build_openapi(), separators=(",", ":")).encode()
         self.router = Router()
@@ -247,6 +254,7 @@ class RelayApi:
             Endpoint("GET", self.attestation, query=frozenset({"nonce", "user_data"})),
         )
         add("/", Endpoint("POST", self.jsonrpc, Body.RAW))
+        add("/geth", Endpoint("POST", self.jsonrpc_geth, Body.RAW))
         add("/healthz", Endpoint("GET", self.healthz))
         add("/readyz", Endpoint("GET", self.readyz))
         add("/metrics", Endpoint("GET", self.metrics_text))
@@ -302,10 +310,11 @@ class RelayApi:
 
     def jsonrpc(self, call: Call) -> Response:
         """Ethereum JSON-RPC: HTTP 200 for every answer, 204 when nothing is answered."""
-        answer = self.rpc.handle(call.raw)
-        if answer is None:
-            return Response(204, b"")
-        return Response(200, answer)
+        return _rpc_response(self.rpc.handle(call.raw, SignedTxShape.RAW))
+
+    def jsonrpc_geth(self, call: Call) -> Response:
+        """The same JSON-RPC with geth's eth_signTransaction result ({raw, tx})."""
+        return _rpc_response(self.rpc.handle(call.raw, SignedTxShape.GETH))
 
     def healthz(self, call: Call) -> Response:
         return json_response(200, {"status": "ok"})

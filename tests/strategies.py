@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 UINT64_MAX = 2**64 - 1
+MAX_NONCE = 2**64 - 2  # EIP-2681
 UINT256_MAX = 2**256 - 1
 
 private_keys = st.integers(min_value=1, max_value=SECP256K1_N - 1).map(
@@ -91,7 +92,7 @@ def signed_authorizations(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, An
     """An EIP-7702 tuple with arbitrary (well-formed, low-s) signature values."""
     values = {
         "chainId": draw(_sized_ints(UINT256_MAX)),
-        "nonce": draw(_sized_ints(UINT64_MAX)),
+        "nonce": draw(_sized_ints(MAX_NONCE)),
         "yParity": draw(st.integers(0, 1)),
         "r": draw(st.integers(1, SECP256K1_N - 1)),
         "s": draw(st.integers(1, SECP256K1_N // 2)),
@@ -114,7 +115,7 @@ def transactions(draw: st.DrawFn, tx_type: int) -> Case:
         case.json["type"] = draw(quantity_json(tx_type))
     case.oracle["type"] = tx_type
     draw(_quantity_field(case, "chainId", st.integers(1, UINT64_MAX)))
-    draw(_quantity_field(case, "nonce", _sized_ints(UINT64_MAX)))
+    draw(_quantity_field(case, "nonce", _sized_ints(MAX_NONCE)))
     gas = draw(_sized_ints(UINT64_MAX))
     gas_name = draw(st.sampled_from(["gas", "gasLimit"]))
     case.json[gas_name] = draw(quantity_json(gas))

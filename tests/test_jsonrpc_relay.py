@@ -1,5 +1,6 @@
-"""Ethereum JSON-RPC on the relay's port (POST /), against the framed fake enclave over
-real loopback sockets: methods, batches, notifications, every error code."""
+"""Ethereum JSON-RPC on the relay's port (POST / and /geth), against the framed fake
+enclave over real loopback sockets: methods, aliases, result shapes, chain ids, batches,
+notifications, every error code. The upstream node is in test_jsonrpc_upstream.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import rlp
 from eth_utils.crypto import keccak
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fake_enclave import FakeStack, HttpAnswer, fake_message_signature
+from tests.fake_enclave import FakeStack, HttpAnswer, fake_message_signature, fake_signature
 
 CHAIN_ID = 11155111
 TYPED = {
@@ -42,19 +43,21 @@ def chained(tmp_path: Path) -> Iterator[FakeStack]:
     started.stop()
 
 
-def post(fake: FakeStack, payload: Any) -> HttpAnswer:
-    return fake.call("POST", "/", payload)
+def post(fake: FakeStack, payload: Any, path: str = "/") -> HttpAnswer:
+    return fake.call("POST", path, payload)
 
 
 def post_raw(fake: FakeStack, raw: bytes) -> HttpAnswer:
     return fake.call("POST", "/", raw=raw, headers={"Content-Type": "application/json"})
 
 
-def rpc(fake: FakeStack, method: str, params: Any = None, request_id: Any = 1) -> dict[str, Any]:
+def rpc(
+    fake: FakeStack, method: str, params: Any = None, request_id: Any = 1, path: str = "/"
+) -> dict[str, Any]:
     request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
     if params is not None:
         request["params"] = params
-    answer = post(fake, request)
+    answer = post(fake, request, path)
     assert answer.status == 200, answer.body
     assert answer.headers["Content-Type"] == "application/json"
     body: dict[str, Any] = answer.json()
@@ -95,10 +98,20 @@ def test_eth_accounts_lists_checksummed_addresses_in_creation_order(fake: FakeSt
     assert all(address != address.lower() for address in result)  # EIP-55 mixed case
 
 
-def test_eth_sign_transaction_answers_raw_and_decoded_tx(fake: FakeStack) -> None:
+def test_eth_sign_transaction_answers_the_raw_transaction_string(fake: FakeStack) -> None:
     account = fake.create()
     request_tx = tx(account["address"].lower())
     result = rpc(fake, "eth_signTransaction", [request_tx])["result"]
+    sent = next(r for r in fake.enclave.requests if r.op == "sign_transaction")
+    assert sent.params["transaction"] == request_tx  # passed through unchanged
+    assert sent.params["account"]["account_id"] == account["account_id"]
+    # the string anvil answers, and cast, ethers and viem expect
+    assert result == fake_signature(account["address"], request_tx)["raw_transaction"]
+
+
+def test_geth_path_answers_raw_and_decoded_tx(fake: FakeStack) -> None:
+    account = fake.create()
+    result = rpc(fake, "eth_signTransaction", [tx(account["address"])], path="/geth")["result"]
     assert set(result) == {"raw", "tx"}
     raw = bytes.fromhex(result["raw"][2:])
     fields = rlp.decode(raw[1:])  # independent decoder
@@ -111,9 +124,8 @@ def test_eth_sign_transaction_answers_raw_and_decoded_tx(fake: FakeStack) -> Non
     assert decoded["yParity"] == decoded["v"] == "0x1"
     assert decoded["to"] == "0x" + "11" * 20
     assert decoded["gas"] == hex(21000)
-    sent = next(r for r in fake.enclave.requests if r.op == "sign_transaction")
-    assert sent.params["transaction"] == request_tx  # passed through unchanged
-    assert sent.params["account"]["account_id"] == account["account_id"]
+    # every other method answers the same on both paths
+    assert rpc(fake, "eth_accounts", path="/geth")["result"] == [account["address"]]
 
 
 def test_eth_sign_transaction_needs_a_known_from(fake: FakeStack) -> None:
@@ -165,24 +177,131 @@ def test_eth_sign_typed_data_v4_takes_an_object_or_a_json_string(fake: FakeStack
         assert error_of(rpc(fake, "eth_signTypedData_v4", [address, bad]))["code"] == -32602
 
 
-def test_chain_id_methods_are_absent_without_a_configured_chain_id(fake: FakeStack) -> None:
+def test_chain_id_methods_are_absent_without_a_chain_id_or_an_upstream(fake: FakeStack) -> None:
     for method in ("eth_chainId", "net_version"):
         error = error_of(rpc(fake, method, []))
         assert error["code"] == -32601
-        assert "no chain id is configured" in error["message"]
+        assert f"the method {method} does not exist/is not available" in error["message"]
+        assert "no chain id is configured ([relay] chain_id)" in error["message"]
 
 
-def test_chain_id_methods_with_a_configured_chain_id(chained: FakeStack) -> None:
+def test_chain_id_methods_answer_the_default_chain_id(chained: FakeStack) -> None:
     assert rpc(chained, "eth_chainId", [])["result"] == hex(CHAIN_ID)
     assert rpc(chained, "net_version")["result"] == str(CHAIN_ID)
+    assert error_of(rpc(chained, "eth_chainId", [1]))["code"] == -32602
+
+
+@pytest.mark.parametrize("absent", [{}, {"chainId": None}])
+def test_a_transaction_without_chain_id_gets_the_default(
+    chained: FakeStack, absent: dict[str, Any]
+) -> None:
     address = chained.create()["address"]
-    without = {k: v for k, v in tx(address).items() if k != "chainId"}
+    without = {k: v for k, v in tx(address).items() if k != "chainId"} | absent
     assert "result" in rpc(chained, "eth_signTransaction", [without])
     sent = next(r for r in chained.enclave.requests if r.op == "sign_transaction")
-    assert sent.params["transaction"]["chainId"] == hex(CHAIN_ID)  # filled in
-    other = error_of(rpc(chained, "eth_signTransaction", [tx(address, chainId=1)]))
-    assert other["code"] == -32602
-    assert "does not match" in other["message"]
+    assert sent.params["transaction"]["chainId"] == hex(CHAIN_ID)
+
+
+@pytest.mark.parametrize("chain_id", [1, "0x1", 2**64 - 1])
+def test_a_transaction_keeps_its_own_chain_id(chained: FakeStack, chain_id: Any) -> None:
+    address = chained.create()["address"]
+    assert "result" in rpc(chained, "eth_signTransaction", [tx(address, chainId=chain_id)])
+    sent = next(r for r in chained.enclave.requests if r.op == "sign_transaction")
+    assert sent.params["transaction"]["chainId"] == chain_id  # the policy decides, later
+
+
+@pytest.mark.parametrize("chain_id", [0, "0x0"])
+def test_chain_id_zero_is_refused_as_pre_eip155(chained: FakeStack, chain_id: Any) -> None:
+    address = chained.create()["address"]
+    legacy = {**tx(address, chainId=chain_id, gasPrice="0x1", type="0x0")}
+    for fee in ("maxFeePerGas", "maxPriorityFeePerGas"):
+        del legacy[fee]
+    error = error_of(rpc(chained, "eth_signTransaction", [legacy]))
+    assert error["code"] == -32602
+    assert "pre-EIP-155" in error["message"]
+    assert "only replay-protected (EIP-155) transactions" in error["message"]
+    assert "sign_transaction" not in chained.enclave.ops()
+
+
+# -- geth's aliases ---------------------------------------------------------------------
+
+NESTED = {
+    "types": {
+        "EIP712Domain": [{"name": "name", "type": "string"}],
+        "Person": [{"name": "name", "type": "string"}, {"name": "friends", "type": "Person[]"}],
+        "Group": [{"name": "lead", "type": "Person"}, {"name": "size", "type": "uint8"}],
+    },
+    "primaryType": "Group",
+    "domain": {"name": "Nested"},
+    "message": {"lead": {"name": "Ann", "friends": []}, "size": 1},
+}
+WITH_STRUCT = {
+    "types": {
+        "EIP712Domain": [{"name": "name", "type": "string"}],
+        "Person": [{"name": "name", "type": "string"}],
+        "Mail": [{"name": "from", "type": "Person"}, {"name": "contents", "type": "string"}],
+    },
+    "primaryType": "Mail",
+    "domain": {"name": "Ether Mail"},
+    "message": {"from": {"name": "Cow"}, "contents": "Hello"},
+}
+
+
+@pytest.mark.parametrize("method", ["eth_signTypedData", "eth_signTypedData_v3"])
+def test_typed_data_aliases_sign_as_v4(fake: FakeStack, method: str) -> None:
+    address = fake.create()["address"]
+    for typed in (TYPED, WITH_STRUCT):
+        expected = fake_message_signature(address, "typed_data", typed)["signature"]
+        assert rpc(fake, method, [address, typed])["result"] == expected
+        assert rpc(fake, method, [address, json.dumps(typed)])["result"] == expected
+
+
+def test_eth_sign_typed_data_refuses_the_legacy_v1_form(fake: FakeStack) -> None:
+    address = fake.create()["address"]
+    v1 = [{"type": "string", "name": "message", "value": "hi"}]
+    error = error_of(rpc(fake, "eth_signTypedData", [v1, address]))
+    assert error["code"] == -32602
+    assert "legacy v1 form" in error["message"]
+
+
+def _without(typed: dict[str, Any], *path: str) -> dict[str, Any]:
+    copy: dict[str, Any] = json.loads(json.dumps(typed))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    del target[path[-1]]
+    return copy
+
+
+def _with_null(typed: dict[str, Any], *path: str) -> dict[str, Any]:
+    copy: dict[str, Any] = json.loads(json.dumps(typed))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = None
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("typed", "phrases"),
+    [
+        (NESTED, ["has no arrays", "message.lead.friends is Person[]"]),
+        (_without(WITH_STRUCT, "message", "contents"), ["message.contents is missing"]),
+        (_without(WITH_STRUCT, "message", "from", "name"), ["message.from.name is missing"]),
+        (_without(WITH_STRUCT, "domain", "name"), ["domain.name is missing"]),
+        (_with_null(WITH_STRUCT, "message", "from"), ["message.from is null"]),
+    ],
+)
+def test_eth_sign_typed_data_v3_refuses_where_v3_and_v4_differ(
+    fake: FakeStack, typed: dict[str, Any], phrases: list[str]
+) -> None:
+    address = fake.create()["address"]
+    error = error_of(rpc(fake, "eth_signTypedData_v3", [address, typed]))
+    assert error["code"] == -32602
+    for phrase in [*phrases, "eth_signTypedData_v4"]:
+        assert phrase in error["message"]
+    assert "sign_typed_data" not in fake.enclave.ops()
+    assert "result" in rpc(fake, "eth_signTypedData_v4", [address, NESTED])  # v4 signs arrays
 
 
 # -- errors -------------------------------------------------------------------------
@@ -239,11 +358,14 @@ def test_enclave_down_is_resource_unavailable_over_http_200(fake: FakeStack) -> 
     assert error["data"] == {"code": "enclave_unavailable"}
 
 
+@pytest.mark.parametrize("path", ["/", "/geth"])
 @pytest.mark.parametrize("raw_tx", ["0x02c0", "0x05c0", "0x02c3010203ff"])
-def test_undecodable_signed_transaction_is_a_server_error(fake: FakeStack, raw_tx: str) -> None:
+def test_undecodable_signed_transaction_is_a_server_error(
+    fake: FakeStack, raw_tx: str, path: str
+) -> None:
     address = fake.create()["address"]
     fake.enclave.sign_overrides = {"raw_transaction": raw_tx}
-    error = error_of(rpc(fake, "eth_signTransaction", [tx(address)]))
+    error = error_of(rpc(fake, "eth_signTransaction", [tx(address)], path=path))
     assert error["code"] == -32010
     assert error["data"] == {"code": "enclave_bad_response"}
 
@@ -342,13 +464,22 @@ def test_named_params_are_invalid_params(fake: FakeStack) -> None:
     assert error_of(rpc(fake, "eth_accounts", {"a": 1}))["code"] == -32602
 
 
-def test_unknown_method(fake: FakeStack) -> None:
-    error = error_of(rpc(fake, "eth_sendTransaction", [{}]))
-    assert error["code"] == -32601
-    assert "eth_sendTransaction" in error["message"]
+def test_unknown_method_uses_geths_wording(fake: FakeStack) -> None:
+    error = error_of(rpc(fake, "eth_getBalance", ["0x" + "11" * 20, "latest"]))
+    assert error == {
+        "code": -32601,
+        "message": "the method eth_getBalance does not exist/is not available",
+    }
     long = error_of(rpc(fake, "x" * 500, []))
     assert long["code"] == -32601
     assert len(long["message"]) < 200
+
+
+def test_eth_send_transaction_needs_an_upstream_node(fake: FakeStack) -> None:
+    error = error_of(rpc(fake, "eth_sendTransaction", [{}]))
+    assert error["code"] == -32601
+    assert "[relay] upstream_rpc_url" in error["message"]
+    assert "eth_sendRawTransaction" in error["message"]
 
 
 # -- batches and notifications ------------------------------------------------------
@@ -388,16 +519,43 @@ def test_empty_batch_is_one_invalid_request(fake: FakeStack) -> None:
     }
 
 
-def test_oversized_batch_is_refused_without_running_any(fake: FakeStack) -> None:
+def test_oversized_batch_is_answered_element_by_element(fake: FakeStack) -> None:
     address = fake.create()["address"]
-    request = {"jsonrpc": "2.0", "id": 1, "method": "eth_sign", "params": [address, "0x01"]}
-    answer = post(fake, [request] * 5)  # the limit is 4
+    requests = [
+        {"jsonrpc": "2.0", "id": i, "method": "eth_sign", "params": [address, "0x01"]}
+        for i in range(4)
+    ]
+    notification = {"jsonrpc": "2.0", "method": "eth_accounts"}
+    answer = post(fake, [*requests, notification, "junk"])  # 6 > the limit of 4
     assert answer.status == 200
-    body = answer.json()
-    assert body["error"]["code"] == -32600
-    assert "exceeds the limit of 4" in body["error"]["message"]
+    answers = answer.json()
+    assert [a["id"] for a in answers] == [0, 1, 2, 3, None]  # no answer for the notification
+    for each in answers:
+        assert each["error"]["code"] == -32005
+        assert each["error"]["data"] == {"code": "batch_too_large"}
+        assert "batch of 6 requests exceeds the limit of 4" in each["error"]["message"]
     assert "sign_message" not in fake.enclave.ops()
-    assert len(post(fake, [request] * 4).json()) == 4
+    assert [a["result"] for a in post(fake, requests).json()] == [
+        fake_message_signature(address, "message", "0x01")["signature"]
+    ] * 4
+
+
+def test_batch_signatures_each_answer_their_own_error(fake: FakeStack) -> None:
+    address = fake.create()["address"]
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_signTransaction", "params": [tx(address)]},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "eth_signTransaction",
+            "params": [tx(address, fake_error="kms_unavailable")],
+        },
+        {"jsonrpc": "2.0", "id": 3, "method": "personal_sign", "params": ["0x02", address]},
+    ]
+    one, two, three = post(fake, batch).json()
+    assert isinstance(one["result"], str)
+    assert two["error"]["data"] == {"code": "kms_unavailable"}
+    assert three["result"] == fake_message_signature(address, "message", "0x02")["signature"]
 
 
 def test_notifications_get_no_answer(fake: FakeStack) -> None:

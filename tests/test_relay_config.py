@@ -131,8 +131,50 @@ def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
 def test_chain_id_is_optional_and_batches_are_bounded_by_default() -> None:
     config = RelayConfig.from_mapping(minimal())
     assert config.relay.chain_id is None
-    assert config.relay.max_batch_requests == 20
+    assert config.relay.max_batch_requests == 100  # ethers' default batch size
     chained = RelayConfig.from_mapping(
         minimal(relay={"chain_id": 11155111, "max_batch_requests": 50})
     )
     assert (chained.relay.chain_id, chained.relay.max_batch_requests) == (11155111, 50)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8545",
+        "https://mainnet.example.org/v3/0123456789abcdef",
+        "https://node.example.org:8443/rpc?key=1",
+        "http://[::1]:8545/",
+    ],
+)
+def test_upstream_rpc_url_accepts_http_and_https(url: str) -> None:
+    config = RelayConfig.from_mapping(minimal(relay={"upstream_rpc_url": url}))
+    assert config.relay.upstream_rpc_url == url
+    assert config.relay.upstream_timeout_seconds == 10.0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ws://127.0.0.1:8546", "http:// or https:// URL"),
+        ("file:///etc/passwd", "http:// or https:// URL"),
+        ("https://", "http:// or https:// URL"),
+        ("127.0.0.1:8545", "http:// or https:// URL"),
+        ("https://user:secret-pass@node.example.org", "user info"),
+        ("https://node.example.org/#x", "without fragment"),
+        ("https://node.example.org:99999", "is not a URL"),
+        ("https://node.example.org/a b", "without fragment or blanks"),
+        ("", "non-empty string"),
+    ],
+)
+def test_upstream_rpc_url_is_validated_without_echoing_it(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        RelayConfig.from_mapping(minimal(relay={"upstream_rpc_url": url}))
+    if len(url) > 10:
+        assert url not in str(caught.value)  # it can hold a provider key
+    assert "secret-pass" not in str(caught.value)
+
+
+def test_upstream_timeout_is_bounded() -> None:
+    with pytest.raises(ConfigError, match="upstream_timeout_seconds must be a number"):
+        RelayConfig.from_mapping(minimal(relay={"upstream_timeout_seconds": 0}))

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from eth_account import Account
 
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.signing import (
@@ -85,6 +86,8 @@ BAD_FIELDS = [
     (0, "gas", 2**64, "gas must be at most"),
     (0, "gas", "0x10000000000000000", "gas must be at most"),
     (0, "nonce", 2**64, "nonce must be at most"),
+    (0, "nonce", 2**64 - 1, "EIP-2681"),
+    (2, "nonce", "0xffffffffffffffff", "EIP-2681"),
     (0, "gasPrice", -5, "gasPrice must not be negative"),
     (2, "maxFeePerGas", 2**256, "maxFeePerGas must be at most"),
     (0, "to", "0x" + "11" * 19, "to must be a 0x-prefixed 20-byte"),
@@ -115,6 +118,8 @@ BAD_FIELDS = [
                                "r": 1, "s": 2**255}], "s must be at most"),
     (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 2**64, "yParity": 0,
                                "r": 1, "s": 1}], "nonce must be at most"),
+    (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 2**64 - 1, "yParity": 0,
+                               "r": 1, "s": 1}], "EIP-2681"),
     (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 0, "yParity": 0,
                                "r": "0x" + "00" * 32, "s": 1}], "r must be at least 1"),
     (4, "authorizationList", [{"chainId": 1, "address": ADDR, "nonce": 0, "yParity": 0,
@@ -353,3 +358,9 @@ def test_typed_data_recursion_is_bounded() -> None:
     assert "nesting deeper" in info.value.message
     data["message"] = {"v": 1, "kids": [{"v": 2, "kids": []}]}
     assert len(sign_typed_data(PK, data).signature) == 65
+
+
+@pytest.mark.parametrize("tx_type", [0, 2])
+def test_highest_valid_nonce_is_two_to_the_64_minus_2(tx_type: int) -> None:
+    signed = sign_transaction(PK, parse_transaction(_with(tx_type, nonce=2**64 - 2)))
+    assert Account.recover_transaction(signed.raw) == Account.from_key(PK).address

@@ -23,6 +23,8 @@ from enclave_app.signing.keys import to_checksum_address
 
 UINT64_MAX = 2**64 - 1
 UINT256_MAX = 2**256 - 1
+#: EIP-2681: a transaction (or EIP-7702 authorization) with nonce 2^64-1 or above is invalid.
+MAX_NONCE = 2**64 - 2
 
 _QUANTITY_RE = re.compile(r"0x(0|[1-9a-fA-F][0-9a-fA-F]*)")
 _HEX_RE = re.compile(r"0x([0-9a-fA-F]{2})*")
@@ -56,6 +58,17 @@ def quantity(name: str, value: object, *, maximum: int = UINT256_MAX, minimum: i
         raise invalid(f"{name} must be at least {minimum}")
     if number > maximum:
         raise invalid(f"{name} must be at most {hex(maximum)}")
+    return number
+
+
+def nonce(name: str, value: object) -> int:
+    """A nonce: a quantity below 2^64-1 (EIP-2681)."""
+    number = quantity(name, value)
+    if number > MAX_NONCE:
+        raise invalid(
+            f"{name} must be at most {MAX_NONCE} (2^64-2): EIP-2681 makes a nonce of "
+            "2^64-1 or above invalid"
+        )
     return number
 
 

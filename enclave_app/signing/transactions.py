@@ -15,8 +15,9 @@ gasPrice -> 0), ``chainId``, ``nonce``, ``to``, ``value``, ``gas`` (alias
 :func:`require_sender`). Anything else is refused.
 
 ``to`` absent or null means contract creation (an empty string is refused).
-Bounds: nonce and gas are uint64; chainId is 1..2^64-1 (every real chain id fits
-in 64 bits, and EIP-155 ``v`` stays small); value and fees are uint256.
+Bounds: nonce is below 2^64-1 (EIP-2681: nonce 2^64-1 is invalid), gas is uint64;
+chainId is 1..2^64-1 (every real chain id fits in 64 bits, and EIP-155 ``v`` stays
+small); value and fees are uint256.
 ``value`` defaults to 0 and ``data`` to empty; ``nonce``, ``gas`` and the fee
 fields of the type are required, since the enclave cannot fill them in.
 
@@ -297,7 +298,7 @@ def parse_authorization(name: str, value: object) -> Authorization:
     return Authorization(
         chain_id=fields.quantity(f"{name}.chainId", obj["chainId"]),
         address=fields.address(f"{name}.address", obj["address"]),
-        nonce=fields.quantity(f"{name}.nonce", obj["nonce"], maximum=fields.UINT64_MAX),
+        nonce=fields.nonce(f"{name}.nonce", obj["nonce"]),
     )
 
 
@@ -407,7 +408,7 @@ def parse_transaction(tx: Mapping[str, object], *, allow_pre_eip155: bool = Fals
     return Transaction(
         tx_type=tx_type,
         chain_id=chain_id,
-        nonce=fields.quantity("nonce", tx["nonce"], maximum=fields.UINT64_MAX),
+        nonce=fields.nonce("nonce", tx["nonce"]),
         to=to,
         value=fields.quantity("value", tx["value"]) if "value" in tx else 0,
         gas=_req(gas),

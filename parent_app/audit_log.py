@@ -1,0 +1,166 @@
+"""The relay's audit log writer: enclave receipts, in counter order, appended to a
+JSON-lines file that ``nitro-wallet audit verify`` checks.
+
+One background thread pulls ``audit_receipts`` from the enclave: right after each op
+that made a decision (``notify``) and every ``interval`` seconds otherwise, until the
+enclave has nothing more. Each call names the last receipt written (``after``), which
+acknowledges it to the enclave; an answer lost on the way is simply pulled again. On a
+new enclave segment the same ``after`` makes the enclave record a link to it.
+
+Lines are written exactly as the enclave sent them, each batch with one ``write`` on an
+``O_APPEND`` descriptor and an ``fsync`` before the next pull acknowledges it. A batch
+that does not continue the file (wrong counter or ``prev``) is not written: the writer
+logs it and retries, and ``audit verify`` would name the break anyway. A partial last
+line (a crash mid-write) is cut off at start, the only change ever made to old bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from enclave_app import strict_json
+from enclave_app.auth import receipt_format as fmt
+from enclave_app.errors import EnclaveError
+
+log = logging.getLogger(__name__)
+
+PULL_LIMIT = 1000
+MAX_LINE_BYTES = 64 * 1024
+DEFAULT_INTERVAL_SECONDS = 1.0
+
+Pull = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class AuditLogError(Exception):
+    """A pulled batch does not continue the log."""
+
+
+class AuditLogWriter:
+    def __init__(self, path: Path, pull: Pull, interval: float = DEFAULT_INTERVAL_SECONDS) -> None:
+        self.path = path
+        self._pull = pull
+        self._interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last = _recover_tail(path)
+        self.written = 0
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        """``{seg, n, hash}`` of the last receipt in the file."""
+        return None if self._last is None else dict(self._last)
+
+    def start(self) -> AuditLogWriter:
+        self._thread = threading.Thread(target=self._run, name="audit-log", daemon=True)
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        """A decision was made: pull soon."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def drain(self) -> int:
+        """Pull and append until the enclave has nothing sealed left; lines written."""
+        total = 0
+        while True:
+            answer = self._pull({"after": self.last, "limit": PULL_LIMIT})
+            lines = answer.get("receipts")
+            if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+                raise AuditLogError("the enclave answered no receipt list")
+            if not lines:
+                return total
+            self._append(lines)
+            total += len(lines)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            try:
+                self.drain()
+            except EnclaveError as exc:
+                log.warning("audit receipts not collected: %s", exc.code)
+            except AuditLogError as exc:
+                log.error("audit receipts refused: %s", exc)
+            except Exception as exc:  # the writer must outlive any single failure
+                log.error("audit receipts not collected (%s)", type(exc).__name__)
+        try:
+            self.drain()
+        except Exception as exc:
+            log.warning("audit receipts not collected at shutdown (%s)", type(exc).__name__)
+
+    def _append(self, lines: list[str]) -> None:
+        last = self._last
+        for line in lines:
+            last = _continues(last, line)
+        data = "".join(line + "\n" for line in lines).encode("ascii")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._last = last
+        self.written += len(lines)
+
+
+def _continues(last: dict[str, Any] | None, line: str) -> dict[str, Any]:
+    """The ``{seg, n, hash}`` of ``line`` after checking that it follows ``last``."""
+    if len(line) > MAX_LINE_BYTES or "\n" in line:
+        raise AuditLogError("a receipt line is too long or spans lines")
+    try:
+        document = strict_json.loads(line, max_depth=8)
+        receipt = document["receipt"]
+        seg, n, prev = receipt["seg"], receipt["n"], receipt["prev"]
+    except (strict_json.StrictJsonError, TypeError, KeyError):
+        raise AuditLogError("a receipt line is not a receipt") from None
+    if fmt.canonical_json(document).decode("ascii") != line:
+        raise AuditLogError("a receipt line is not canonical")
+    if last is not None and seg == last["seg"]:
+        if n != last["n"] + 1 or prev != last["hash"]:
+            raise AuditLogError(f"receipt n={n} does not follow n={last['n']} of segment {seg}")
+    elif n != 0 or receipt.get("kind") != "genesis":
+        raise AuditLogError(f"segment {seg} must start with its genesis receipt, not n={n}")
+    return {"seg": seg, "n": n, "hash": fmt.receipt_hash(receipt).hex()}
+
+
+def _recover_tail(path: Path) -> dict[str, Any] | None:
+    """The last complete receipt of an existing log; a partial last line is cut off."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return None
+    with path.open("rb+") as handle:
+        start = max(0, size - 2 * MAX_LINE_BYTES)
+        handle.seek(start)
+        tail = handle.read()
+        if not tail.endswith(b"\n"):
+            cut = tail.rfind(b"\n") + 1
+            log.warning(
+                "audit log %s ends in a partial line: cutting %d bytes", path, len(tail) - cut
+            )
+            handle.truncate(start + cut)
+            tail = tail[:cut]
+            os.fsync(handle.fileno())
+    lines = tail.splitlines()
+    if not lines:
+        return None
+    try:
+        receipt = strict_json.loads(lines[-1], max_depth=8)["receipt"]
+        return {"seg": receipt["seg"], "n": receipt["n"], "hash": fmt.receipt_hash(receipt).hex()}
+    except (strict_json.StrictJsonError, TypeError, KeyError):
+        raise AuditLogError(f"the last line of {path} is not a receipt") from None

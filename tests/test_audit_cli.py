@@ -1,0 +1,202 @@
+"""The relay's audit log writer and the operator CLI (keygen, stamp, approve, token,
+audit verify), run as the ``nitro-wallet`` console script would be."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclave_app.auth import canonical
+from enclave_app.auth.receipts import ReceiptChain, audit_receipts_op
+from enclave_app.errors import EnclaveError, ErrorCode
+from nitro_wallet.stamping import load_key_file
+from parent_app.audit_log import AuditLogError, AuditLogWriter
+from parent_app.tokens import check_token, read_records
+from tests.auditlog import SimEnclaveNsm, boot, decide
+from tests.authhelpers import entry
+
+
+def cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nitro_wallet", *args],
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class LossyEnclave:
+    """The enclave's ``audit_receipts`` op, whose next answer can be lost on the way."""
+
+    def __init__(self, chain: ReceiptChain) -> None:
+        self.chain = chain
+        self.lose_next = False
+
+    def __call__(self, params: dict[str, Any]) -> dict[str, Any]:
+        answer = audit_receipts_op(self.chain, params)
+        if self.lose_next:
+            self.lose_next = False
+            raise EnclaveError(ErrorCode.INTERNAL, "connection reset")
+        return answer
+
+
+def test_the_writer_gets_every_receipt_through_lost_answers(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    enclave = LossyEnclave(chain)
+    writer = AuditLogWriter(log, enclave)
+    for _ in range(3):
+        decide(chain, 2)
+        enclave.lose_next = True
+        with pytest.raises(EnclaveError):
+            writer.drain()  # the answer is lost
+        writer.drain()  # pulled again, from the same point
+    second = boot(audit_nsm)  # the enclave restarts: a new segment, linked by the writer
+    decide(second, 1)
+    restarted = AuditLogWriter(
+        log, lambda params: audit_receipts_op(second, params)
+    )  # and so does the relay
+    restarted.drain()
+    root = tmp_path / "root.pem"
+    root.write_bytes(audit_nsm.ca.root_pem)
+    result = cli("audit", "verify", str(log), "--root", str(root), "--strict")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["lines"] == 1 + 6 + 1 + 1 + 1
+    assert [s["linked"] for s in report["segments"]] == [False, True]
+
+
+def test_audit_verify_names_a_removed_line_and_refuses_the_aws_root(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    for _ in range(3):
+        decide(chain, 1)
+    AuditLogWriter(log, lambda params: audit_receipts_op(chain, params)).drain()
+    lines = log.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[:2] + lines[3:]))
+    root = tmp_path / "root.pem"
+    root.write_bytes(audit_nsm.ca.root_pem)
+    result = cli("audit", "verify", str(cut), "--root", str(root))
+    assert result.returncode == 1
+    assert "line 3:" in result.stderr
+    aws = cli("audit", "verify", str(log))  # the default root is AWS's: the simulator fails
+    assert aws.returncode == 1
+    assert "line 1:" in aws.stderr
+
+
+def test_the_writer_refuses_a_batch_that_does_not_continue_the_log(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    decide(chain, 2)
+    lines = chain.pull(None)["receipts"]
+
+    def skipping(params: dict[str, Any]) -> dict[str, Any]:
+        return {"receipts": [lines[0], lines[2]]}
+
+    with pytest.raises(AuditLogError, match="does not follow"):
+        AuditLogWriter(log, skipping).drain()
+    assert not log.exists()
+
+
+def test_the_writer_cuts_a_partial_last_line(audit_nsm: SimEnclaveNsm, tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    decide(chain, 1)
+    AuditLogWriter(log, lambda params: audit_receipts_op(chain, params)).drain()
+    complete = log.read_bytes()
+    with log.open("ab") as handle:
+        handle.write(b'{"receipt":{"att')
+    writer = AuditLogWriter(log, lambda params: audit_receipts_op(chain, params))
+    assert log.read_bytes() == complete
+    decide(chain, 1)
+    assert writer.drain() == 1
+
+
+def test_keygen_stamp_and_approve_make_headers_the_enclave_accepts(tmp_path: Path) -> None:
+    api, approver = tmp_path / "api.pem", tmp_path / "alice.pem"
+    made = cli("keygen", "--id", "ops-1", "--out", str(api), "--scopes", "sign,read,create")
+    assert made.returncode == 0, made.stderr
+    policy_entry = json.loads(made.stdout)["policy_entry"]
+    assert policy_entry["scopes"] == ["create", "read", "sign"]
+    assert policy_entry["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
+    assert stat.S_IMODE(api.stat().st_mode) == 0o600
+    again = cli("keygen", "--id", "ops-1", "--out", str(api))
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr
+    assert (
+        cli(
+            "keygen",
+            "--id",
+            "alice",
+            "--kind",
+            "approver",
+            "--algorithm",
+            "p256",
+            "--out",
+            str(approver),
+        ).returncode
+        == 0
+    )
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"message":"hello"}')
+    path = "/v1/accounts/6f1c1d58-4a0e-4a7b-9d1e-0a0b0c0d0e0f/sign/message"
+    stamped = cli(
+        "stamp", "--key", str(api), "--method", "POST", "--path", path, "--body", str(body)
+    )
+    assert stamped.returncode == 0, stamped.stderr
+    stamp = canonical.parse_stamp(stamped.stdout.strip())
+    digest = canonical.request_digest("POST", path, body.read_bytes())
+    message = canonical.stamp_message("ops-1", stamp.timestamp, stamp.nonce, digest)
+    from enclave_app.auth.signatures import verify
+
+    assert verify(entry(load_key_file(api)).public_key, message, stamp.signature)
+    approved = cli(
+        "approve",
+        "--key",
+        str(approver),
+        "--method",
+        "POST",
+        "--path",
+        path,
+        "--body",
+        "-",
+        stdin=body.read_bytes(),
+    )
+    assert approved.returncode == 0, approved.stderr
+    (approval,) = canonical.parse_approvals(approved.stdout.strip())
+    assert approval.approver_id == "alice"
+    wrong_kind = cli("stamp", "--key", str(approver), "--method", "POST", "--path", path)
+    assert wrong_kind.returncode == 2
+    api.chmod(0o644)
+    exposed = cli("stamp", "--key", str(api), "--method", "POST", "--path", path)
+    assert "chmod 600" in exposed.stderr
+
+
+def test_token_add_list_revoke(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.json"
+    added = cli("token", "add", "--file", str(tokens), "--name", "ci-bot", "--scopes", "sign")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert check_token(read_records(tokens), token) is not None
+    listed = json.loads(cli("token", "list", "--file", str(tokens)).stdout)
+    assert [item["name"] for item in listed] == ["ci-bot"]
+    assert token not in json.dumps(listed)
+    revoked = cli("token", "revoke", "--file", str(tokens), "--id", listed[0]["id"])
+    assert revoked.returncode == 0
+    assert check_token(read_records(tokens), token) is None
+    assert cli("token", "revoke", "--file", str(tokens), "--id", listed[0]["id"]).returncode == 1
