@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv dev demo demo-dev test test-fast lint format fixtures clients pytest lock clean
+.PHONY: venv dev demo demo-dev test test-fast lint format fixtures clients pytest lock clean clean-dev-state
 
 # One lock for the controller/dev tooling; the package itself is installed without deps.
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
@@ -69,5 +69,11 @@ lock: venv
 	  --no-emit-find-links --allow-unsafe --extra sim --extra dev --extra ansible \
 	  --output-file requirements/dev.txt pyproject.toml
 
+## Caches and build outputs only: never artifacts/ (rendered key policies, PCR records)
+## nor the dev/demo state (see clean-dev-state).
 clean:
-	rm -rf .dev-state .demo-state build dist .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
+
+## The simulated appliance's state: its KMS keys and every dev/demo account are lost.
+clean-dev-state:
+	rm -rf .dev-state .demo-state .demo-state.log
