@@ -38,7 +38,7 @@ from eth_account import Account
 
 from enclave_app import wire
 from enclave_app.transport import Transport
-from nitro_sim.stack import ENCLAVE_CID, ENCLAVE_PORT, LocalStack, free_port
+from nitro_sim.stack import ENCLAVE_CID, ENCLAVE_PORT, LocalStack
 
 MAX_CLIENT_PROCESSES = 4
 
@@ -156,7 +156,7 @@ def measure(
 ) -> list[dict[str, Any]]:
     root = Path(tempfile.mkdtemp(prefix="nw-encbench-", dir="/tmp"))
     try:
-        with LocalStack(root=root, relay_port=free_port()) as stack:
+        with LocalStack(root=root) as stack:
             role = next(p for p in stack.principals() if p.get("imds_role"))
             credentials = {
                 "access_key_id": role["access_key_id"],

@@ -28,7 +28,13 @@ class FloatNotAllowedError(StrictJsonError):
 
 
 def check_depth(text: str, max_depth: int) -> None:
-    """Raise if arrays/objects nest deeper than ``max_depth`` (strings are skipped)."""
+    """Raise if arrays/objects nest deeper than ``max_depth`` (strings are skipped).
+
+    A document with at most ``max_depth`` opening brackets (strings included) cannot
+    nest deeper than that: two C-speed counts settle it without the character scan.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return
     depth = 0
     in_string = False
     escaped = False

@@ -131,7 +131,11 @@ def error_frame(request_id: str | None, error: EnclaveError) -> bytes:
 
 def parse_response(body: bytes, expected_id: str) -> dict[str, Any]:
     """Return the result of a response frame, or raise the EnclaveError it carries."""
-    message = decode_object(body)
+    return response_result(decode_object(body), expected_id)
+
+
+def response_result(message: dict[str, Any], expected_id: str) -> dict[str, Any]:
+    """``parse_response`` for a frame already decoded (each answer is parsed once)."""
     if message.get("v") != PROTOCOL_VERSION:
         raise EnclaveError(ErrorCode.UNSUPPORTED_VERSION, "enclave answered with another version")
     if message.get("ok") is True:

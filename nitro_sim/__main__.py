@@ -40,8 +40,9 @@ def init(argv: list[str]) -> int:
         ca_module = importlib.import_module("nitro_sim.ca")
         principals_module = importlib.import_module("nitro_sim.principals")
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for sub in (statedir.vsock_dir(state), statedir.enclaves_dir(state), state / "kms"):
-            sub.mkdir(mode=0o700, exist_ok=True)
+        statedir.vsock_dir(state).mkdir(mode=0o700, exist_ok=True)  # the role opens it to ne
+        for sub in (statedir.enclaves_dir(state), state / "kms", statedir.ca_dir(state)):
+            statedir.private_dir(sub)
         ca = ca_module.SimCa.load_or_create(statedir.ca_dir(state))
         principals_module.Principals.load_or_create(state)
     except Exception as exc:  # report any failure as one line, no traceback

@@ -12,6 +12,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Self
 
+#: How often serve_forever looks for a shutdown request: ``close()`` takes at most this.
+POLL_SECONDS = 0.05
+
 
 class BackgroundHttpServer:
     """An HTTP server serving from a daemon thread; ``.url``, ``.port``, ``.close()``."""
@@ -23,7 +26,10 @@ class BackgroundHttpServer:
         self.host = str(httpd.server_address[0])
         self.port: int = int(httpd.server_address[1])
         self._thread = threading.Thread(
-            target=httpd.serve_forever, name=f"{name}-{self.port}", daemon=True
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": POLL_SECONDS},
+            name=f"{name}-{self.port}",
+            daemon=True,
         )
         self._thread.start()
 

@@ -3,7 +3,9 @@
 AWS signs attestation documents with a short-lived P-384 leaf under a chain rooted
 at the AWS Nitro root G1. The simulator does the same with its own root
 ("nitro-sim root") and one intermediate, kept in ``$NITRO_SIM_DIR/ca/``:
-``root.pem``, ``root.key``, ``intermediate.pem``, ``intermediate.key`` (keys 0600).
+``root.pem``, ``root.key``, ``intermediate.pem``, ``intermediate.key``: a 0700
+directory, keys 0600, tightened on every load, so only the CA's owner (root on a
+simulated host, never the relay's user) can sign as the simulated Nitro PKI.
 Verifiers trust this root only when explicitly told to (by its SHA-256 fingerprint).
 """
 
@@ -23,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from nitro_sim.statedir import private_dir
 from nitro_wallet.attestation import root_fingerprint
 
 ROOT_NAME = "nitro-sim root"
@@ -47,13 +50,16 @@ class SimCa:
     @classmethod
     def load_or_create(cls, directory: Path) -> SimCa:
         """Load the CA from ``directory``, creating it once if absent (safe across processes)."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(directory)
         with _locked(directory / ".lock"):
             present = [name for name in _FILES if (directory / name).exists()]
             if not present:
                 _create(directory)
             elif len(present) != len(_FILES):
                 raise CaError(f"{directory} holds a partial CA ({present}); remove it to recreate")
+            for key in ("root.key", "intermediate.key"):
+                if (directory / key).stat().st_mode & 0o077:
+                    os.chmod(directory / key, 0o600)
             return cls._load(directory)
 
     @classmethod

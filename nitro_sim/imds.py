@@ -24,6 +24,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -52,13 +53,14 @@ def _iso(moment: datetime) -> str:
 class TokenStore:
     """Session tokens and their expiry (monotonic clock), bounded in number."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._tokens: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._clock = clock
 
     def issue(self, ttl_seconds: int) -> str:
         token = secrets.token_urlsafe(40)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
             if len(self._tokens) >= MAX_TOKENS:
@@ -70,7 +72,7 @@ class TokenStore:
     def valid(self, token: str | None) -> bool:
         if not token or len(token) > 128:
             return False
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             # Constant-time comparison against every live token.
             live = [t for t, exp in self._tokens.items() if exp > now]

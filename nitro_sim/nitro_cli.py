@@ -331,7 +331,7 @@ def run_enclave(state: Path, args: argparse.Namespace) -> None:
         name, cid, cpu_ids = _reserve(args, name, live)
         enclave_id = f"{_instance_id(state)}-enc{secrets.token_hex(8)}"
         directory = statedir.enclave_dir(state, enclave_id)
-        directory.mkdir()
+        directory.mkdir(mode=0o700)  # its nsm.sock is the enclave's alone
         record: dict[str, Any] = {
             "EnclaveName": name,
             "EnclaveID": enclave_id,

@@ -173,7 +173,10 @@ class SimulatedNsm:
             return leaf
 
     def serve(self, socket_path: Path) -> NsmServer:
-        """Listen on ``socket_path`` (unix stream, mode 0600) in background threads."""
+        """Listen on ``socket_path`` (unix stream, mode 0600) in background threads.
+
+        Keep it in a directory only the enclave's owner may enter (``enclaves/<id>``, see
+        ``nitro_sim.statedir``): on hardware only the enclave can reach its NSM."""
         return NsmServer(self, socket_path)
 
 
@@ -195,6 +198,7 @@ class NsmServer:
             self._sock.bind(str(socket_path))
         finally:
             os.umask(old_umask)
+        os.chmod(socket_path, 0o600)  # connecting needs write access: the owner's only
         self._sock.listen(MAX_CONNECTIONS)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._closed = threading.Event()

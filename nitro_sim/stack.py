@@ -6,7 +6,8 @@ a real host, with the simulator standing in for Nitro and AWS:
 
     nitro-sim kms, nitro-sim imds          the AWS edges
     nitro-sim vsock-proxy 8000 -> KMS      the parent's vsock-proxy, allowlisted
-    nitro-cli build-enclave / run-enclave  the EIF and the enclave (simulated)
+    enclave_supervise.py -> nitro-cli      the enclave (simulated), under the host's
+                                           own supervisor script (roles/enclave)
     python -m parent_app                   the relay on 127.0.0.1
 
 The KMS key is created first (its ARN is baked into the image), then the EIF is
@@ -25,18 +26,25 @@ with ``shared_account_root`` is a host in another region of the same AWS account
 shares the primary's principals, KMS state and Nitro root of trust (and release
 certificate), runs its own KMS endpoint (``--region``), enclave, vsock-proxy and relay,
 and uses ``key_arn``, its region's replica: the enclave pins it, the relay names it.
+
+Every long-running process is a ``nitro_sim.supervisor.Service``: restarted with
+backoff when it dies, as systemd restarts the units on a host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -49,7 +57,9 @@ import boto3
 import jinja2
 from botocore.exceptions import ClientError
 
+from nitro_sim import ports, statedir
 from nitro_sim.release import ReleaseSigner, load_or_create_release_signer
+from nitro_sim.supervisor import RestartPolicy, Service, ServiceError
 from nitro_wallet.key_policy import PCR0, SEALED, render_key_policy, validate_key_policy
 from nitro_wallet.kms_replicas import ensure_replica
 
@@ -64,17 +74,30 @@ ENCLAVE_PORT = 5000
 KMS_PROXY_PORT = 8000
 ENCLAVE_NAME = "nitro-wallet"
 KEY_ALIAS = "alias/nitro-wallet"
+SUPERVISE_SCRIPT = REPO_ROOT / "roles" / "enclave" / "files" / "enclave_supervise.py"
+#: The enclave's bound on concurrent KMS calls (enclave.toml kms.max_concurrent_calls).
+KMS_CONCURRENCY = 8
+#: The vsock-proxy's workers: one per kept-alive KMS connection of the enclave, so at
+#: least ``KMS_CONCURRENCY``, with room for a credential rotation (the old connections
+#: linger while new ones open); none of the enclave's calls waits in the proxy's backlog.
+KMS_PROXY_WORKERS = 2 * KMS_CONCURRENCY
 
 
 class StackError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+#: The old name, for callers that still pick a port first; prefer port 0 (LocalStack).
+free_port = ports.free_port
+
+
+#: What ``stop()`` may take in all, however the processes behave.
+STOP_BUDGET_SECONDS = 20.0
+#: Seconds between two checks that the enclave still runs (5 on hosts; cheaper here).
+SUPERVISE_INTERVAL = 2.0
+_KMS_BANNER = re.compile(r'"service": "kms", "url": "[^"]*", "port": (\d+)')
+_IMDS_BANNER = re.compile(r'"service": "imds", "url": "[^"]*", "port": (\d+)')
+_RELAY_BANNER = re.compile(r"relay listening on [^\s]+:(\d+)")
 
 
 @dataclass
@@ -93,22 +116,36 @@ class Measurements:
 
 @dataclass
 class LocalStack:
+    """The appliance as supervised processes; port 0 lets a service pick a free port.
+
+    A service given port 0 binds an ephemeral port itself and reports it (the KMS and
+    IMDS banners, the relay's "listening" log line), so no port is chosen in one process
+    and bound in another. A fixed port must be free at start, and every readiness
+    answer counts only if the listening socket belongs to the process started here.
+    """
+
     root: Path
-    relay_port: int = 8080
-    kms_port: int = field(default_factory=free_port)
-    imds_port: int = field(default_factory=free_port)
+    relay_port: int = 0
+    kms_port: int = 0
+    imds_port: int = 0
     region: str = "us-east-1"
     allow_debug: bool = False
     key_policy_mode: str = SEALED
     # The relay's default chain (anvil's and hardhat's local chain id) and optional node.
     chain_id: int = 31337
     upstream_rpc_url: str | None = None
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    on_event: Callable[[str], None] | None = None
     multi_region: bool = False
     replica_regions: tuple[str, ...] = ()
     shared_account_root: Path | None = None
-    _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key_arn: str = ""
     measurements: Measurements | None = None
+    services: dict[str, Service] = field(default_factory=dict)
+    _enclave_eif: Path | None = None
+    _enclave_debug: bool = False
+    _interrupted: threading.Event = field(default_factory=threading.Event)
+    _lock_fd: int | None = None
 
     # ---------------------------------------------------------------- layout
     @property
@@ -118,6 +155,10 @@ class LocalStack:
     @property
     def log_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
 
     @property
     def relay_url(self) -> str:
@@ -150,42 +191,13 @@ class LocalStack:
     def start(self) -> LocalStack:
         for directory in (self.root, self.sim_dir, self.log_dir, self.relay_db.parent):
             directory.mkdir(parents=True, exist_ok=True)
+        self._lock_state_dir()
         if self.shared_account_root is not None:
             self._share_account(self.shared_account_root)
         try:
+            self._check_ports_free()
             self._run(["-m", "nitro_sim", "init", "--state-dir", str(self.sim_dir)])
-            self._spawn(
-                "kms",
-                [
-                    "-m",
-                    "nitro_sim",
-                    "kms",
-                    "--state-dir",
-                    str(self.sim_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.kms_port),
-                    "--region",
-                    self.region,
-                ],
-            )
-            self._spawn(
-                "imds",
-                [
-                    "-m",
-                    "nitro_sim",
-                    "imds",
-                    "--state-dir",
-                    str(self.sim_dir),
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.imds_port),
-                ],
-            )
-            wait_for_port(self.kms_port, "KMS simulator", self._processes["kms"])
-            wait_for_port(self.imds_port, "IMDS simulator", self._processes["imds"])
+            self._start_simulated_aws()
             if self.key_policy_mode not in (SEALED, PCR0):
                 raise StackError(
                     f"key_policy_mode must be sealed or pcr0, not {self.key_policy_mode!r}"
@@ -199,23 +211,67 @@ class LocalStack:
             self.start_vsock_proxy()
             self.run_enclave(self.measurements.eif)
             self.start_relay()
+            wait_until(self._relay_ready, f"{self.relay_url}/readyz", timeout=60, stack=self)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def stop(self) -> None:
-        self._stop_process("relay")
-        if self.sim_dir.exists():
-            self.nitro_cli(["terminate-enclave", "--all"], check=False)
-        for name in list(self._processes):
-            self._stop_process(name)
+    def stop(self, budget: float = STOP_BUDGET_SECONDS) -> None:
+        """Stop every process of this stack within ``budget`` seconds; none is left behind."""
+        deadline = time.monotonic() + budget
+        self._interrupted.set()
+        for name in ("relay", "enclave", "vsock-proxy", "imds", "kms"):
+            service = self.services.get(name)
+            if service is not None:
+                service.stop(max(0.5, min(10.0, deadline - time.monotonic())))
+        self._kill_leftover_enclaves()
+        self._interrupted.clear()
+        self._unlock_state_dir()
+
+    def interrupt(self) -> None:
+        """Make a ``start()`` in progress give up at its next wait (a signal handler's job)."""
+        self._interrupted.set()
 
     def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _lock_state_dir(self) -> None:
+        fd = os.open(self.root / ".stack.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StackError(
+                f"another stack runs from {self.root} (pid {holder}): stop it or use "
+                "another state directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _check_ports_free(self) -> None:
+        for what, port in (("relay", self.relay_port), ("KMS", self.kms_port)):
+            if port:
+                self._check_port_free(port, what)
+        if self.imds_port:
+            self._check_port_free(self.imds_port, "IMDS")
+
+    @staticmethod
+    def _check_port_free(port: int, what: str) -> None:
+        try:
+            ports.check_free(port, what)
+        except ports.PortInUse as taken:
+            raise StackError(str(taken)) from None
 
     # ----------------------------------------------------------- principals
     def principals(self) -> list[dict[str, Any]]:
@@ -400,7 +456,7 @@ class LocalStack:
             "enclave_kms_proxy_port": KMS_PROXY_PORT,
             "enclave_kms_timeout_seconds": 10,
             "enclave_kms_key_ids": [self.key_arn],
-            "enclave_kms_max_concurrent_calls": 8,
+            "enclave_kms_max_concurrent_calls": KMS_CONCURRENCY,
             "enclave_kms_recipient_key_pool": 8,
             "enclave_kms_probe_interval_seconds": 30,
             "enclave_key_cache_max_entries": 20000,
@@ -454,34 +510,108 @@ class LocalStack:
         )
 
     def run_enclave(self, eif: Path, *, debug: bool = False) -> dict[str, Any]:
-        self.nitro_cli(["terminate-enclave", "--enclave-name", ENCLAVE_NAME], check=False)
-        args = [
-            "run-enclave",
+        """(Re)start the supervised enclave from ``eif``; its describe-enclaves record."""
+        self._enclave_eif, self._enclave_debug = eif, debug
+        service = self.services.get("enclave")
+        if service is None:
+            self._write_nitro_cli_wrapper()
+            service = self._service(
+                "enclave",
+                self._enclave_command,
+                exec_stop=self._terminate_enclave,
+                notify_socket=self.run_dir / "enclave.notify",
+            )
+        else:
+            service.stop()
+        service.start()
+        for record in json.loads(self.nitro_cli(["describe-enclaves"])):
+            if record.get("EnclaveName") == ENCLAVE_NAME:
+                found: dict[str, Any] = record
+                return found
+        raise StackError("the enclave is not in describe-enclaves right after it started")
+
+    def nitro_cli(self, args: list[str], *, check: bool = True, timeout: float = 120) -> str:
+        return self._run(["-m", "nitro_sim.nitro_cli", *args], check=check, timeout=timeout)
+
+    def _write_nitro_cli_wrapper(self) -> None:
+        """``nitro-cli`` for the enclave supervisor, as roles/nitro_simulator installs it."""
+        wrapper = self.run_dir / "nitro-cli"
+        wrapper.parent.mkdir(parents=True, exist_ok=True)
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f"NITRO_SIM_DIR={shlex.quote(str(self.sim_dir))}\n"
+            f"PYTHONPATH={shlex.quote(str(REPO_ROOT))}\n"
+            "export NITRO_SIM_DIR PYTHONPATH\n"
+            f'exec {shlex.quote(sys.executable)} -m nitro_sim.nitro_cli "$@"\n'
+        )
+        wrapper.chmod(0o755)
+
+    def _enclave_command(self) -> list[str]:
+        """roles/enclave's ExecStart: the same supervisor script as on a host."""
+        if self._enclave_eif is None:
+            raise StackError("run_enclave() names the EIF before the enclave starts")
+        command = [
+            sys.executable,
+            str(SUPERVISE_SCRIPT),
+            "--nitro-cli",
+            str(self.run_dir / "nitro-cli"),
+            "--name",
+            ENCLAVE_NAME,
             "--eif-path",
-            str(eif),
+            str(self._enclave_eif),
             "--cpu-count",
             "2",
             "--memory",
             "512",
             "--enclave-cid",
             str(ENCLAVE_CID),
-            "--enclave-name",
-            ENCLAVE_NAME,
+            "--interval",
+            str(SUPERVISE_INTERVAL),
         ]
-        if debug:
-            args.append("--debug-mode")
-        result: dict[str, Any] = json.loads(self.nitro_cli(args))
-        return result
+        return [*command, "--debug-mode"] if self._enclave_debug else command
 
-    def nitro_cli(self, args: list[str], *, check: bool = True) -> str:
-        return self._run(["-m", "nitro_sim.nitro_cli", *args], check=check)
+    def _terminate_enclave(self, budget: float) -> None:
+        """roles/enclave's ExecStop."""
+        self.nitro_cli(
+            ["terminate-enclave", "--enclave-name", ENCLAVE_NAME], check=False, timeout=budget
+        )
+
+    def enclave_record(self) -> dict[str, Any] | None:
+        """The simulator's record (state.json) of the running enclave: PIDs, CID, state."""
+        root = statedir.enclaves_dir(self.sim_dir)
+        for directory in sorted(root.iterdir()) if root.is_dir() else []:
+            record = statedir.read_record(directory) if directory.is_dir() else None
+            if record is not None and record.get("EnclaveName") == ENCLAVE_NAME:
+                return record
+        return None
+
+    def _kill_leftover_enclaves(self) -> None:
+        """Last resort of ``stop()``: SIGKILL any enclave runner or enclave process left."""
+        root = statedir.enclaves_dir(self.sim_dir)
+        if not root.is_dir():
+            return
+        for directory in root.iterdir():
+            record = statedir.read_record(directory) if directory.is_dir() else None
+            for key in ("ProcessID", "EnclaveProcessID"):
+                pid = (record or {}).get(key)
+                if isinstance(pid, int) and statedir.process_matches(pid, directory.name):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
 
     def start_vsock_proxy(self) -> None:
         allowlist = self.root / "vsock-proxy.yaml"
         allowlist.write_text(f"allowlist:\n  - {{address: 127.0.0.1, port: {self.kms_port}}}\n")
-        self._spawn(
+        socket_path = self.sim_dir / "vsock" / f"3_{KMS_PROXY_PORT}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+
+        def listening(service: Service) -> None:
+            wait_until(socket_path.exists, "vsock-proxy socket", service=service, stack=self)
+
+        self._service(
             "vsock-proxy",
-            [
+            lambda: [
+                sys.executable,
                 "-m",
                 "nitro_sim",
                 "vsock-proxy",
@@ -490,14 +620,11 @@ class LocalStack:
                 str(self.kms_port),
                 "--config",
                 str(allowlist),
-                # One worker per kept-alive KMS connection: at least the enclave's
-                # kms.max_concurrent_calls (8), with room for a credential rotation.
                 "--num_workers",
-                "16",
+                str(KMS_PROXY_WORKERS),
             ],
-        )
-        socket_path = self.sim_dir / "vsock" / f"3_{KMS_PROXY_PORT}.sock"
-        wait_until(socket_path.exists, "vsock-proxy socket", self._processes["vsock-proxy"])
+            ready=listening,
+        ).start()
 
     # ---------------------------------------------------------------- relay
     def relay_config(self) -> str:
@@ -520,32 +647,150 @@ class LocalStack:
 
     def start_relay(self) -> None:
         config = self.root / "relay.toml"
-        config.write_text(self.relay_config())
-        self._spawn("relay", ["-m", "parent_app", "--config", str(config)])
-        wait_for_http(f"{self.relay_url}/readyz", self._processes["relay"])
+
+        def command() -> list[str]:
+            config.write_text(self.relay_config())  # the port is known after the first start
+            return [sys.executable, "-m", "parent_app", "--config", str(config)]
+
+        def serving(service: Service) -> None:
+            self.relay_port = self._await_port(service, "relay", _RELAY_BANNER, self.relay_port)
+            wait_until(
+                lambda: http_status(f"{self.relay_url}/healthz") == 200,
+                f"{self.relay_url}/healthz",
+                service=service,
+                stack=self,
+            )
+            self._check_owner(service, "relay", self.relay_port)
+
+        self._service("relay", command, ready=serving).start()
 
     def restart_relay(self) -> None:
-        self._stop_process("relay")
-        self.start_relay()
+        self.services["relay"].restart()
+
+    def relay_ready(self) -> bool:
+        """/readyz answers 200, from the relay this stack started."""
+        return self._relay_ready()
+
+    def _relay_ready(self) -> bool:
+        relay = self.services.get("relay")
+        if relay is None or relay.pid is None or http_status(f"{self.relay_url}/readyz") != 200:
+            return False
+        return ports.owned_by(self.relay_port, relay.pid)
 
     def stop_relay(self) -> None:
         """Stop the relay only (``start_relay`` brings it back), e.g. for a restore."""
-        self._stop_process("relay")
+        relay = self.services.pop("relay", None)
+        if relay is not None:
+            relay.stop()
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     # ------------------------------------------------------------ processes
-    def _run(self, args: list[str], *, check: bool = True) -> str:
-        completed = subprocess.run(
-            [sys.executable, *args],
-            cwd=REPO_ROOT,
+    def _start_simulated_aws(self) -> None:
+        for name, banner, attribute in (
+            ("kms", _KMS_BANNER, "kms_port"),
+            ("imds", _IMDS_BANNER, "imds_port"),
+        ):
+
+            def command(name: str = name, attribute: str = attribute) -> list[str]:
+                command = [
+                    sys.executable,
+                    "-m",
+                    "nitro_sim",
+                    name,
+                    "--state-dir",
+                    str(self.sim_dir),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(getattr(self, attribute)),
+                ]
+                return [*command, "--region", self.region] if name == "kms" else command
+
+            def serving(
+                service: Service,
+                banner: re.Pattern[str] = banner,
+                attribute: str = attribute,
+            ) -> None:
+                port = self._await_port(service, service.name, banner, getattr(self, attribute))
+                setattr(self, attribute, port)
+                self._check_owner(service, service.name, port)
+
+            self._service(name, command, ready=serving).start()
+
+    def _service(
+        self,
+        name: str,
+        command: Callable[[], list[str]],
+        *,
+        ready: Callable[[Service], None] | None = None,
+        exec_stop: Callable[[float], None] | None = None,
+        notify_socket: Path | None = None,
+    ) -> Service:
+        service = Service(
+            name,
+            command,
             env=self.env(),
-            capture_output=True,
-            timeout=120,
-            check=False,
+            cwd=REPO_ROOT,
+            log_path=self.log_dir / f"{name}.log",
+            ready=ready,
+            exec_stop=exec_stop,
+            notify_socket=notify_socket,
+            policy=self.restart_policy,
+            on_event=self._event,
         )
+        self.services[name] = service
+        return service
+
+    def _event(self, message: str) -> None:
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n"
+        with (self.log_dir / "supervisor.log").open("a") as log:
+            log.write(line)
+        if self.on_event is not None:
+            self.on_event(message)
+
+    def _await_port(
+        self, service: Service, what: str, banner: re.Pattern[str], configured: int
+    ) -> int:
+        """The port ``service`` listens on: its own report when it was given port 0."""
+        found: list[int] = []
+
+        def reported() -> bool:
+            match = banner.search(service.output())
+            if match:
+                found.append(int(match.group(1)))
+            return bool(match)
+
+        wait_until(reported, f"{what} start", service=service, stack=self)
+        if configured and found[0] != configured:
+            raise StackError(f"{what} listens on {found[0]}, not on the configured {configured}")
+        return found[0]
+
+    @staticmethod
+    def _check_owner(service: Service, what: str, port: int) -> None:
+        if service.pid is None or not ports.owned_by(port, service.pid):
+            holders = ", ".join(str(h) for h in ports.holders(port)) or "another process"
+            raise StackError(
+                f"the {what} port {port} answers, but from {holders}, not from the {what} "
+                f"this stack started (pid {service.pid})"
+            )
+
+    def _run(self, args: list[str], *, check: bool = True, timeout: float = 120) -> str:
+        try:
+            completed = subprocess.run(
+                [sys.executable, *args],
+                cwd=REPO_ROOT,
+                env=self.env(),
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            if check:
+                raise StackError(f"{' '.join(args[:3])} timed out after {timeout:.0f}s") from exc
+            return ""
         if check and completed.returncode != 0:
             raise StackError(
                 f"{' '.join(args[:3])} failed ({completed.returncode}): "
@@ -553,66 +798,41 @@ class LocalStack:
             )
         return completed.stdout.decode()
 
-    def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.log_dir / f"{name}.log").open("ab")
-        self._processes[name] = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=REPO_ROOT,
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-    def _stop_process(self, name: str) -> None:
-        process = self._processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
 
 def wait_until(
     predicate: Callable[[], bool],
     what: str,
-    process: subprocess.Popen[bytes] | None = None,
+    *,
     timeout: float = 30.0,
+    service: Service | None = None,
+    stack: LocalStack | None = None,
 ) -> None:
+    """Poll ``predicate``; give up when the service exits, the stack is interrupted, or
+    ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        if process is not None and process.poll() is not None:
-            raise StackError(f"{what}: process exited with {process.returncode}")
+        if service is not None:
+            try:
+                service.check_running()
+            except ServiceError as exc:
+                raise StackError(f"{what}: {exc}; see {service.log_path}") from None
+        if stack is not None and stack._interrupted.is_set():
+            raise StackError(f"{what}: interrupted")
         time.sleep(0.05)
     raise StackError(f"{what}: not ready after {timeout:.0f}s")
 
 
-def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    def accepting() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    wait_until(accepting, what, process)
-
-
-def wait_for_http(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
-                return int(response.status) == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    wait_until(ready, url, process, timeout=60)
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The status a GET of ``url`` answers, None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, OSError):
+        return None
 
 
 def http_json(

@@ -2,11 +2,17 @@
 
 ``NITRO_SIM_DIR`` names the state directory; without it, ``/var/lib/nitro-sim``.
 
-    <state>/principals.json   simulated IAM principals
-    <state>/ca/               simulator CA
-    <state>/vsock/            {cid}_{port}.sock: vsock as unix sockets
-    <state>/enclaves/<id>/    state.json, image/, nsm.sock, console.log
-    <state>/kms/              local KMS state
+    <state>/principals.json   simulated IAM principals                      0600
+    <state>/ca/               simulator CA (its private keys)                 0700
+    <state>/vsock/            {cid}_{port}.sock: vsock as unix sockets        group ne
+    <state>/enclaves/<id>/    state.json, image/, nsm.sock, console.log       0700
+    <state>/kms/              local KMS state                                 0700
+
+As on hardware, where the NSM is a device only the enclave has and the PKI's keys are
+AWS's, only the owner (root on a simulated host) may enter ``ca/`` and ``enclaves/``:
+the relay's user, which reaches ``vsock/`` through its group, can neither open an
+enclave's NSM socket nor read the CA's keys. ``private_dir`` makes those directories
+and tightens them when an older layout left them open.
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ def enclave_dir(state: Path, enclave_id: str) -> Path:
     return enclaves_dir(state) / enclave_id
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner may enter (created, or tightened to 0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 def check_socket_path(path: Path) -> None:
     """Refuse a unix socket path the kernel cannot bind, with a message that says why."""
     if len(os.fsencode(path)) > MAX_UNIX_PATH:
@@ -63,8 +77,7 @@ def check_socket_path(path: Path) -> None:
 @contextlib.contextmanager
 def locked(state: Path) -> Iterator[None]:
     """Exclusive lock over the enclave table (reservation of CIDs, names, CPUs, memory)."""
-    directory = enclaves_dir(state)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(enclaves_dir(state))
     fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -10,6 +10,9 @@ REMOTE_ADDR:REMOTE_PORT over TCP, both ways, forwarding half-closes. The config 
 ``allowlist: [{address: HOST, port: N}, ...]``; the proxy refuses to start (exit 1)
 unless (REMOTE_ADDR, REMOTE_PORT) is listed. At most NUM_WORKERS connections are
 served at once; further ones wait in the listen backlog, as with the real workers.
+NUM_WORKERS defaults to 4, the real tool's default; hosts (roles/vsock_proxy) and the
+dev stack (``nitro_sim.stack.KMS_PROXY_WORKERS``) pass at least the enclave's KMS
+concurrency instead, so no KMS call the enclave allows itself waits for a worker.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ itself, so it is written as carefully as the store.
 
 Backup (``online_backup``):
   1. the store is opened read-only (``mode=ro``: never created, never written) and
-     copied with SQLite's backup API in one step, i.e. from one read snapshot: in WAL
-     mode the relay keeps inserting meanwhile and the copy is consistent. A store the
-     relay holds exclusively stays ``store_busy`` until the timeout, never hangs;
+     copied with SQLite's backup API in one step, i.e. from one read snapshot under a
+     shared lock: the relay's inserts wait for it (its busy timeout) rather than fail,
+     and the copy is consistent. A store the relay holds exclusively stays
+     ``store_busy`` until the timeout, never hangs;
   2. the copy is a private temporary file next to the output (0600, ``O_EXCL``),
      switched to a self-contained rollback journal, checked (``backup_check``), fsynced,
      renamed over the output, and the directory fsynced: a crash leaves the old backup
@@ -18,13 +19,14 @@ Backup (``online_backup``):
 
 Restore (``restore``): checks the backup (and its manifest when there is one) before
 touching anything; creates a missing store with the relay's own code
-(``parent_app.storage.SqliteStorage``: schema, WAL, 0600); then copies the records in
+(``parent_app.storage.SqliteStorage``: schema, journal, 0600); then copies the records in
 one write transaction that first counts the store: a store holding accounts is refused
 unless ``force``, and then it is first saved next to itself (``<store>.pre-restore-*``),
 so a restore never loses an account either.
 
-Run both as the store's owner (the relay's user): SQLite creates ``-wal``/``-shm``
-files as whoever opens a WAL database, and files the relay cannot open stop it.
+Run both as the store's owner (the relay's user): SQLite creates the store's
+``-journal`` file as whoever writes first, and a journal the relay cannot write stops
+its writes.
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ def check_owner(path: Path) -> None:
         raise BackupError(
             BackupCode.WRONG_USER,
             f"{target} belongs to uid {owner}, this process runs as uid {os.geteuid()}: run as "
-            "the relay's user (e.g. sudo -u nitro-wallet), or SQLite may leave -wal/-shm files "
-            "the relay cannot open",
+            "the relay's user (e.g. sudo -u nitro-wallet), or SQLite may leave a -journal file "
+            "the relay cannot write",
         )
 
 

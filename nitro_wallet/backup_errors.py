@@ -15,7 +15,7 @@ class BackupCode(StrEnum):
     UNSUPPORTED_BACKEND = "unsupported_backend"
     #: The store or the backup file does not exist or cannot be read or written.
     IO_ERROR = "io_error"
-    #: Run as the store's owner: SQLite may create -wal/-shm files the relay cannot open.
+    #: Run as the store's owner: SQLite may create a -journal file the relay cannot write.
     WRONG_USER = "wrong_user"
     #: The store stayed locked (or busy) for the whole timeout.
     STORE_BUSY = "store_busy"

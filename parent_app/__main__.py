@@ -1,4 +1,9 @@
-"""``nitro-wallet-relay --config /etc/nitro-wallet/relay.toml``: run the parent relay."""
+"""``nitro-wallet-relay --config /etc/nitro-wallet/relay.toml``: run the parent relay.
+
+Signals: SIGTERM/SIGINT stop it gracefully (requests in flight finish); SIGUSR1 enters
+drain mode (new requests but /healthz, /readyz and /metrics get 503 ``draining``;
+/readyz says ``"status": "draining"``) and SIGUSR2 leaves it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -14,7 +18,7 @@ from parent_app.config import ConfigError, RelayConfig
 from parent_app.credentials import CredentialSource, ImdsCredentialSource
 from parent_app.enclave_client import EnclaveClient
 from parent_app.errors import RelayError, StorageError
-from parent_app.http_server import RelayHTTPServer
+from parent_app.http_server import RelayServer
 from parent_app.metrics import RelayMetrics
 from parent_app.routes import RelayApi
 from parent_app.service import WalletService
@@ -27,9 +31,7 @@ log = logging.getLogger("parent_app")
 DEFAULT_CONFIG = "/etc/nitro-wallet/relay.toml"
 
 
-def build_relay(
-    config: RelayConfig, credentials: CredentialSource | None = None
-) -> RelayHTTPServer:
+def build_relay(config: RelayConfig, credentials: CredentialSource | None = None) -> RelayServer:
     """Wire storage, credentials, enclave client, service and API into a bound server."""
     source = credentials or ImdsCredentialSource(
         config.credentials.imds_endpoint, config.credentials.imds_timeout_seconds
@@ -42,6 +44,8 @@ def build_relay(
             config.enclave.port,
             config.enclave.timeout_seconds,
             config.enclave.max_frame_bytes,
+            pool_size=config.enclave.pool_size,
+            pool_wait_seconds=config.enclave.pool_wait_seconds,
         )
         service = WalletService(storage, enclave, source, config.kms.key_id, RelayMetrics())
         upstream = None
@@ -55,7 +59,7 @@ def build_relay(
             max_batch_requests=config.relay.max_batch_requests,
             upstream=upstream,
         )
-        return RelayHTTPServer(api, config.relay)
+        return RelayServer(api, config.relay)
     except BaseException:
         storage.close()
         raise
@@ -104,26 +108,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start the relay: %s", exc)
         return 1
 
-    stopping = threading.Event()
-
     def stop(signum: int, frame: FrameType | None) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("received %s, stopping", signal.Signals(signum).name)
-            threading.Thread(target=server.shutdown, daemon=True).start()
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        server.request_stop()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    host, port = server.server_address[:2]
+    def drain(signum: int, frame: FrameType | None) -> None:
+        draining = signum == signal.SIGUSR1
+        log.info(
+            "received %s: %s", signal.Signals(signum).name, "draining" if draining else "serving"
+        )
+        server.api.set_draining(draining)
+
+    handlers = {
+        signal.SIGTERM: stop,
+        signal.SIGINT: stop,
+        signal.SIGUSR1: drain,
+        signal.SIGUSR2: drain,
+    }
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    host, port = server.server_address
     log.info(
-        "relay listening on %s:%s (enclave %s cid=%d port=%d)",
+        "relay listening on %s:%s (enclave %s cid=%d port=%d, backlog %d)",
         host,
         port,
         config.enclave.transport.spec,
         config.enclave.cid,
         config.enclave.port,
+        config.relay.listen_backlog,
     )
     try:
-        server.serve_forever(poll_interval=0.2)
+        server.serve_forever()
     finally:
         server.server_close()
         for sig, handler in previous.items():

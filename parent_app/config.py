@@ -4,14 +4,16 @@ Unknown sections or keys are refused (a typo must not silently fall back to a
 default), every value is type- and range-checked, and binding a non-loopback
 address needs ``allow_non_loopback = true``: the relay is loopback-only by default.
 
-    [relay]       listen_host, listen_port, max_body_bytes, log_level,
-                  allow_non_loopback, max_concurrent_requests, request_timeout_seconds,
+    [relay]       listen_host, listen_port, listen_backlog, max_body_bytes, log_level,
+                  allow_non_loopback, max_concurrent_requests, max_connections,
+                  request_deadline_seconds, keep_alive_timeout_seconds,
                   chain_id (optional: the default chain, answered by eth_chainId /
                   net_version and filled into transactions that give none),
                   max_batch_requests (JSON-RPC batch size cap),
                   upstream_rpc_url (optional http(s) node: eth_sendTransaction and
                   forwarding), upstream_timeout_seconds
-    [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes
+    [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes,
+                  pool_size, pool_wait_seconds
     [kms]         key_id (required), region (a key ARN must be in it: the enclave of this
                   region pins its regional key, e.g. the replica of a multi-Region key)
     [storage]     backend ("sqlite" | "dynamodb");
@@ -19,6 +21,12 @@ address needs ``allow_non_loopback = true``: the relay is loopback-only by defau
                   dynamodb: table_name (required), region (default [kms].region),
                   endpoint_url (optional: https, or http on a loopback host)
     [credentials] source ("imds"), imds_endpoint, imds_timeout_seconds
+
+Capacity rule: ``enclave.pool_size`` (the relay's persistent connections to the
+enclave) must not exceed the enclave's ``server.max_connections`` nor its
+``server.workers + server.queue_depth``: beyond them the enclave refuses connections or
+answers server_busy. The relay cannot read the enclave's file, so the Ansible roles
+check the rule (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -55,11 +63,20 @@ class ConfigError(ValueError):
 class RelaySettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
-    max_body_bytes: int = 65536
+    listen_backlog: int = 1024
+    # 1 MiB: a batch of 100 transactions fits with room to spare.
+    max_body_bytes: int = 1 << 20
     log_level: str = "INFO"
     allow_non_loopback: bool = False
+    # Requests being received or answered at once; beyond: 503 server_busy.
     max_concurrent_requests: int = 64
-    request_timeout_seconds: float = 10.0
+    # Open connections (idle keep-alive ones included); beyond: 503 server_busy.
+    max_connections: int = 1024
+    # From a request's first byte to its last body byte (headers and body): a client
+    # that drips bytes loses its slot when this passes (408).
+    request_deadline_seconds: float = 10.0
+    # An idle keep-alive connection is closed after this long.
+    keep_alive_timeout_seconds: float = 5.0
     chain_id: int | None = None
     max_batch_requests: int = 100
     upstream_rpc_url: str | None = None
@@ -72,7 +89,11 @@ class EnclaveSettings:
     cid: int = 16
     port: int = 5000
     timeout_seconds: float = 15.0
-    max_frame_bytes: int = 262144
+    max_frame_bytes: int = 1 << 20
+    # Persistent connections to the enclave (<= the enclave's server.max_connections)
+    # and how long a request waits for one before 503 server_busy.
+    pool_size: int = 16
+    pool_wait_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -230,14 +251,19 @@ def _relay(section: _Section) -> RelaySettings:
     settings = RelaySettings(
         listen_host=section.string("listen_host", defaults.listen_host),
         listen_port=section.integer("listen_port", defaults.listen_port, 0, 65535),
-        max_body_bytes=section.integer("max_body_bytes", defaults.max_body_bytes, 2, 1 << 20),
+        listen_backlog=section.integer("listen_backlog", defaults.listen_backlog, 1024, 65535),
+        max_body_bytes=section.integer("max_body_bytes", defaults.max_body_bytes, 2, 8 << 20),
         log_level=section.choice("log_level", defaults.log_level, LOG_LEVELS),
         allow_non_loopback=section.boolean("allow_non_loopback", defaults.allow_non_loopback),
         max_concurrent_requests=section.integer(
             "max_concurrent_requests", defaults.max_concurrent_requests, 1, 1024
         ),
-        request_timeout_seconds=section.number(
-            "request_timeout_seconds", defaults.request_timeout_seconds, 0, 300
+        max_connections=section.integer("max_connections", defaults.max_connections, 1, 65535),
+        request_deadline_seconds=section.number(
+            "request_deadline_seconds", defaults.request_deadline_seconds, 0, 300
+        ),
+        keep_alive_timeout_seconds=section.number(
+            "keep_alive_timeout_seconds", defaults.keep_alive_timeout_seconds, 0, 3600
         ),
         chain_id=section.optional_integer("chain_id", 1, MAX_CHAIN_ID),
         max_batch_requests=section.integer(
@@ -249,6 +275,11 @@ def _relay(section: _Section) -> RelaySettings:
         ),
     )
     section.done()
+    if settings.max_connections < settings.max_concurrent_requests:
+        raise ConfigError(
+            f"relay.max_connections ({settings.max_connections}) must be at least "
+            f"relay.max_concurrent_requests ({settings.max_concurrent_requests})"
+        )
     if not settings.allow_non_loopback and not is_loopback(settings.listen_host):
         raise ConfigError(
             f"relay.listen_host {settings.listen_host!r} is not a loopback address; the relay "
@@ -283,6 +314,8 @@ def _enclave(section: _Section) -> EnclaveSettings:
         max_frame_bytes=section.integer(
             "max_frame_bytes", defaults.max_frame_bytes, 1024, 16 << 20
         ),
+        pool_size=section.integer("pool_size", defaults.pool_size, 1, 4096),
+        pool_wait_seconds=section.number("pool_wait_seconds", defaults.pool_wait_seconds, 0, 60),
     )
     section.done()
     return settings

@@ -1,23 +1,65 @@
-"""Client side of the parent <-> enclave protocol: one framed request per connection.
+"""Client side of the parent <-> enclave protocol, over a bounded pool of persistent
+connections (several frames per connection, one frame in flight per connection).
 
 Framing and message shapes come from ``enclave_app.wire`` and addressing from
-``enclave_app.transport``; this module only adds the connection policy (timeout,
-caps) and sorts failures into three kinds:
+``enclave_app.transport``; this module adds the connection policy and sorts failures
+into kinds the relay answers differently:
 
 - the enclave answered an error frame -> ``EnclaveError`` with the enclave's code;
-- the enclave could not be reached or did not answer in time -> ``EnclaveUnavailable``;
+- every pooled connection stayed busy past the wait bound -> 503 ``server_busy``;
+- the enclave could not be reached, died mid-request or did not answer in time ->
+  ``EnclaveUnavailable`` (503): never a wrong or partial answer;
 - the enclave answered something that breaks the protocol -> ``EnclaveBadResponse``.
+
+Reuse and replay. An idle connection is checked (a non-blocking peek) before it is
+used, so one the enclave closed while idle is dropped, never written to. The enclave
+can still close one between that check and our frame; the request then fails with
+"closed before any answer byte". It is sent again, once, on a fresh connection, only
+when the enclave cannot have acted on it:
+- the frame was not completely written (the enclave never read a whole request); or
+- nothing at all came back on a *reused* connection and the op is idempotent
+  (``REPLAYABLE_OPS``: health, attest and signing, which is deterministic).
+``generate_account`` is never sent twice once written: a lost answer there is a 503,
+and the caller retries with the same ``account_id`` (creation is keyed by it).
+A connection that failed in any way, or timed out, is closed, never returned to the
+pool, so a late answer can never be read as the answer to another request.
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
+import socket
+import threading
+import time
 from typing import Any
 
 from enclave_app import wire
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.transport import Transport
-from parent_app.errors import EnclaveBadResponse, EnclaveUnavailable, RelayError
+from parent_app.errors import EnclaveBadResponse, EnclaveUnavailable, RelayError, server_busy
+
+#: Ops whose repetition cannot change anything: a second identical request gets the same
+#: signature (RFC 6979) or a fresh health/attestation answer.
+REPLAYABLE_OPS = frozenset(
+    {
+        "health",
+        "attest",
+        "sign_transaction",
+        "sign_message",
+        "sign_typed_data",
+        "sign_authorization",
+        "sign_batch",
+    }
+)
+
+
+class _NotDelivered(Exception):  # noqa: N818 (internal signal, never escapes)
+    """The frame did not reach the enclave whole: it cannot have acted on it."""
+
+
+class _ClosedBeforeAnswer(Exception):  # noqa: N818 (internal signal, never escapes)
+    """The enclave closed the connection before sending a single byte of an answer."""
 
 
 class EnclaveClient:
@@ -28,63 +70,188 @@ class EnclaveClient:
         port: int,
         timeout: float,
         max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
+        *,
+        pool_size: int = 16,
+        pool_wait_seconds: float = 1.0,
     ) -> None:
         self.transport = transport
         self.cid = cid
         self.port = port
         self.timeout = timeout
         self.max_frame_bytes = max_frame_bytes
+        self.pool_size = pool_size
+        self.pool_wait_seconds = pool_wait_seconds
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._idle: list[socket.socket] = []  # LIFO: the warmest connection first
+        self._lock = threading.Lock()
+        self._closed = False
+        # Frame ids only pair an answer with its request: a random prefix and a counter.
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
+
+    # -- the one entry point ----------------------------------------------------------
 
     def call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
         """Send ``op`` and return its result; raise the enclave's ``EnclaveError`` or a
-        ``RelayError`` (``EnclaveUnavailable`` / ``EnclaveBadResponse`` / frame too large)."""
-        request_id = secrets.token_hex(16)
-        body = wire.request_frame(wire.Request(request_id=request_id, op=op, params=params))
-        if len(body) > self.max_frame_bytes:
+        ``RelayError`` (unavailable, bad response, busy pool, frame too large)."""
+        request_id = f"{self._id_prefix}{next(self._ids):016x}"
+        frame = wire.request_frame(wire.Request(request_id=request_id, op=op, params=params))
+        if len(frame) > self.max_frame_bytes:
             raise RelayError(
                 413,
                 str(ErrorCode.FRAME_TOO_LARGE),
-                f"request of {len(body)} bytes exceeds the enclave frame cap of "
+                f"request of {len(frame)} bytes exceeds the enclave frame cap of "
                 f"{self.max_frame_bytes}",
             )
-        answer = self._exchange(body)
+        if not self._slots.acquire(timeout=self.pool_wait_seconds):
+            raise server_busy("every enclave connection is busy; retry shortly")
         try:
-            message = wire.decode_object(answer)
-        except EnclaveError as exc:
-            raise EnclaveBadResponse(
-                f"enclave answer is not a protocol frame: {exc.message}"
-            ) from None
-        try:
-            return wire.parse_response(answer, request_id)
-        except EnclaveError as exc:
-            if message.get("ok") is False and isinstance(message.get("error"), dict):
-                raise  # an error the enclave reported: its code stands
-            raise EnclaveBadResponse(f"enclave answer breaks the protocol: {exc.message}") from None
+            answer = self._exchange(op, frame, time.monotonic() + self.timeout)
+        finally:
+            self._slots.release()
+        return _result(answer, request_id)
 
-    def _exchange(self, body: bytes) -> bytes:
+    def close(self) -> None:
+        """Close the idle connections; connections in use close when their call ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
+
+    @property
+    def idle_connections(self) -> int:
+        with self._lock:
+            return len(self._idle)
+
+    # -- connections ------------------------------------------------------------------
+
+    def _exchange(self, op: str, frame: bytes, deadline: float) -> bytes:
+        sock, reused = self._checkout(deadline)
+        first_try = True
+        while True:
+            try:
+                answer = _round_trip(sock, frame, deadline, self.max_frame_bytes)
+            except (_NotDelivered, _ClosedBeforeAnswer) as exc:
+                sock.close()
+                could_not_act = isinstance(exc, _NotDelivered) or (reused and op in REPLAYABLE_OPS)
+                if not (first_try and could_not_act):
+                    raise EnclaveUnavailable(
+                        "the enclave closed the connection without answering"
+                    ) from None
+                sock, reused, first_try = self._connect(deadline), False, False
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self._checkin(sock)
+            return answer
+
+    def _checkout(self, deadline: float) -> tuple[socket.socket, bool]:
+        while True:
+            with self._lock:
+                sock = self._idle.pop() if self._idle else None
+            if sock is None:
+                return self._connect(deadline), False
+            if _still_open(sock):
+                return sock, True
+            sock.close()
+
+    def _checkin(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def _connect(self, deadline: float) -> socket.socket:
         try:
-            sock = self.transport.connect(self.cid, self.port, self.timeout)
+            return self.transport.connect(self.cid, self.port, _remaining(deadline))
         except TimeoutError:
             raise EnclaveUnavailable("timed out connecting to the enclave") from None
         except (OSError, ValueError) as exc:
             raise EnclaveUnavailable(f"cannot connect to the enclave ({_reason(exc)})") from None
-        with sock:
-            try:
-                wire.write_frame(sock, body)
-                answer = wire.read_frame(sock, self.max_frame_bytes)
-            except TimeoutError:
-                raise EnclaveUnavailable("the enclave did not answer in time") from None
-            except OSError as exc:
-                raise EnclaveUnavailable(f"enclave connection failed ({_reason(exc)})") from None
-            except EnclaveError as exc:
-                if exc.code == ErrorCode.BAD_FRAME:  # closed mid-frame
-                    raise EnclaveUnavailable(
-                        "the enclave closed the connection mid-answer"
-                    ) from None
-                raise EnclaveBadResponse(f"enclave answer refused: {exc.message}") from None
-        if answer is None:
-            raise EnclaveUnavailable("the enclave closed the connection without answering")
-        return answer
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """True when an idle connection has neither been closed by the enclave nor carries
+    stray bytes (either makes it unusable)."""
+    try:
+        sock.settimeout(0.0)  # a timeout would make Python wait for readability first
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True  # nothing to read: open and quiet
+    except OSError:
+        return False
+    return False  # end of stream (closed) or bytes nobody asked for
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise EnclaveUnavailable("the enclave did not answer in time")
+    return left
+
+
+def _round_trip(sock: socket.socket, frame: bytes, deadline: float, max_bytes: int) -> bytes:
+    try:
+        sock.settimeout(_remaining(deadline))
+        sock.sendall(wire.HEADER.pack(len(frame)) + frame)
+    except TimeoutError:
+        raise EnclaveUnavailable("the enclave did not take the request in time") from None
+    except OSError:
+        raise _NotDelivered from None
+    try:
+        header = _recv_exact(sock, wire.HEADER.size, deadline, first=True)
+        (length,) = wire.HEADER.unpack(header)
+        if length > max_bytes:
+            raise EnclaveBadResponse(
+                f"enclave answer refused: frame of {length} bytes exceeds the cap of {max_bytes}"
+            )
+        if length == 0:
+            raise EnclaveBadResponse("enclave answer refused: empty frame")
+        return _recv_exact(sock, length, deadline, first=False)
+    except TimeoutError:
+        raise EnclaveUnavailable("the enclave did not answer in time") from None
+    except ConnectionResetError:
+        raise EnclaveUnavailable("the enclave reset the connection mid-answer") from None
+    except OSError as exc:
+        raise EnclaveUnavailable(f"enclave connection failed ({_reason(exc)})") from None
+
+
+def _recv_exact(sock: socket.socket, size: int, deadline: float, *, first: bool) -> bytes:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        sock.settimeout(_remaining(deadline))
+        try:
+            chunk = sock.recv(min(remaining, 1 << 16))
+        except ConnectionResetError:
+            if first and not chunks:
+                raise _ClosedBeforeAnswer from None
+            raise
+        if not chunk:
+            if first and not chunks:
+                raise _ClosedBeforeAnswer
+            raise EnclaveUnavailable("the enclave closed the connection mid-answer")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _result(answer: bytes, request_id: str) -> dict[str, Any]:
+    """The result of an answer frame, parsed once; the enclave's own error frames raise
+    its ``EnclaveError``, anything else that breaks the protocol is a bad response."""
+    try:
+        message = wire.decode_object(answer)
+    except EnclaveError as exc:
+        raise EnclaveBadResponse(f"enclave answer is not a protocol frame: {exc.message}") from None
+    try:
+        return wire.response_result(message, request_id)
+    except EnclaveError as exc:
+        if message.get("ok") is False and isinstance(message.get("error"), dict):
+            raise  # an error the enclave reported: its code stands
+        raise EnclaveBadResponse(f"enclave answer breaks the protocol: {exc.message}") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -27,10 +27,12 @@ class RelayCode(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     ACCOUNT_EXISTS = "account_exists"
     SERVER_BUSY = "server_busy"
+    DRAINING = "draining"
     ENCLAVE_UNAVAILABLE = "enclave_unavailable"
     ENCLAVE_BAD_RESPONSE = "enclave_bad_response"
     CREDENTIALS_UNAVAILABLE = "credentials_unavailable"
     STORAGE_ERROR = "storage_error"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL_ERROR = "internal_error"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
@@ -87,6 +89,22 @@ class StorageError(RelayError):
         super().__init__(500, RelayCode.STORAGE_ERROR, message)
 
 
+class StorageUnavailable(RelayError):  # noqa: N818 (API name)
+    """The account store cannot be used right now (I/O error, full disk, read-only or
+    immutable file, lock timeout); nothing was written, retrying later may succeed."""
+
+    #: Seconds a client should wait: storage faults need an operator, not a hot loop.
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            503,
+            RelayCode.STORAGE_UNAVAILABLE,
+            message,
+            {"Retry-After": str(self.RETRY_AFTER_SECONDS)},
+        )
+
+
 class AccountExists(RelayError):  # noqa: N818 (API name)
     """An account with this id or address is already stored: never overwritten."""
 
@@ -101,6 +119,13 @@ class AccountNotFound(RelayError):  # noqa: N818 (API name)
 
 def invalid_request(message: str) -> RelayError:
     return RelayError(400, RelayCode.INVALID_REQUEST, message)
+
+
+def server_busy(message: str, retry_after_seconds: int = 1) -> RelayError:
+    """Overload: a 503 the caller retries after ``Retry-After`` seconds."""
+    return RelayError(
+        503, RelayCode.SERVER_BUSY, message, {"Retry-After": str(retry_after_seconds)}
+    )
 
 
 def internal_error() -> RelayError:
@@ -174,6 +199,7 @@ JSONRPC_SERVER_CODES: Mapping[str, int] = {
     ErrorCode.SERVER_BUSY: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.ENCLAVE_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.CREDENTIALS_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
+    RelayCode.STORAGE_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.SERVER_BUSY: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.UPSTREAM_UNAVAILABLE: JsonRpcCode.RESOURCE_UNAVAILABLE,
     RelayCode.UPSTREAM_ERROR: JsonRpcCode.INVALID_INPUT,

@@ -1,356 +1,419 @@
-"""The HTTP server: stdlib ThreadingHTTPServer, bounded and hardened.
+"""The relay's HTTP server: uvicorn on the uvloop event loop with the httptools parser
+(docs/performance.md says why this one, with the measurements), hardened by a
+connection protocol of our own (``RelayProtocol``, uvicorn's documented ``http=``
+extension point):
 
-- at most ``max_concurrent_requests`` handler threads; beyond that a connection gets
-  a short 503 ``server_busy`` and is closed, so a flood cannot exhaust memory;
-- a socket timeout on every connection, so slow clients (slowloris) are dropped;
-- one connection per request (``Connection: close``): no idle keep-alive sockets;
-- bodies are refused by Content-Length before a byte is read; ``Expect: 100-continue``
-  is answered only once the length and media type are acceptable;
-- one access-log line per request (method, path, status, duration, request id):
-  never bodies, query strings, headers or credentials.
+- keep-alive: an idle connection is closed after ``keep_alive_timeout_seconds``,
+  including a fresh connection that never sends a byte;
+- the listen backlog is ``listen_backlog`` (at least 1,024);
+- at most ``max_concurrent_requests`` requests are being received or answered at once
+  and at most ``max_connections`` connections are open; beyond either bound the client
+  gets 503 ``server_busy`` with ``Retry-After``, as JSON;
+- a request must arrive whole (request line, headers and body) within
+  ``request_deadline_seconds`` of its first byte (blank lines before a request line
+  count), or it gets 408 and the connection closes: a client that drips bytes
+  (slowloris) loses its slot when the deadline passes. uvicorn itself has no
+  header-read timeout; this is it;
+- the request line and headers are capped at ``MAX_HEAD_BYTES`` (431 beyond);
+- malformed requests get JSON errors (400, 501 for unknown methods), never plain text;
+- an answer sent before the request body was read (413, 411, 415, 408, 503) is
+  followed by a lingering close: the server half-closes, then reads and discards what
+  the client still sends, for at most ``LINGER_SECONDS`` / ``LINGER_MAX_BYTES``,
+  before it closes. Clients that write their whole body before reading (urllib,
+  requests, httpx) read the answer instead of a connection reset.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import socket
 import threading
 import time
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
 
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from parent_app.asgi_app import RelayAsgiApp
 from parent_app.config import RelaySettings
-from parent_app.errors import RelayCode, RelayError, internal_error, invalid_request
-from parent_app.routes import (
-    Body,
-    Call,
-    MethodNotAllowedError,
-    RelayApi,
-    Response,
-    error_response,
-    parse_json_object,
-)
+from parent_app.errors import RelayCode, RelayError, invalid_request, server_busy
+from parent_app.http_envelope import Recorder, new_request_id, response_headers
+from parent_app.routes import RelayApi, error_response
 
-access_log = logging.getLogger("parent_app.access")
 log = logging.getLogger(__name__)
 
-KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-# After answering without reading an announced body, discard at most this much of it
-# (for at most this long) before closing, so the client reads the answer instead of a
-# reset ("lingering close"). Nothing discarded is parsed or kept.
-LINGER_MAX_BYTES = 4 << 20
-LINGER_SECONDS = 2.0
-_REQUEST_ID_RE = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
-_UNSAFE_LOG_CHARS = re.compile(r"[^\x21-\x7e]")
-_STATUS_CODES = {
-    400: RelayCode.INVALID_REQUEST,
-    408: RelayCode.REQUEST_TIMEOUT,
-    414: RelayCode.INVALID_REQUEST,
-    431: RelayCode.INVALID_REQUEST,
-    501: RelayCode.NOT_IMPLEMENTED,
-    505: RelayCode.INVALID_REQUEST,
-}
+LINGER_SECONDS = 5.0
+LINGER_MAX_BYTES = 64 << 20
+#: After a 408, the slow client gets a short drain only.
+DEADLINE_LINGER_SECONDS = 1.0
+MAX_HEAD_BYTES = 64 * 1024
+GRACEFUL_SHUTDOWN_SECONDS = 10
+_METHOD_TOKEN = re.compile(rb"\A\s*[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32} ")
 
 
-class BoundedThreadingHTTPServer(ThreadingHTTPServer):
-    """A thread per request and at most ``max_concurrent`` of them: a flood is refused
-    (``refuse_busy``), never queued without bound. Shared with the simulator's servers."""
+class FrontState:
+    """What every connection of one server shares (all on the event loop's thread)."""
 
-    daemon_threads = True
+    def __init__(self, settings: RelaySettings, recorder: Recorder) -> None:
+        self.settings = settings
+        self.recorder = recorder
+        self.active = 0  # requests holding a slot
 
-    def __init__(
-        self,
-        address: tuple[str, int],
-        handler: type[BaseHTTPRequestHandler],
-        max_concurrent: int,
-    ) -> None:
-        self._slots = threading.BoundedSemaphore(max_concurrent)
-        super().__init__(address, handler)
+    def take_slot(self) -> bool:
+        if self.active >= self.settings.max_concurrent_requests:
+            return False
+        self.active += 1
+        self.recorder.metrics.in_flight.set(self.active)
+        return True
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refuse_busy(request)
+    def release_slot(self) -> None:
+        self.active -= 1
+        self.recorder.metrics.in_flight.set(self.active)
+
+
+class _StopParsingError(Exception):
+    """Raised from a parser callback once the request has been refused."""
+
+
+class _LingeringTransport:
+    """The transport as uvicorn's request cycle sees it: ``close()`` becomes a lingering
+    close while the client may still be sending the request's body."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: RelayProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_connection()
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class RelayProtocol(HttpToolsProtocol):
+    front: ClassVar[FrontState]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout_keep_alive = self.front.settings.keep_alive_timeout_seconds  # type: ignore[assignment]
+        self.lingering = False
+        self._raw: asyncio.Transport = None  # type: ignore[assignment]  # set on connection
+        self._refused = False
+        self._in_message = False
+        self._headers_done = False
+        self._slots_held = 0  # one per request received and not yet answered (pipelining)
+        self._deadline: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_budget = 0
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._method = ""
+        self._path = ""
+
+    # -- connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._raw = transport
+        super().connection_made(_LingeringTransport(transport, self))  # type: ignore[arg-type]
+        # uvicorn arms the idle timer only between requests; a connection that never
+        # sends a byte must not stay open either.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        if len(self.connections) > self.front.settings.max_connections:
+            self._refuse(server_busy("too many open connections; retry shortly"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        self._release_slots()
+        super().connection_lost(exc)
+
+    def close_connection(self) -> None:
+        """Close now, or linger while the current request's body may still arrive."""
+        if self._in_message and not self.lingering and not self._raw.is_closing():
+            self._linger(LINGER_SECONDS)
+        else:
+            self._raw.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self._linger_budget -= len(data)
+            if self._linger_budget <= 0:
+                self._raw.close()
             return
+        if self._refused:
+            return
+        if not self._headers_done and self._count_head(data):
+            return
+        if self._deadline is None:  # a request's first byte (blank lines before one count)
+            self._start_deadline()
+        self._unset_keepalive_if_required()
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._no_upgrade()
+        except httptools.HttpParserInvalidMethodError:
+            if _METHOD_TOKEN.match(data):  # a method, just not one we know: 501
+                self._parse_refusal(
+                    RelayError(501, RelayCode.NOT_IMPLEMENTED, "unknown HTTP method")
+                )
+            else:
+                self._parse_refusal(invalid_request("malformed HTTP request line"))
+        except httptools.HttpParserError:
+            if not self._refused:
+                self._parse_refusal(invalid_request("malformed HTTP request"))
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    # -- parser callbacks ---------------------------------------------------------------
 
-    def refuse_busy(self, request: Any) -> None:
-        self.shutdown_request(request)
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._headers_done = False
+        self._method = ""
+        self._path = ""
+        if not self.front.take_slot():
+            self._refuse(server_busy("too many concurrent requests; retry shortly"))
+            raise _StopParsingError
+        self._slots_held += 1
+        if self._deadline is None:  # a pipelined request begins in the same chunk
+            self._start_deadline()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        self._method = self.parser.get_method().decode("latin-1")
+        self._path = self.url.split(b"?", 1)[0].decode("latin-1")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._headers_done = False
+        self._head_bytes = 0
+        self._head_tail = b""
+        self._cancel_deadline()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._release_slot()
+        super().on_response_complete()
+
+    # -- refusals -------------------------------------------------------------------------
+
+    def _count_head(self, data: bytes) -> bool:
+        """Count request-line and header bytes; True (and a 431) past MAX_HEAD_BYTES."""
+        window = self._head_tail + data
+        end = window.find(b"\r\n\r\n")
+        self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+        self._head_tail = window[-3:]
+        if self._head_bytes <= MAX_HEAD_BYTES:
+            return False
+        self._refuse(
+            RelayError(
+                431,
+                RelayCode.INVALID_REQUEST,
+                f"request line and headers exceed {MAX_HEAD_BYTES} bytes",
+            )
+        )
+        return True
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        cycle = self.cycle
+        answered = self._headers_done and cycle is not None and cycle.response_started
+        writing = cycle is not None and cycle.response_started and not cycle.response_complete
+        if answered or writing or self.pipeline:
+            # Answered already (the rest of its body is too slow), or an earlier answer is
+            # being written or queued (pipelining): no 408 can be slotted in; close.
+            self._raw.close()
+            return
+        self._refuse(
+            RelayError(
+                408,
+                RelayCode.REQUEST_TIMEOUT,
+                "the request did not arrive whole within "
+                f"{self.front.settings.request_deadline_seconds:g} s",
+            ),
+            linger_seconds=DEADLINE_LINGER_SECONDS,
+        )
+
+    def _parse_refusal(self, error: RelayError) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not self._in_message:
+            # A request is being answered and garbage follows it: finish that answer,
+            # then close; nothing after it is parsed.
+            cycle.keep_alive = False
+            self._refused = True
+            return
+        self._refuse(error)
+
+    def _no_upgrade(self) -> None:
+        """CONNECT or an Upgrade request: answered as a plain request, then closed."""
+        cycle = self.cycle
+        if self._headers_done and cycle is not None:
+            cycle.keep_alive = False
+            self._refused = True
+            if cycle.response_complete:
+                self.close_connection()
+            return
+        self._refuse(RelayError(501, RelayCode.NOT_IMPLEMENTED, "protocol upgrades"))
+
+    def _refuse(self, error: RelayError, *, linger_seconds: float = LINGER_SECONDS) -> None:
+        """Answer before (or instead of) the application, then close with a linger."""
+        self._refused = True
+        self._release_slots()
+        response = error_response(error)
+        request_id = new_request_id()
+        head = [STATUS_LINE[response.status]]
+        for name, value in response_headers(response, request_id, close=True):
+            head.extend((name, b": ", value, b"\r\n"))
+        head.append(b"\r\n")
+        if not self._raw.is_closing():
+            self._raw.write(b"".join(head) + response.body)
+        self.front.recorder.record(
+            method=self._method or "-",
+            path=self._path,
+            route="unmatched",
+            status=response.status,
+            seconds=0.0,
+            request_id=request_id,
+        )
+        self._linger(linger_seconds)
+
+    def _linger(self, seconds: float) -> None:
+        if self.lingering or self._raw.is_closing():
+            return
+        self.lingering = True
+        self._cancel_deadline()
+        self._unset_keepalive_if_required()
+        self._linger_budget = LINGER_MAX_BYTES
+        if self._raw.can_write_eof():
+            self._raw.write_eof()
+        self.flow.resume_reading()
+        self._linger_timer = self.loop.call_later(seconds, self._raw.close)
+
+    def _start_deadline(self) -> None:
+        self._deadline = self.loop.call_later(
+            self.front.settings.request_deadline_seconds, self._deadline_passed
+        )
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _release_slot(self) -> None:
+        """The oldest request of this connection was answered."""
+        if self._slots_held:
+            self._slots_held -= 1
+            self.front.release_slot()
+
+    def _release_slots(self) -> None:
+        """The connection ends (or refuses): every request it held is done."""
+        while self._slots_held:
+            self._release_slot()
 
 
-class RelayHTTPServer(BoundedThreadingHTTPServer):
-    block_on_close = False
-    allow_reuse_address = True
+class _Server(uvicorn.Server):
+    """uvicorn's server without its signal handling: the relay's entry point owns the
+    signals (uvicorn would re-raise them after shutdown, ending the process with the
+    signal instead of exit status 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class RelayServer:
+    """Bound on construction (so the port is known), served by ``serve_forever``."""
 
     def __init__(self, api: RelayApi, settings: RelaySettings) -> None:
         self.api = api
         self.settings = settings
-        family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
-        self.address_family = family
-        super().__init__(
-            (settings.listen_host, settings.listen_port),
-            RelayRequestHandler,
-            settings.max_concurrent_requests,
+        self._socket = _listen(settings)
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.max_concurrent_requests, thread_name_prefix="relay-handler"
         )
+        recorder = Recorder(api.metrics)
+        protocol = type(
+            "BoundRelayProtocol", (RelayProtocol,), {"front": FrontState(settings, recorder)}
+        )
+        config = uvicorn.Config(
+            RelayAsgiApp(api, settings, self._executor, recorder),
+            http=protocol,
+            loop="uvloop",
+            lifespan="off",
+            ws="none",
+            interface="asgi3",
+            backlog=settings.listen_backlog,
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        self._server = _Server(config)
+        self._running = False
+        self._stopped = threading.Event()
 
     @property
     def port(self) -> int:
-        return int(self.server_address[1])
+        return int(self._socket.getsockname()[1])
 
-    def refuse_busy(self, request: socket.socket) -> None:
-        error = RelayError(503, RelayCode.SERVER_BUSY, "too many concurrent requests")
-        response = error_response(error)
-        head = (
-            "HTTP/1.1 503 Service Unavailable\r\n"
-            f"Content-Type: {response.content_type}\r\n"
-            f"Content-Length: {len(response.body)}\r\n"
-            "Retry-After: 1\r\nConnection: close\r\n\r\n"
-        )
+    @property
+    def server_address(self) -> tuple[str, int]:
+        host, port = self._socket.getsockname()[:2]
+        return str(host), int(port)
+
+    def serve_forever(self) -> None:
+        """Serve until ``shutdown()``; blocks the calling thread."""
+        self._stopped.clear()
+        self._running = True
         try:
-            request.settimeout(1.0)
-            request.sendall(head.encode() + response.body)
-        except OSError:
-            pass
+            self._server.run(sockets=[self._socket])
         finally:
-            self.shutdown_request(request)
-        self.api.metrics.observe_request("unmatched", "other", 503, 0.0)
-        access_log.warning(
-            "refused a connection: %d handlers busy", self.settings.max_concurrent_requests
-        )
+            self._running = False
+            self._stopped.set()
+
+    def request_stop(self) -> None:
+        """Ask the serving loop to stop (safe from a signal handler); returns at once."""
+        self._server.should_exit = True
+
+    def shutdown(self, timeout: float = GRACEFUL_SHUTDOWN_SECONDS + 5) -> None:
+        """Stop accepting, finish the requests in progress, return when stopped."""
+        self._server.should_exit = True
+        if self._running:
+            self._stopped.wait(timeout)
 
     def server_close(self) -> None:
-        super().server_close()
+        self._socket.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.api.service.enclave.close()
         self.api.service.storage.close()
 
 
-class RelayRequestHandler(BaseHTTPRequestHandler):
-    server: RelayHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "nitro-wallet-relay"
-    sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        # Per-recv timeout: a client that stalls (slowloris) is dropped.
-        self.connection.settimeout(self.server.settings.request_timeout_seconds)
-        self._request_id = uuid.uuid4().hex
-        self._started = time.monotonic()
-        self._body_consumed = False
-
-    # Every method goes through one dispatcher; the router answers 405 where needed.
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch()
-
-    def version_string(self) -> str:
-        return self.server_version
-
-    def handle_expect_100(self) -> bool:
-        return True  # answered in _read_body, once the length and media type are checked
-
-    def _dispatch(self) -> None:
-        self._started = time.monotonic()
-        supplied = self.headers.get("X-Request-Id", "")
-        if _REQUEST_ID_RE.match(supplied):
-            self._request_id = supplied
-        route = "unmatched"
-        try:
-            url = urlsplit(self.path)
-            match = self.server.api.router.resolve(self.command, url.path)
-            route = match.template
-            query = _parse_query(url.query, match.endpoint.query)
-            body = None
-            raw = b""
-            if match.endpoint.body is not Body.NONE:
-                raw = self._read_body()
-                if match.endpoint.body is Body.RAW:
-                    pass  # the handler parses it (JSON-RPC)
-                elif raw:
-                    body = parse_json_object(raw)
-                elif match.endpoint.body is Body.REQUIRED:
-                    raise invalid_request("a JSON body is required")
-            response = match.endpoint.handler(Call(match.params, query, body, raw))
-        except MethodNotAllowedError as exc:
-            route = exc.template
-            response = error_response(exc)
-        except RelayError as exc:
-            response = error_response(exc)
-        except TimeoutError:
-            response = error_response(
-                RelayError(408, RelayCode.REQUEST_TIMEOUT, "request body timed out")
-            )
-        except Exception:
-            log.exception(
-                "unhandled error answering %s %s [%s]", self.command, route, self._request_id
-            )
-            response = error_response(internal_error())
-        self._send(response, route)
-        if not self._body_consumed and self._announces_body():
-            self._linger()
-
-    def _announces_body(self) -> bool:
-        if self.headers.get("Transfer-Encoding") is not None:
-            return True
-        length = (self.headers.get("Content-Length") or "").strip()
-        return length not in ("", "0")
-
-    def _linger(self) -> None:
-        deadline = time.monotonic() + LINGER_SECONDS
-        budget = LINGER_MAX_BYTES
-        try:
-            self.connection.shutdown(socket.SHUT_WR)
-            self.connection.settimeout(0.25)
-            while budget > 0 and time.monotonic() < deadline:
-                chunk = self.connection.recv(min(65536, budget))
-                if not chunk:
-                    break
-                budget -= len(chunk)
-        except OSError:
-            pass
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding") is not None:
-            raise RelayError(
-                411, RelayCode.LENGTH_REQUIRED, "send the body with a Content-Length (no chunking)"
-            )
-        lengths = self.headers.get_all("Content-Length") or []
-        if not lengths:
-            return b""
-        text = lengths[0].strip()
-        if len(lengths) > 1 or not text.isascii() or not text.isdigit() or len(text) > 15:
-            raise invalid_request("Content-Length must be one non-negative integer")
-        length = int(text)
-        limit = self.server.settings.max_body_bytes
-        if length > limit:
-            self.close_connection = True
-            raise RelayError(
-                413, RelayCode.BODY_TOO_LARGE, f"body of {length} bytes exceeds {limit} bytes"
-            )
-        if length == 0:
-            return b""
-        _check_media_type(self.headers.get("Content-Type"))
-        if self.headers.get("Expect", "").lower() == "100-continue":
-            self.send_response_only(100)
-            self.end_headers()
-        data = self.rfile.read(length)
-        self._body_consumed = True
-        if len(data) != length:
-            raise invalid_request("body is shorter than its Content-Length")
-        return data
-
-    def _send(self, response: Response, route: str) -> None:
-        self.close_connection = True
-        # Count before answering: a client that reads /metrics right after this
-        # response must already see it.
-        duration = time.monotonic() - self._started
-        method = self.command if self.command in KNOWN_METHODS else "other"
-        self.server.api.metrics.observe_request(route, method, response.status, duration)
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("X-Request-Id", self._request_id)
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Connection", "close")
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
-            self.wfile.flush()
-        except OSError as exc:
-            log.debug("client went away before the answer was sent: %s", type(exc).__name__)
-        self._log_access(response.status, duration)
-
-    def _log_access(self, status: int, duration: float) -> None:
-        path = urlsplit(getattr(self, "path", "") or "").path[:256]
-        access_log.info(
-            "%s %s %d %.1fms request_id=%s",
-            _UNSAFE_LOG_CHARS.sub("?", self.command or "-")[:16],
-            _UNSAFE_LOG_CHARS.sub("?", path) or "-",
-            status,
-            duration * 1000,
-            self._request_id,
-        )
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own refusals (bad request line, long URI, unknown method) as JSON."""
-        error = RelayError(
-            code,
-            str(_STATUS_CODES.get(code, RelayCode.INVALID_REQUEST)),
-            message or "malformed request",
-        )
-        self._send(error_response(error), "unmatched")
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _account writes the access log
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http.server: " + format, *args)
+def _listen(settings: RelaySettings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.listen_host else socket.AF_INET
+    return socket.create_server(
+        (settings.listen_host, settings.listen_port),
+        family=family,
+        backlog=settings.listen_backlog,
+    )
 
 
-def _parse_query(text: str, allowed: frozenset[str]) -> dict[str, str]:
-    if not text:
-        return {}
-    try:
-        pairs = parse_qs(text, keep_blank_values=True, strict_parsing=True, max_num_fields=16)
-    except ValueError:
-        raise invalid_request("malformed query string") from None
-    unknown = sorted(set(pairs) - allowed)
-    if unknown:
-        raise invalid_request(f"unknown query parameter(s): {', '.join(unknown)}")
-    query: dict[str, str] = {}
-    for name, values in pairs.items():
-        if len(values) != 1:
-            raise invalid_request(f"query parameter {name} given more than once")
-        query[name] = values[0]
-    return query
-
-
-def _check_media_type(header: str | None) -> None:
-    if header is None:
-        raise RelayError(
-            415, RelayCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"
-        )
-    media, _, params = header.partition(";")
-    if media.strip().lower() != "application/json":
-        raise RelayError(
-            415, RelayCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"
-        )
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
-            "utf-8",
-            "utf8",
-        ):
-            raise RelayError(415, RelayCode.UNSUPPORTED_MEDIA_TYPE, "JSON bodies must be UTF-8")
+def wait_until_serving(server: RelayServer, timeout: float = 10.0) -> None:
+    """Block until ``server`` accepts connections (tests and the entry point)."""
+    deadline = time.monotonic() + timeout
+    while not server._server.started:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the relay did not start serving in time")
+        time.sleep(0.01)

@@ -129,6 +129,33 @@ def build_openapi() -> dict[str, Any]:
             "required": ["raw_transaction", "hash"],
             "properties": {"raw_transaction": _HEX, "hash": _HEX},
         },
+        "SignTransactionsRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["transactions"],
+            "properties": {
+                "transactions": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100,
+                    "items": {"type": "object"},
+                    "description": "Transactions as in SignTransactionRequest, all signed by "
+                    "the path's account, sent to the enclave as one sign_batch frame.",
+                }
+            },
+        },
+        "SignedTransactions": {
+            "type": "object",
+            "required": ["results"],
+            "properties": {
+                "results": {
+                    "type": "array",
+                    "description": "One entry per transaction, in request order: the signed "
+                    "transaction, or the error of that transaction alone.",
+                    "items": {"oneOf": [_ref("SignedTransaction"), _ref("Error")]},
+                }
+            },
+        },
         "SignMessageRequest": {
             "type": "object",
             "additionalProperties": False,
@@ -272,12 +299,14 @@ def build_openapi() -> dict[str, Any]:
             "MethodNotAllowed": "method_not_allowed (see the Allow header)",
             "Conflict": "account_exists",
             "LengthRequired": "length_required: bodies need a Content-Length",
+            "RequestTimeout": "request_timeout: the request did not arrive whole in time",
             "TooLarge": "body_too_large, frame_too_large",
             "UnsupportedMediaType": "unsupported_media_type: send application/json",
             "InternalError": "internal_error, storage_error and enclave-side failures",
             "BadGateway": "enclave_bad_response",
             "Unavailable": "enclave_unavailable, credentials_unavailable, kms_unavailable, "
-            "nsm_unavailable, server_busy",
+            "nsm_unavailable, server_busy, draining, storage_unavailable; always with a "
+            "Retry-After header",
         }.items()
     }
     common = {
@@ -287,6 +316,7 @@ def build_openapi() -> dict[str, Any]:
     }
     body_errors = {
         "400": _error("BadRequest"),
+        "408": _error("RequestTimeout"),
         "411": _error("LengthRequired"),
         "413": _error("TooLarge"),
         "415": _error("UnsupportedMediaType"),
@@ -358,6 +388,14 @@ def build_openapi() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/accounts/{account_id}/sign/transactions": _signing_path(
+            "signTransactions",
+            "Sign 1 to 100 transactions in one enclave round trip; each succeeds or fails "
+            "on its own (HTTP 200 with per-item results)",
+            "SignTransactionsRequest",
+            "SignedTransactions",
+            body_errors | enclave_errors | common,
+        ),
         "/v1/accounts/{account_id}/sign/message": _signing_path(
             "signMessage",
             "Sign an EIP-191 personal message (as personal_sign / eth_sign)",

@@ -19,7 +19,7 @@ from parent_app.errors import RelayCode, RelayError, invalid_request
 from parent_app.jsonrpc import MAX_JSON_DEPTH, JsonRpcApi, SignedTxShape
 from parent_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from parent_app.openapi import build_openapi
-from parent_app.service import WalletService
+from parent_app.service import MAX_BATCH_ITEMS, BatchItem, WalletService
 from parent_app.storage import InvalidCursorError
 from parent_app.upstream import UpstreamClient
 
@@ -49,12 +49,21 @@ class Response:
 
 @dataclass(frozen=True)
 class Call:
-    """One request as a handler sees it: path parameters, query and parsed body."""
+    """One request as a handler sees it, independent of the HTTP server.
+
+    ``params`` are the path parameters, ``query`` the query, ``body`` the parsed JSON
+    object (None for raw or absent bodies). ``raw`` keeps the exact body bytes and
+    ``headers`` the request headers (lowercase names; a repeated header's values joined
+    with ", "), for what must see them as sent (stamps, approvals, bearer tokens).
+    """
 
     params: dict[str, str]
     query: dict[str, str]
     body: dict[str, Any] | None
     raw: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    method: str = ""
+    path: str = ""
 
 
 Handler = Callable[[Call], Response]
@@ -88,10 +97,14 @@ def json_response(status: int, payload: Mapping[str, Any]) -> Response:
 
 
 def error_response(error: RelayError) -> Response:
+    """``{"error": {"code", "message"}}``; every 503 tells the caller when to retry."""
     response = json_response(
         error.status, {"error": {"code": error.code, "message": error.message}}
     )
-    return Response(response.status, response.body, response.content_type, error.headers)
+    headers = dict(error.headers)
+    if error.status == 503:
+        headers.setdefault("Retry-After", "1")
+    return Response(response.status, response.body, response.content_type, headers)
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -191,6 +204,10 @@ def parse_hex_query(text: str | None, name: str) -> bytes | None:
     return value
 
 
+def _item_error(error: RelayError) -> dict[str, Any]:
+    return {"error": {"code": error.code, "message": error.message}}
+
+
 def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
     _only_fields(body, {name})
     value = body.get(name)
@@ -205,6 +222,9 @@ def _rpc_response(answer: bytes | None) -> Response:
 
 # -- the API ----------------------------------------------------------------------
 
+#: Routes still served while the relay drains: the probes and the metrics.
+DRAIN_EXEMPT_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 class RelayApi:
     def __init__(
@@ -217,6 +237,7 @@ class RelayApi:
     ) -> None:
         self.service = service
         self.metrics = service.metrics
+        self.draining = False
         self.rpc = JsonRpcApi(
             service,
             chain_id=chain_id,
@@ -236,6 +257,10 @@ class RelayApi:
         add(
             "/v1/accounts/{account_id}/sign/transaction",
             Endpoint("POST", self.sign_transaction, Body.REQUIRED),
+        )
+        add(
+            "/v1/accounts/{account_id}/sign/transactions",
+            Endpoint("POST", self.sign_transactions, Body.REQUIRED),
         )
         add(
             "/v1/accounts/{account_id}/sign/message",
@@ -260,6 +285,22 @@ class RelayApi:
         add("/metrics", Endpoint("GET", self.metrics_text))
         add("/openapi.json", Endpoint("GET", self.openapi))
 
+    def set_draining(self, draining: bool) -> None:
+        """Drain mode (rolling upgrades): new requests except the probes and the metrics
+        get 503 ``draining``; requests already admitted finish."""
+        self.draining = draining
+        self.metrics.draining.set(1 if draining else 0)
+
+    def admit(self, route: str) -> None:
+        """Raise the 503 a draining relay answers to a request for ``route``."""
+        if self.draining and route not in DRAIN_EXEMPT_ROUTES:
+            raise RelayError(
+                503,
+                RelayCode.DRAINING,
+                "the relay is draining for maintenance; retry on another host or shortly",
+                {"Retry-After": "5"},
+            )
+
     def create_account(self, call: Call) -> Response:
         body = call.body or {}
         _only_fields(body, {"account_id"})
@@ -283,6 +324,36 @@ class RelayApi:
         account_id = parse_uuid(call.params["account_id"], "account_id")
         transaction = _object_field(call.body or {}, "transaction")
         return json_response(200, self.service.sign_transaction(account_id, transaction))
+
+    def sign_transactions(self, call: Call) -> Response:
+        """A batch: ``{"transactions": [...]}`` (1 to 100), one enclave frame, results in
+        order, each ``{"raw_transaction", "hash"}`` or ``{"error": {"code", "message"}}``."""
+        account_id = parse_uuid(call.params["account_id"], "account_id")
+        body = call.body or {}
+        _only_fields(body, {"transactions"})
+        transactions = body.get("transactions")
+        if not isinstance(transactions, list) or not 1 <= len(transactions) <= MAX_BATCH_ITEMS:
+            raise invalid_request(
+                f"transactions must be an array of 1 to {MAX_BATCH_ITEMS} transaction objects"
+            )
+        self.service.get_account(account_id)  # 404 for the whole request, not per item
+        results: list[dict[str, Any] | None] = [None] * len(transactions)
+        items: list[BatchItem] = []
+        positions: list[int] = []
+        for position, transaction in enumerate(transactions):
+            if isinstance(transaction, dict):
+                items.append(BatchItem("sign_transaction", account_id, transaction))
+                positions.append(position)
+            else:
+                error = invalid_request(f"transactions[{position}] must be a JSON object")
+                results[position] = _item_error(error)
+        if items:
+            outcomes = self.service.sign_batch(items)
+            for position, outcome in zip(positions, outcomes, strict=True):
+                results[position] = (
+                    outcome.result if outcome.error is None else _item_error(outcome.error)
+                )
+        return json_response(200, {"results": results})
 
     def sign_message(self, call: Call) -> Response:
         account_id = parse_uuid(call.params["account_id"], "account_id")
@@ -321,13 +392,16 @@ class RelayApi:
 
     def readyz(self, call: Call) -> Response:
         readiness = self.service.readiness()
+        if self.draining:
+            payload = {"status": "draining", "checks": readiness.checks}
+            return Response(503, json_response(503, payload).body, headers={"Retry-After": "5"})
         status = "ready" if readiness.ready else "not_ready"
         return json_response(
             200 if readiness.ready else 503, {"status": status, "checks": readiness.checks}
         )
 
     def metrics_text(self, call: Call) -> Response:
-        return Response(200, self.metrics.expose().encode(), METRICS_CONTENT_TYPE)
+        return Response(200, self.metrics.expose(), METRICS_CONTENT_TYPE)
 
     def openapi(self, call: Call) -> Response:
         return Response(200, self._openapi)

@@ -11,11 +11,12 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from enclave_app.errors import EnclaveError
+from enclave_app.errors import EnclaveError, ErrorCode
 from parent_app.credentials import CredentialSource
 from parent_app.enclave_client import EnclaveClient
 from parent_app.errors import (
@@ -25,6 +26,7 @@ from parent_app.errors import (
     RelayCode,
     RelayError,
     from_enclave,
+    invalid_request,
 )
 from parent_app.metrics import RelayMetrics
 from parent_app.storage import (
@@ -47,6 +49,36 @@ MAX_LISTED_ADDRESSES = 10_000
 #: An attestation document is a few KiB; anything larger is not one.
 MAX_ATTESTATION_BYTES = 64 * 1024
 _B64_RE = re.compile(r"\A[A-Za-z0-9+/]+={0,2}\Z")
+
+
+#: A sign_batch frame carries at most this many items and this many accounts.
+MAX_BATCH_ITEMS = 100
+#: Signing ops a batch may mix, and the name of each one's payload field.
+BATCH_PAYLOADS: Mapping[str, str] = {
+    "sign_transaction": "transaction",
+    "sign_message": "message",
+    "sign_typed_data": "typed_data",
+    "sign_authorization": "authorization",
+}
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One signing request of a batch: ``op`` (a key of ``BATCH_PAYLOADS``), the
+    account, and the op's payload (transaction, message, typed data, authorization)."""
+
+    op: str
+    account_id: str
+    payload: Any
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What one item of a batch came to: ``result`` (the single op's answer) or
+    ``error``; exactly one of the two is set."""
+
+    result: dict[str, Any] | None = None
+    error: RelayError | None = None
 
 
 @dataclass(frozen=True)
@@ -116,12 +148,7 @@ class WalletService:
 
     def sign_transaction(self, account_id: str, transaction: dict[str, Any]) -> dict[str, str]:
         result = self._sign("sign_transaction", account_id, "transaction", transaction)
-        raw, tx_hash = result.get("raw_transaction"), result.get("hash")
-        if not (isinstance(raw, str) and _HEX_RE.match(raw)):
-            raise EnclaveBadResponse("enclave returned no valid raw_transaction")
-        if not (isinstance(tx_hash, str) and _HASH_RE.match(tx_hash)):
-            raise EnclaveBadResponse("enclave returned no valid transaction hash")
-        return {"raw_transaction": raw, "hash": tx_hash}
+        return _transaction_result(result)
 
     def sign_message(self, account_id: str, message: str) -> dict[str, str]:
         """EIP-191 (personal_sign): ``message`` is 0x-hex bytes or UTF-8 text."""
@@ -138,18 +165,67 @@ class WalletService:
     ) -> dict[str, dict[str, str]]:
         """An EIP-7702 authorization tuple {chainId, address, nonce}."""
         result = self._sign("sign_authorization", account_id, "authorization", authorization)
-        signed = result.get("authorization")
-        if not isinstance(signed, dict) or set(signed) != _AUTHORIZATION_FIELDS:
-            raise EnclaveBadResponse("enclave returned no valid authorization")
-        for name in ("chainId", "nonce", "yParity", "r", "s"):
-            value = signed[name]
-            if not (isinstance(value, str) and _QUANTITY_RE.match(value)):
-                raise EnclaveBadResponse(f"enclave returned an invalid authorization {name}")
-        try:
-            address = checksum_address(str(signed["address"]))
-        except ValueError:
-            raise EnclaveBadResponse("enclave returned an invalid authorization address") from None
-        return {"authorization": {**{k: str(v) for k, v in signed.items()}, "address": address}}
+        return _authorization_result(result)
+
+    def sign_batch(self, items: Sequence[BatchItem]) -> list[BatchOutcome]:
+        """Sign up to ``MAX_BATCH_ITEMS`` requests (ops and accounts mixed) with one
+        ``sign_batch`` frame; one outcome per item, in order.
+
+        Each item succeeds or fails on its own: an unknown account, or anything the
+        enclave refuses about one item, fails that item only. What fails the frame as
+        a whole (the enclave unreachable, busy or answering off-protocol) raises.
+        Items the relay already knows to fail are not sent.
+        """
+        if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+            raise invalid_request(f"a batch holds 1 to {MAX_BATCH_ITEMS} items")
+        outcomes: list[BatchOutcome | None] = [None] * len(items)
+        records: dict[str, AccountRecord | None] = {}
+        indexes: dict[str, int] = {}
+        frame_items: list[dict[str, Any]] = []
+        sent: list[int] = []  # positions in ``items`` of the frame's items, in order
+        for position, item in enumerate(items):
+            name = BATCH_PAYLOADS.get(item.op)
+            if name is None:
+                raise ValueError(f"{item.op!r} is not a batch signing op")
+            if item.account_id not in records:
+                records[item.account_id] = self.storage.get(item.account_id)
+            record = records[item.account_id]
+            if record is None:
+                outcomes[position] = BatchOutcome(error=AccountNotFound(item.account_id))
+                continue
+            if item.account_id not in indexes:
+                indexes[item.account_id] = len(indexes)
+            frame_items.append(
+                {"op": item.op, "account": indexes[item.account_id], name: item.payload}
+            )
+            sent.append(position)
+        if frame_items:
+            accounts = [record for record in records.values() if record is not None]
+            answers = self._sign_frame(accounts, frame_items)
+            for position, answer in zip(sent, answers, strict=True):
+                outcomes[position] = _batch_outcome(items[position].op, answer)
+        done = [outcome for outcome in outcomes if outcome is not None]
+        for item, outcome in zip(items, done, strict=True):
+            code = "ok" if outcome.error is None else outcome.error.code
+            self.metrics.batch_items.inc(item.op, code)
+        return done
+
+    def _sign_frame(
+        self, accounts: list[AccountRecord], frame_items: list[dict[str, Any]]
+    ) -> list[Any]:
+        credentials = self.credentials.get()
+        result = self._call(
+            "sign_batch",
+            {
+                "credentials": credentials.to_params(),
+                "accounts": [account_params(record) for record in accounts],
+                "items": frame_items,
+            },
+        )
+        answers = result.get("results")
+        if not isinstance(answers, list) or len(answers) != len(frame_items):
+            raise EnclaveBadResponse("enclave answered sign_batch without one result per item")
+        return answers
 
     def attest(self, nonce: bytes | None, user_data: bytes | None) -> dict[str, str]:
         """An attestation document from the enclave's NSM, binding ``nonce``/``user_data``."""
@@ -231,6 +307,51 @@ class WalletService:
         return Readiness(all(v == "ok" for v in checks.values()), checks)
 
 
+def _transaction_result(result: dict[str, Any]) -> dict[str, str]:
+    raw, tx_hash = result.get("raw_transaction"), result.get("hash")
+    if not (isinstance(raw, str) and _HEX_RE.match(raw)):
+        raise EnclaveBadResponse("enclave returned no valid raw_transaction")
+    if not (isinstance(tx_hash, str) and _HASH_RE.match(tx_hash)):
+        raise EnclaveBadResponse("enclave returned no valid transaction hash")
+    return {"raw_transaction": raw, "hash": tx_hash}
+
+
+def _authorization_result(result: dict[str, Any]) -> dict[str, dict[str, str]]:
+    signed = result.get("authorization")
+    if not isinstance(signed, dict) or set(signed) != _AUTHORIZATION_FIELDS:
+        raise EnclaveBadResponse("enclave returned no valid authorization")
+    for name in ("chainId", "nonce", "yParity", "r", "s"):
+        value = signed[name]
+        if not (isinstance(value, str) and _QUANTITY_RE.match(value)):
+            raise EnclaveBadResponse(f"enclave returned an invalid authorization {name}")
+    try:
+        address = checksum_address(str(signed["address"]))
+    except ValueError:
+        raise EnclaveBadResponse("enclave returned an invalid authorization address") from None
+    return {"authorization": {**{k: str(v) for k, v in signed.items()}, "address": address}}
+
+
+def _batch_outcome(op: str, answer: Any) -> BatchOutcome:
+    """One item of a sign_batch answer, checked exactly as the single op's answer is."""
+    if not isinstance(answer, dict):
+        return BatchOutcome(error=EnclaveBadResponse("enclave returned a malformed batch item"))
+    if answer.get("ok") is True and isinstance(answer.get("result"), dict):
+        try:
+            return BatchOutcome(result=_RESULT_CHECKS[op](answer["result"]))
+        except EnclaveBadResponse as exc:
+            return BatchOutcome(error=exc)
+    error = answer.get("error")
+    if answer.get("ok") is False and isinstance(error, dict):
+        raw_code, message = error.get("code"), error.get("message")
+        try:
+            code = ErrorCode(raw_code) if isinstance(raw_code, str) else ErrorCode.INTERNAL
+        except ValueError:
+            code = ErrorCode.INTERNAL
+        text = message if isinstance(message, str) else "enclave error"
+        return BatchOutcome(error=from_enclave(EnclaveError(code, text[:1024])))
+    return BatchOutcome(error=EnclaveBadResponse("enclave returned a malformed batch item"))
+
+
 def _signature_result(result: dict[str, Any]) -> dict[str, str]:
     signature, digest = result.get("signature"), result.get("digest")
     if not (isinstance(signature, str) and _SIGNATURE_RE.match(signature)):
@@ -238,6 +359,14 @@ def _signature_result(result: dict[str, Any]) -> dict[str, str]:
     if not (isinstance(digest, str) and _HASH_RE.match(digest)):
         raise EnclaveBadResponse("enclave returned no valid digest")
     return {"signature": signature, "digest": digest}
+
+
+_RESULT_CHECKS: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "sign_transaction": _transaction_result,
+    "sign_message": _signature_result,
+    "sign_typed_data": _signature_result,
+    "sign_authorization": _authorization_result,
+}
 
 
 def public_view(record: AccountRecord) -> dict[str, str]:

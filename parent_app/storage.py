@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import functools
 import json
+import logging
 import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,15 +27,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from parent_app.errors import AccountExists, StorageError
+from parent_app.errors import AccountExists, RelayError, StorageError, StorageUnavailable
 from parent_app.ethaddress import to_checksum_address
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_CIPHERTEXT_BYTES = 16 * 1024
 MAX_CURSOR_CHARS = 512
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _ADDRESS_RE = re.compile(r"\A0x[0-9a-fA-F]{40}\Z")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
+
+log = logging.getLogger(__name__)
 
 
 class InvalidCursorError(ValueError):
@@ -43,8 +50,12 @@ def is_uuid(value: str) -> bool:
     return bool(_UUID_RE.match(value))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def checksum_address(value: str) -> str:
-    """EIP-55 form of a 0x-prefixed 40-hex address; mixed case must already be valid EIP-55."""
+    """EIP-55 form of a 0x-prefixed 40-hex address; mixed case must already be valid EIP-55.
+
+    Every storage read checks the stored form; a pure function of its input, it is
+    memoised (a refusal raises and is not cached)."""
     if not _ADDRESS_RE.match(value):
         raise ValueError("address must be 0x followed by 40 hex digits")
     checksummed = to_checksum_address(bytes.fromhex(value[2:]))
@@ -60,7 +71,10 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    """The inverse of ``format_time`` (the exact fixed-width form only)."""
+    if not _TIME_RE.match(text):
+        raise ValueError(f"time data {text[:40]!r} does not match format {_TIME_FORMAT!r}")
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -109,7 +123,8 @@ class Storage(Protocol):
         """Records ordered by (created_at, account_id), starting after an opaque cursor."""
 
     def ping(self) -> None:
-        """Raise ``StorageError`` unless the store answers."""
+        """Raise ``StorageError`` (or ``StorageUnavailable``) unless the store answers
+        and, where it can tell, takes writes."""
 
     def close(self) -> None: ...
 
@@ -133,7 +148,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     return created, account_id
 
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE accounts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     account_id TEXT NOT NULL UNIQUE,
@@ -146,75 +161,186 @@ CREATE TABLE accounts (
 );
 CREATE INDEX accounts_by_creation ON accounts (created_at, account_id);
 """
+#: Version 2 adds the one-row table the readiness probe writes.
+_SCHEMA_V2 = """
+CREATE TABLE storage_probe (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    written_at TEXT NOT NULL
+);
+"""
+_MIGRATIONS = {0: _SCHEMA_V1 + _SCHEMA_V2, 1: _SCHEMA_V2}
 
 _COLUMNS = "account_id, address, key_id, encrypted_private_key, encrypted_data_key, created_at"
 
+#: SQLite primary result codes that mean "cannot use the store now", not "bad data":
+#: answered 503 storage_unavailable with Retry-After (everything else: 500 storage_error).
+_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+#: errno values meaning "exists, but not for writing": the store is opened read-only.
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+#: How long a write probe's verdict stands (``ping``, so /readyz, is cheap to poll).
+PROBE_TTL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class JournalSettings:
+    """How SQLite journals and syncs. ``bench/bench_storage.py`` compares the options."""
+
+    journal_mode: str = "TRUNCATE"
+    synchronous: str = "FULL"
+    locking_mode: str = "NORMAL"
+
+    def apply(self, conn: sqlite3.Connection) -> None:
+        """Set the modes on ``conn``; ``StorageError`` if SQLite kept another journal mode
+        (a WAL database still open elsewhere cannot leave WAL)."""
+        # locking_mode first: with WAL it decides where the WAL index lives.
+        conn.execute(f"PRAGMA locking_mode={self.locking_mode}")
+        (mode,) = conn.execute(f"PRAGMA journal_mode={self.journal_mode}").fetchone()
+        if str(mode).upper() != self.journal_mode.upper():
+            raise StorageError(
+                f"the account database stays in journal mode {mode}, not "
+                f"{self.journal_mode}: is another process holding it open?"
+            )
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA mmap_size=0")  # never map the database file either
+
+
+#: The relay's choice, measured in docs/reliability.md: a rollback journal (no
+#: memory-mapped WAL index, so no SIGBUS when the file turns immutable or the disk
+#: fills), truncated and fsynced at each commit, so an answered insert survives a
+#: crash or power loss; NORMAL locking, so another process can take an online backup
+#: (the SQLite backup API) while the relay runs.
+DURABLE = JournalSettings()
+
+
+def storage_failure(exc: sqlite3.Error, doing: str) -> RelayError:
+    """The typed relay error for a SQLite failure while ``doing`` something."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    if isinstance(code, int) and code & 0xFF in _UNAVAILABLE:
+        return StorageUnavailable(f"account storage is unavailable while {doing} ({name})")
+    return StorageError(f"account database error while {doing}: {exc}")
+
+
+@dataclass(frozen=True)
+class _Probe:
+    at: float
+    failure: str | None  # the StorageUnavailable message, None when writable
+
 
 class SqliteStorage:
-    """SQLite in WAL mode with synchronous=FULL: a committed insert survives a crash.
+    """SQLite with a rollback journal and synchronous=FULL (see ``DURABLE``).
 
     One connection shared behind a lock: writes are serialised anyway, and reads are
-    short. The database file is created 0600 in a 0700 directory.
+    short. The database file is created 0600 in a 0700 directory. I/O failures (read-only
+    or immutable file, full disk, a lock held too long) raise ``StorageUnavailable``
+    (503, Retry-After) and never take the process down; ``ping`` proves the store is
+    writable with a real, cached write. A store that exists but cannot be opened for
+    writing (read-only file system, immutable or read-only file) is opened read-only:
+    reads (signing) go on, writes and ``ping`` answer 503, and ``ping`` reopens it for
+    writing once that works again.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, journal: JournalSettings = DURABLE) -> None:
         self.path = Path(path)
+        self._journal = journal
         self._lock = threading.Lock()
+        self._probe: _Probe | None = None
+        self.read_only = False
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            os.chmod(self.path, 0o600)
-            self._conn = sqlite3.connect(
+            self._conn = self._open_writable()
+        except OSError as exc:
+            if exc.errno not in _NOT_WRITABLE or not self.path.is_file():
+                raise StorageError(f"cannot open the account database: {exc}") from exc
+            self._conn = self._open_read_only(exc)
+
+    def _open_writable(self) -> sqlite3.Connection:
+        """A read-write connection, configured and migrated (``OSError`` if not writable)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(self.path, 0o600)
+        try:
+            conn = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
             )
-        except (OSError, sqlite3.Error) as exc:
+        except sqlite3.Error as exc:
             raise StorageError(f"cannot open the account database: {exc}") from exc
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            self._journal.apply(conn)
+            conn.execute("PRAGMA foreign_keys=ON")
+            _migrate(conn)
         except sqlite3.Error as exc:
-            self._conn.close()
+            conn.close()
             raise StorageError(f"cannot initialise the account database: {exc}") from exc
         except StorageError:
-            self._conn.close()
+            conn.close()
             raise
+        return conn
 
-    def _migrate(self) -> None:
-        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if version != 0:
-            raise StorageError(
-                f"account database schema version {version} is not supported "
-                f"(this relay knows version {SCHEMA_VERSION})"
-            )
-        tables = self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
-        if tables:
-            raise StorageError("account database has tables but no schema version: refusing it")
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _open_read_only(self, why: OSError) -> sqlite3.Connection:
+        log.error("account database %s is not writable (%s): serving reads only", self.path, why)
+        uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10.0)
+            conn.isolation_level = None
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the account database read-only: {exc}") from exc
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise StorageError(
+                f"account database schema version {version} needs a migration, and the "
+                f"file is not writable ({why.strerror})"
+            )
+        self.read_only = True
+        self._probe = _Probe(time.monotonic(), f"account storage is read-only ({why.strerror})")
+        return conn
+
+    def _reopen_writable(self) -> None:
+        """Swap a read-only connection for a writable one once the fault is gone (lock held)."""
+        try:
+            conn = self._open_writable()
+        except (OSError, StorageError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc.message
+            self._record_probe(f"account storage is read-only ({reason})")
+            return
+        self._conn.close()
+        self._conn, self.read_only = conn, False
+        log.warning("account database %s is writable again", self.path)
 
     @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
+    def _locked(self, doing: str) -> Iterator[sqlite3.Connection]:
         with self._lock:
             try:
                 yield self._conn
             except sqlite3.Error as exc:
-                raise StorageError(f"account database error: {exc}") from exc
+                failure = storage_failure(exc, doing)
+                if isinstance(failure, StorageUnavailable):
+                    self._record_probe(failure.message)
+                raise failure from exc
+
+    def _record_probe(self, failure: str | None) -> None:
+        """Keep the latest verdict on writability; log when it changes (lock held)."""
+        before = self._probe
+        self._probe = _Probe(time.monotonic(), failure)
+        if failure is not None and (before is None or before.failure is None):
+            log.error("account storage %s is not writable: %s", self.path, failure)
+        elif failure is None and before is not None and before.failure is not None:
+            log.warning("account storage %s is writable again", self.path)
 
     def insert(self, record: AccountRecord) -> None:
-        with self._locked() as conn:
+        with self._locked("storing an account") as conn:
             try:
                 conn.execute(
                     f"INSERT INTO accounts ({_COLUMNS}, address_lower) "  # noqa: S608 constants
@@ -233,9 +359,10 @@ class SqliteStorage:
                 raise AccountExists(
                     f"account {record.account_id} or address {record.address} already exists"
                 ) from exc
+            self._record_probe(None)  # a commit is the best probe
 
     def get(self, account_id: str) -> AccountRecord | None:
-        with self._locked() as conn:
+        with self._locked("reading an account") as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM accounts WHERE account_id = ?",  # noqa: S608 constants
                 (account_id,),
@@ -243,7 +370,7 @@ class SqliteStorage:
         return None if row is None else _record(row)
 
     def get_by_address(self, address: str) -> AccountRecord | None:
-        with self._locked() as conn:
+        with self._locked("reading an account") as conn:
             row = conn.execute(
                 f"SELECT {_COLUMNS} FROM accounts WHERE address_lower = ?",  # noqa: S608 constants
                 (address.lower(),),
@@ -260,7 +387,7 @@ class SqliteStorage:
             query += " WHERE (created_at, account_id) > (?, ?)"
             args = (created, account_id)
         query += " ORDER BY created_at, account_id LIMIT ?"
-        with self._locked() as conn:
+        with self._locked("listing accounts") as conn:
             rows = conn.execute(query, (*args, limit + 1)).fetchall()
         records = [_record(row) for row in rows[:limit]]
         more = len(rows) > limit
@@ -268,12 +395,56 @@ class SqliteStorage:
         return AccountPage(records=records, next_cursor=cursor)
 
     def ping(self) -> None:
-        with self._locked() as conn:
-            conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
+        """Raise unless the store reads and takes a durable write (cached for
+        ``PROBE_TTL_SECONDS``, and refreshed by every insert)."""
+        with self._lock:
+            probe = self._probe
+            fresh = probe is not None and time.monotonic() - probe.at < PROBE_TTL_SECONDS
+            if not fresh and self.read_only:
+                self._reopen_writable()
+        probe = self._probe
+        if probe is None or time.monotonic() - probe.at >= PROBE_TTL_SECONDS:
+            with self._locked("probing that storage is writable") as conn:
+                conn.execute("SELECT 1 FROM accounts LIMIT 1").fetchall()
+                conn.execute(
+                    "INSERT OR REPLACE INTO storage_probe (id, written_at) VALUES (1, ?)",
+                    (format_time(datetime.now(UTC)),),
+                )
+                self._record_probe(None)
+            return
+        if probe.failure is not None:
+            raise StorageUnavailable(probe.failure)
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring the schema to ``SCHEMA_VERSION`` in one transaction, or refuse the file."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return
+    if version not in _MIGRATIONS:
+        raise StorageError(
+            f"account database schema version {version} is not supported "
+            f"(this relay knows version {SCHEMA_VERSION})"
+        )
+    if (
+        version == 0
+        and conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    ):
+        raise StorageError("account database has tables but no schema version: refusing it")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _MIGRATIONS[version].split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _record(row: tuple[object, ...]) -> AccountRecord:

@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # `make demo-dev`: the simulated appliance as plain processes (no root, no podman),
 # then the curl walk-through (scripts/walkthrough.sh) against its relay.
-# The relay URL is the one this stack reports once it is up: never whatever answers on
-# a port (another stack holding 8080 makes this stack fail to start, and the demo with it).
+#
+# The stack owns its ports: it refuses to start when one is taken (naming it), and the
+# walk-through runs only against the relay it started (the URL it prints), never
+# against whatever else may hold port 8080.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 STATE=.demo-state
+LOG=$STATE/dev.log
+mkdir -p "$STATE"
 
-$PY -m nitro_sim.dev --state-dir "$STATE" "$@" >"$STATE.log" 2>&1 &
+$PY -m nitro_sim.dev --state-dir "$STATE" "$@" >"$LOG" 2>&1 &
 stack_pid=$!
 trap 'kill -TERM $stack_pid 2>/dev/null; wait $stack_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 180); do
-  grep -q "dev stack is up" "$STATE.log" && break
+for _ in $(seq 1 240); do
+  grep -q "dev stack is up" "$LOG" && break
   if ! kill -0 $stack_pid 2>/dev/null; then
-    echo "make demo-dev: the dev stack did not start:" >&2
-    cat "$STATE.log" >&2
+    cat "$LOG"
+    echo "demo-dev: the dev stack did not start (see above)" >&2
     exit 1
   fi
-  sleep 1
+  sleep 0.5
 done
-grep -q "dev stack is up" "$STATE.log" || { cat "$STATE.log" >&2; exit 1; }
-RELAY=$(sed -n 's/^ *relay *\(http:\/\/[0-9.:]*\).*/\1/p' "$STATE.log" | head -1)
-[ -n "$RELAY" ] || { echo "make demo-dev: no relay URL in $STATE.log" >&2; exit 1; }
-sed -n '/dev stack is up/,/logs/p' "$STATE.log"
+grep -q "dev stack is up" "$LOG" || { cat "$LOG"; echo "demo-dev: no stack after 120s" >&2; exit 1; }
+sed -n '/dev stack is up/,/logs/p' "$LOG"
+RELAY=$(sed -n 's|^  relay  *\(http://127\.0\.0\.1:[0-9]*\) .*|\1|p' "$LOG" | head -n 1)
+[ -n "$RELAY" ] || { echo "demo-dev: no relay URL in $LOG" >&2; exit 1; }
 
 scripts/walkthrough.sh "$RELAY"
 echo

@@ -17,8 +17,25 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 command -v podman >/dev/null || scripts/install-test-host-deps.sh
 
+# The host shares this machine's network: its relay, KMS and IMDS ports must be free,
+# or held by the demo host itself (its PID namespace), never by another stack.
+own_ports() {  # own_ports [--held]
+  local pid
+  pid=$(podman inspect -f '{{.State.Pid}}' nitro-wallet-local 2>/dev/null || echo 0)
+  for spec in "${RELAY##*:}:relay" 14566:KMS 14567:IMDS; do
+    if [ "$pid" -gt 0 ] 2>/dev/null; then
+      python -m nitro_sim.ports check "${spec%%:*}" --what "demo ${spec#*:}" \
+        --allow-pidns-of "$pid" "$@"
+    else
+      python -m nitro_sim.ports check "${spec%%:*}" --what "demo ${spec#*:}" "$@"
+    fi
+  done
+}
+own_ports
+
 step "ansible-playbook -i inventory/local playbooks/local_host.yml playbooks/site.yml"
 ansible-playbook -i inventory/local playbooks/local_host.yml playbooks/site.yml
+own_ports --held   # what answers on $RELAY is the demo host's relay
 
 step "podman exec nitro-wallet-local nitro-cli describe-enclaves"
 podman exec nitro-wallet-local nitro-cli describe-enclaves

@@ -1,13 +1,19 @@
 """Test doubles for the relay's edges: a framed fake enclave and a tiny IMDSv2.
 
 ``FakeEnclave`` is a real server speaking the real protocol (``enclave_app.wire``)
-over the real simulated transport (``Transport.unix``). It answers ``health``,
-``attest``, ``generate_account``, ``sign_transaction``, ``sign_message``,
-``sign_typed_data`` and ``sign_authorization`` with deterministic values derived
-from its inputs (a fake signed transaction is structurally valid RLP, so the relay
-can decode it), checks what the relay sends the way the enclave would (uuid,
-allowed key id, credentials shape, record fields), and can be told to misbehave.
-It tests the relay's own behaviour; the full-stack tests use the real enclave.
+over the real simulated transport (``Transport.unix``), several frames per connection
+and idle connections closed after ``idle_timeout_seconds``, as the enclave does. It
+answers ``health``, ``attest``, ``generate_account``, ``sign_transaction``,
+``sign_message``, ``sign_typed_data``, ``sign_authorization`` and ``sign_batch`` (the
+BOARD format: per-item results, envelope errors fail the frame). By default the
+answers are deterministic values derived from the inputs (a fake signed transaction
+is structurally valid RLP, so the relay can decode it); with ``real_keys`` every
+account has a real secp256k1 key derived from its id and every signature is made by
+eth-account, so tests can recover signatures to the account's address. It checks
+what the relay sends the way the enclave would (uuid, allowed key id, credentials
+shape, record fields), and can be told to misbehave (delays, raw answers, dropped
+requests, a sudden death with ``kill()``). It tests the relay's own behaviour; the
+full-stack tests use the real enclave.
 
 ``FakeImds`` is an IMDSv2 endpoint (token PUT, role listing, role credentials).
 ``RelayHarness`` runs the relay in-process on a free loopback port against both.
@@ -26,6 +32,7 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import rlp
+from eth_account import Account
+from eth_account.messages import encode_defunct, encode_typed_data
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
@@ -41,10 +50,17 @@ from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.transport import Transport
 from parent_app.__main__ import build_relay
 from parent_app.config import RelayConfig
-from parent_app.http_server import RelayHTTPServer
+from parent_app.http_server import RelayServer, wait_until_serving
 
 KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555"
 SIGN_OPS = ("sign_transaction", "sign_message", "sign_typed_data", "sign_authorization")
+PAYLOADS = {
+    "sign_transaction": "transaction",
+    "sign_message": "message",
+    "sign_typed_data": "typed_data",
+    "sign_authorization": "authorization",
+}
+MAX_BATCH = 100
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
@@ -106,6 +122,15 @@ def fake_authorization(address: str, authorization: dict[str, Any]) -> dict[str,
     }
 
 
+def real_private_key(account_id: str) -> bytes:
+    """The secp256k1 key of ``account_id`` in ``real_keys`` mode (a valid scalar)."""
+    return hashlib.sha256(b"fake-real-key|" + account_id.encode()).digest()
+
+
+def real_address(account_id: str) -> str:
+    return str(Account.from_key(real_private_key(account_id)).address)
+
+
 def fake_attestation(nonce: bytes, user_data: bytes) -> str:
     return base64.b64encode(b"fake-attestation|" + nonce + b"|" + user_data).decode()
 
@@ -116,7 +141,7 @@ class FakeEnclave:
     cid: int = 16
     port: int = 5000
     allowed_key_ids: tuple[str, ...] = (KEY_ID,)
-    max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES
+    max_frame_bytes: int = 1 << 20  # the enclave's default frame cap
     # Misbehaviour knobs, read on every request.
     generate_overrides: dict[str, Any] = field(default_factory=dict)
     # merged into the results of sign_* and attest
@@ -124,6 +149,14 @@ class FakeEnclave:
     raw_answer: bytes | None = None  # answer this frame body verbatim
     delay_seconds: float = 0.0
     health_status: str = "ok"
+    # Read requests of these ops, then close the connection without answering.
+    drop_ops: frozenset[str] = frozenset()
+    # Read the next N requests (any op), then close their connection without answering.
+    drop_next: int = 0
+    # sign_batch answers these results instead of the real ones.
+    batch_results_override: list[Any] | None = None
+    idle_timeout_seconds: float = 60.0
+    real_keys: bool = False
     requests: list[wire.Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -132,6 +165,11 @@ class FakeEnclave:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self.connections_accepted = 0
+
+    def address_for(self, account_id: str) -> str:
+        return real_address(account_id) if self.real_keys else fake_address(account_id)
 
     @property
     def transport_spec(self) -> str:
@@ -146,13 +184,25 @@ class FakeEnclave:
         return self
 
     def stop(self) -> None:
+        """Go down as a process does: stop listening and cut every open connection,
+        mid-request or not (``start()`` again comes back with none)."""
         self._stop.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):  # wakes the accept() at once
+                self._listener.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(5)
         if self._listener is not None:
             self._listener.close()
             self.transport.unix_path(self.cid, self.port).unlink(missing_ok=True)
         self._listener = None
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    kill = stop
 
     def ops(self) -> list[str]:
         with self._lock:
@@ -167,30 +217,63 @@ class FakeEnclave:
                 continue
             except OSError:
                 return
+            with self._lock:
+                self._connections.add(conn)
+                self.connections_accepted += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            request_id: str | None = None
-            try:
-                body = wire.read_frame(conn, self.max_frame_bytes)
-                if body is None:
-                    return
-                request = wire.parse_request(body)
-                request_id = request.request_id
-                with self._lock:
-                    self.requests.append(request)
-                if self.delay_seconds:
-                    self._stop.wait(self.delay_seconds)
-                if self.raw_answer is not None:
-                    wire.write_frame(conn, self.raw_answer)
-                    return
+        try:
+            with conn:
+                while not self._stop.is_set() and self._answer_one(conn):
+                    pass
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+
+    def _answer_one(self, conn: socket.socket) -> bool:
+        """Answer one frame; False when the connection ends (idle, closed, dropped)."""
+        body = self._next_frame(conn)
+        if body is None:
+            return False
+        conn.settimeout(10)
+        request_id: str | None = None
+        try:
+            request = wire.parse_request(body)
+            request_id = request.request_id
+            with self._lock:
+                self.requests.append(request)
+            if not self._will_answer(request):
+                return False
+            if self.raw_answer is not None:
+                answer = self.raw_answer
+            else:
                 answer = wire.ok_frame(request_id, self._dispatch(request))
-            except EnclaveError as exc:
-                answer = wire.error_frame(request_id, exc)
-            with contextlib.suppress(OSError):
-                wire.write_frame(conn, answer)
+        except EnclaveError as exc:
+            answer = wire.error_frame(request_id, exc)
+        wire.write_frame(conn, answer)
+        return True
+
+    def _next_frame(self, conn: socket.socket) -> bytes | None:
+        conn.settimeout(self.idle_timeout_seconds)
+        try:
+            return wire.read_frame(conn, self.max_frame_bytes)
+        except TimeoutError:
+            return None  # idle: closed, as the enclave does
+        except EnclaveError as exc:
+            wire.write_frame(conn, wire.error_frame(None, exc))
+            return None
+
+    def _will_answer(self, request: wire.Request) -> bool:
+        """Apply the delay and drop knobs; False when this request goes unanswered."""
+        if self.delay_seconds and self._stop.wait(self.delay_seconds):
+            return False  # stopped mid-request: a dead process answers nothing
+        with self._lock:
+            dropped = self.drop_next > 0
+            self.drop_next -= 1 if dropped else 0
+        return not (dropped or request.op in self.drop_ops)
 
     def _dispatch(self, request: wire.Request) -> dict[str, Any]:
         params = request.params
@@ -202,7 +285,55 @@ class FakeEnclave:
             return {**self._attest(params), **self.sign_overrides}
         if request.op in SIGN_OPS:
             return {**self._sign(request.op, params), **self.sign_overrides}
+        if request.op == "sign_batch":
+            return self._sign_batch(params)
         raise EnclaveError(ErrorCode.UNKNOWN_OP, f"unknown op {request.op!r}")
+
+    def _sign_batch(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The BOARD's sign_batch: envelope errors fail the frame, item errors the item."""
+        if set(params) != {"credentials", "accounts", "items"}:
+            raise EnclaveError(
+                ErrorCode.INVALID_PARAMS, "sign_batch takes credentials, accounts, items"
+            )
+        credentials = params["credentials"]
+        self._check_credentials(credentials)
+        accounts, items = params["accounts"], params["items"]
+        if not isinstance(accounts, list) or not 1 <= len(accounts) <= MAX_BATCH:
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "accounts must hold 1 to 100 records")
+        ids = [a.get("account_id") if isinstance(a, dict) else None for a in accounts]
+        if None in ids or len(set(ids)) != len(ids):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "accounts must be distinct records")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "items must hold 1 to 100 requests")
+        for item in items:
+            index = item.get("account") if isinstance(item, dict) else None
+            if (
+                not isinstance(item, dict)
+                or item.get("op") not in PAYLOADS
+                or not isinstance(index, int)
+                or isinstance(index, bool)
+                or not 0 <= index < len(accounts)
+            ):
+                raise EnclaveError(ErrorCode.INVALID_PARAMS, "malformed sign_batch item")
+        if self.batch_results_override is not None:
+            return {"results": self.batch_results_override}
+        results: list[dict[str, Any]] = []
+        for item in items:
+            op = item["op"]
+            name = PAYLOADS[op]
+            single: dict[str, Any] = {
+                "account": accounts[item["account"]],
+                "credentials": credentials,
+            }
+            if name in item:
+                single[name] = item[name]
+            try:
+                result = {**self._sign(op, single), **self.sign_overrides}
+                results.append({"ok": True, "result": result})
+            except EnclaveError as exc:
+                error = {"code": str(exc.code), "message": exc.message}
+                results.append({"ok": False, "error": error})
+        return {"results": results}
 
     def _check_credentials(self, value: Any) -> None:
         if not isinstance(value, dict) or set(value) != {
@@ -223,7 +354,7 @@ class FakeEnclave:
         self._check_credentials(params.get("credentials"))
         result: dict[str, Any] = {
             "account_id": account_id,
-            "address": fake_address(account_id),
+            "address": self.address_for(account_id),
             "key_id": key_id,
             "encrypted_private_key": fake_private_key_ciphertext(account_id),
             "encrypted_data_key": fake_data_key_ciphertext(account_id, str(key_id)),
@@ -259,50 +390,102 @@ class FakeEnclave:
             raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "private key ciphertext is invalid")
         if account.get("encrypted_data_key") != fake_data_key_ciphertext(account_id, key_id):
             raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "data key ciphertext is invalid")
-        if account.get("address") != fake_address(account_id):
+        if account.get("address") != self.address_for(account_id):
             raise EnclaveError(ErrorCode.ADDRESS_MISMATCH, "key does not derive the address")
-        return fake_address(account_id)
+        return account_id
 
     def _sign(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
-        address = self._unlock(params)
+        """Check the payload as the enclave would, then sign (real or deterministic)."""
+        account_id = self._unlock(params)
+        address = self.address_for(account_id)
+        payload: Any = params.get(PAYLOADS[op])
+        _check_payload(op, payload, address)
+        if self.real_keys:
+            return _real_sign(op, real_private_key(account_id), payload)
         if op == "sign_message":
-            message = params.get("message")
-            if not isinstance(message, str):
-                raise EnclaveError(ErrorCode.INVALID_PARAMS, "message must be a string")
-            if message.startswith("fake_error:"):
-                code = message.removeprefix("fake_error:")
-                raise EnclaveError(ErrorCode(code), f"injected {code}")
-            return fake_message_signature(address, "message", message)
-        name = {
-            "sign_transaction": "transaction",
-            "sign_typed_data": "typed_data",
-            "sign_authorization": "authorization",
-        }[op]
-        payload = params.get(name)
-        if not isinstance(payload, dict):
-            raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} must be an object")
-        injected = payload.get("fake_error")
-        if isinstance(injected, str):
-            raise EnclaveError(ErrorCode(injected), f"injected {injected}")
+            return fake_message_signature(address, "message", payload)
         if op == "sign_typed_data":
             return fake_message_signature(address, "typed_data", payload)
         if op == "sign_authorization":
-            if set(payload) != {"chainId", "address", "nonce"}:
-                raise EnclaveError(ErrorCode.INVALID_PARAMS, "authorization fields")
             return {"authorization": fake_authorization(address, payload)}
-        value = payload.get("value")
-        if isinstance(value, str) and value.isdigit():  # as the real enclave words it
-            raise EnclaveError(
-                ErrorCode.INVALID_PARAMS,
-                "value: decimal strings are not accepted; "
-                "amounts are wei as integers or 0x-hex strings",
-            )
-        sender = payload.get("from")
-        if isinstance(sender, str) and sender.lower() != address.lower():
-            raise EnclaveError(
-                ErrorCode.INVALID_PARAMS, "from does not match the signing account's address"
-            )
         return fake_signature(address, payload)
+
+
+def _check_payload(op: str, payload: Any, address: str) -> None:
+    name = PAYLOADS[op]
+    if op == "sign_message":
+        if not isinstance(payload, str):
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, "message must be a string")
+        if payload.startswith("fake_error:"):
+            code = payload.removeprefix("fake_error:")
+            raise EnclaveError(ErrorCode(code), f"injected {code}")
+        return
+    if not isinstance(payload, dict):
+        raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{name} must be an object")
+    injected = payload.get("fake_error")
+    if isinstance(injected, str):
+        raise EnclaveError(ErrorCode(injected), f"injected {injected}")
+    if op == "sign_authorization" and set(payload) != {"chainId", "address", "nonce"}:
+        raise EnclaveError(ErrorCode.INVALID_PARAMS, "authorization fields")
+    if op != "sign_transaction":
+        return
+    value = payload.get("value")
+    if isinstance(value, str) and value.isdigit():  # as the real enclave words it
+        raise EnclaveError(
+            ErrorCode.INVALID_PARAMS,
+            "value: decimal strings are not accepted; "
+            "amounts are wei as integers or 0x-hex strings",
+        )
+    sender = payload.get("from")
+    if isinstance(sender, str) and sender.lower() != address.lower():
+        raise EnclaveError(
+            ErrorCode.INVALID_PARAMS, "from does not match the signing account's address"
+        )
+
+
+def _real_sign(op: str, key: bytes, payload: Any) -> dict[str, Any]:
+    """A real signature by eth-account (an implementation independent of the enclave's)."""
+    try:
+        if op == "sign_transaction":
+            if not isinstance(payload, dict):
+                raise TypeError("transaction must be an object")
+            fields = {k: v for k, v in payload.items() if k != "from"}
+            signed_tx = Account.sign_transaction(fields, key)
+            return {
+                "raw_transaction": "0x" + bytes(signed_tx.raw_transaction).hex(),
+                "hash": "0x" + bytes(signed_tx.hash).hex(),
+            }
+        if op == "sign_message":
+            if not isinstance(payload, str):
+                raise TypeError("message must be a string")
+            message = (
+                encode_defunct(hexstr=payload)
+                if payload.startswith("0x")
+                else encode_defunct(text=payload)
+            )
+            signed = Account.sign_message(message, key)
+        elif op == "sign_typed_data":
+            signed = Account.sign_message(encode_typed_data(full_message=payload), key)
+        else:
+            auth = Account.from_key(key).sign_authorization(payload)
+            return {
+                "authorization": {
+                    "chainId": hex(auth.chain_id),
+                    "address": to_checksum_address(auth.address),
+                    "nonce": hex(auth.nonce),
+                    "yParity": hex(auth.y_parity),
+                    "r": hex(auth.r),
+                    "s": hex(auth.s),
+                }
+            }
+    except EnclaveError:
+        raise
+    except Exception as exc:
+        raise EnclaveError(ErrorCode.INVALID_PARAMS, f"{op}: {type(exc).__name__}") from None
+    return {
+        "signature": "0x" + bytes(signed.signature).hex(),
+        "digest": "0x" + bytes(signed.message_hash).hex(),
+    }
 
 
 # -- IMDSv2 -------------------------------------------------------------------------
@@ -421,6 +604,7 @@ def relay_config(
     sqlite_path: Path,
     port: int = 0,
     enclave_timeout: float = 3,
+    enclave: dict[str, Any] | None = None,
     **relay: Any,
 ) -> dict[str, Any]:
     return {
@@ -430,6 +614,7 @@ def relay_config(
             "cid": 16,
             "port": 5000,
             "timeout_seconds": enclave_timeout,
+            **(enclave or {}),
         },
         "kms": {"key_id": KEY_ID, "region": "us-east-1"},
         "storage": {"backend": "sqlite", "sqlite_path": str(sqlite_path)},
@@ -442,11 +627,10 @@ class RelayHarness:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = RelayConfig.from_mapping(config)
-        self.server: RelayHTTPServer = build_relay(self.config)
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.server: RelayServer = build_relay(self.config)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+        wait_until_serving(self.server)
 
     @property
     def port(self) -> int:
@@ -501,6 +685,18 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The port stays bound (never listening) until the block ends, so no other process
+    can take it in between, as it could a port probed free and released.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
+
+
 # -- the whole relay against the fakes ---------------------------------------------------
 
 
@@ -515,9 +711,9 @@ class FakeStack:
     vsock: Path
 
     @classmethod
-    def start(cls, state_dir: Path, **relay: Any) -> FakeStack:
+    def start(cls, state_dir: Path, *, real_keys: bool = False, **relay: Any) -> FakeStack:
         vsock = short_tempdir()
-        enclave = FakeEnclave(vsock).start()
+        enclave = FakeEnclave(vsock, real_keys=real_keys).start()
         imds = FakeImds().start()
         db = state_dir / "state" / "accounts.db"
         config = relay_config(

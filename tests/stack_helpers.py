@@ -6,7 +6,8 @@ import base64
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,16 @@ def nitro_wallet(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[s
         timeout=120,
         check=False,
     )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:

@@ -46,12 +46,14 @@ def _pack(root: Path, output: Path) -> dict[str, str]:
     return info
 
 
+@pytest.mark.process
 def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
     first = _pack(repo, tmp_path / "a.tar.gz")
-    time.sleep(1.1)  # a later mtime must not change the archive
-    (repo / "enclave_app/__main__.py").touch()
+    source = repo / "enclave_app/__main__.py"
+    later = source.stat().st_mtime + 3600  # a later mtime must not change the archive
+    os.utime(source, (later, later))
     second = _pack(repo, tmp_path / "b.tar.gz")
     assert first["sha256"] == second["sha256"]
     assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
@@ -71,6 +73,7 @@ def test_build_context_is_deterministic_and_tracks_sources(tmp_path: Path) -> No
     assert _pack(repo, tmp_path / "c.tar.gz")["sha256"] != first["sha256"]
 
 
+@pytest.mark.process
 def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
@@ -87,6 +90,7 @@ def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     assert "Dockerfile does not exist" in result.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("content", "ok"),
     [
@@ -164,6 +168,7 @@ def _supervise(tmp_path: Path) -> tuple[subprocess.Popen[str], socket.socket, Pa
     return process, notify, state
 
 
+@pytest.mark.process
 def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Path) -> None:
     process, notify, state = _supervise(tmp_path)
     try:
@@ -184,6 +189,7 @@ def test_supervisor_notifies_ready_and_fails_when_the_enclave_dies(tmp_path: Pat
             process.kill()
 
 
+@pytest.mark.process
 def test_supervisor_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
     process, notify, _state = _supervise(tmp_path)
     try:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.process  # ansible-lint and ansible-playbook run as processes
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))

@@ -404,6 +404,7 @@ def cli_files(tmp_path: Path, ca: SimCa, document: bytes) -> tuple[Path, Path, P
     return raw, b64, root
 
 
+@pytest.mark.process
 def test_cli_verifies_raw_and_base64(cli_files: tuple[Path, Path, Path]) -> None:
     raw, b64, root = cli_files
     for path in (raw, b64):
@@ -419,6 +420,7 @@ def test_cli_verifies_raw_and_base64(cli_files: tuple[Path, Path, Path]) -> None
         assert output["timestamp"].endswith("Z")
 
 
+@pytest.mark.process
 def test_cli_expectations(cli_files: tuple[Path, Path, Path]) -> None:
     raw, _, root = cli_files
     base = ("verify", "--document", str(raw), "--root", str(root))
@@ -432,6 +434,7 @@ def test_cli_expectations(cli_files: tuple[Path, Path, Path]) -> None:
     assert run_cli(*base, "--expect-nonce", "00").returncode == 1
 
 
+@pytest.mark.process
 def test_cli_refusals_and_usage_errors(cli_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     raw, _, root = cli_files
     default_root = run_cli("verify", "--document", str(raw))

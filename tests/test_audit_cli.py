@@ -48,6 +48,7 @@ class LossyEnclave:
         return answer
 
 
+@pytest.mark.process
 def test_the_writer_gets_every_receipt_through_lost_answers(
     audit_nsm: SimEnclaveNsm, tmp_path: Path
 ) -> None:
@@ -76,6 +77,7 @@ def test_the_writer_gets_every_receipt_through_lost_answers(
     assert [s["linked"] for s in report["segments"]] == [False, True]
 
 
+@pytest.mark.process
 def test_audit_verify_names_a_removed_line_and_refuses_the_aws_root(
     audit_nsm: SimEnclaveNsm, tmp_path: Path
 ) -> None:
@@ -127,6 +129,7 @@ def test_the_writer_cuts_a_partial_last_line(audit_nsm: SimEnclaveNsm, tmp_path:
     assert writer.drain() == 1
 
 
+@pytest.mark.process
 def test_keygen_stamp_and_approve_make_headers_the_enclave_accepts(tmp_path: Path) -> None:
     api, approver = tmp_path / "api.pem", tmp_path / "alice.pem"
     made = cli("keygen", "--id", "ops-1", "--out", str(api), "--scopes", "sign,read,create")
@@ -187,6 +190,7 @@ def test_keygen_stamp_and_approve_make_headers_the_enclave_accepts(tmp_path: Pat
     assert "chmod 600" in exposed.stderr
 
 
+@pytest.mark.process
 def test_token_add_list_revoke(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
     added = cli("token", "add", "--file", str(tokens), "--name", "ci-bot", "--scopes", "sign")

@@ -45,6 +45,7 @@ def key(recipient: tuple[rsa.RSAPrivateKey, Path]) -> rsa.RSAPrivateKey:
 # --- independent producer: openssl ---------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("stream", [False, True], ids=["der", "ber-stream"])
 @pytest.mark.parametrize("keyid", [False, True], ids=["issuer-serial", "ski"])
 @pytest.mark.parametrize("size", [0, 32, 3000])
@@ -60,6 +61,7 @@ def test_openssl_envelopes_decrypt(
     assert decrypt_enveloped_data(data, key) == plaintext
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     ("options", "reason"),
     [

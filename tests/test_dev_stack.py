@@ -1,56 +1,135 @@
-"""`make dev`: the stack starts as plain processes, serves, and stops cleanly on Ctrl-C."""
+"""`make dev`: the stack starts as plain processes, serves, owns its ports, and stops
+within a bound on SIGINT or SIGTERM, leaving no process behind."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from eth_account import Account
 
-from nitro_sim.stack import REPO_ROOT, free_port, http_json, wait_for_http
+from nitro_sim.stack import REPO_ROOT, STOP_BUDGET_SECONDS, http_json
 from tests.stack_helpers import eip1559
 
 pytestmark = pytest.mark.stack
 
+#: SIGINT/SIGTERM to exit: the stack's own budget plus interpreter exit.
+STOP_BOUND_SECONDS = STOP_BUDGET_SECONDS + 10
 
-def test_dev_stack_serves_and_stops_cleanly_on_ctrl_c() -> None:
-    relay_port, kms_port, imds_port = free_port(), free_port(), free_port()
+
+class DevProcess:
+    """``python -m nitro_sim.dev`` with its output read by a thread (joined on exit)."""
+
+    def __init__(self, state: Path, *ports: str) -> None:
+        self.state = state
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "nitro_sim.dev", "--state-dir", str(state), *ports],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = re.search(pattern, "".join(self.lines))
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(f"no {pattern!r} in:\n{''.join(self.lines)}")
+                self._changed.wait(min(left, 1.0))
+
+    def stop(self, signum: int) -> tuple[int, float]:
+        """Send ``signum``; the exit code and the seconds it took."""
+        started = time.monotonic()
+        self.process.send_signal(signum)
+        code = self.process.wait(STOP_BOUND_SECONDS)
+        self._reader.join(10)
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._reader.join(10)
+
+
+@pytest.fixture
+def state() -> Iterator[Path]:
     # Unix socket paths are limited to 107 bytes: keep the state dir short.
-    state = Path(tempfile.mkdtemp(prefix="nw-dev-", dir="/tmp"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nitro_sim.dev",
-            "--state-dir",
-            str(state),
-            "--relay-port",
-            str(relay_port),
-            "--kms-port",
-            str(kms_port),
-            "--imds-port",
-            str(imds_port),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    relay = f"http://127.0.0.1:{relay_port}"
-    try:
+    path = Path(tempfile.mkdtemp(prefix="nw-dev-", dir="/tmp"))
+    yield path
+    for pid in processes_mentioning(path):  # never leak into the next test
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def processes_mentioning(path: Path) -> list[int]:
+    """Live processes whose command line or environment names ``path``."""
+    marker = os.fsencode(path)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
         try:
-            wait_for_http(f"{relay}/readyz", None)
-        except Exception:
-            process.send_signal(signal.SIGINT)
-            print(process.communicate(timeout=60)[0].decode(errors="replace"))
-            raise
+            if (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                continue
+            if (
+                marker in (entry / "cmdline").read_bytes()
+                or marker in (entry / "environ").read_bytes()
+            ):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def any_ports() -> tuple[str, ...]:
+    return ("--relay-port", "0", "--kms-port", "0", "--imds-port", "0")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_dev_stack_serves_then_stops_in_bounded_time_leaving_no_process(
+    state: Path, signum: signal.Signals
+) -> None:
+    dev = DevProcess(state, *any_ports())
+    try:
+        relay = dev.wait_for(r"relay\s+(http://127\.0\.0\.1:\d+)").group(1)
+        dev.wait_for("dev stack is up")
+        assert processes_mentioning(state), "the stack's processes are findable"
         status, account = http_json("POST", f"{relay}/v1/accounts", {})
         assert status == 201
         status, signed = http_json(
@@ -60,31 +139,68 @@ def test_dev_stack_serves_and_stops_cleanly_on_ctrl_c() -> None:
         )
         assert status == 200
         assert Account.recover_transaction(signed["raw_transaction"]) == account["address"]
+        code, took = dev.stop(signum)
     finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output.decode(errors="replace")
-    assert b"dev stack is up" in output
-    # Nothing is left running: no enclave, no listener on the relay port.
-    env = {**os.environ, "NITRO_SIM_DIR": str(state / "sim")}
+        dev.kill()
+    assert code == 0, dev.output
+    assert took < STOP_BOUND_SECONDS
+    assert processes_mentioning(state) == [], dev.output
     described = subprocess.run(
         [sys.executable, "-m", "nitro_sim.nitro_cli", "describe-enclaves"],
         cwd=REPO_ROOT,
-        env=env,
+        env={**os.environ, "NITRO_SIM_DIR": str(state / "sim")},
         capture_output=True,
         text=True,
         check=True,
     )
     assert json.loads(described.stdout) == []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and http_json_ok(f"{relay}/healthz"):
-        time.sleep(0.1)
-    assert not http_json_ok(f"{relay}/healthz")
-    shutil.rmtree(state, ignore_errors=True)
 
 
-def http_json_ok(url: str) -> bool:
+@pytest.mark.parametrize("flag", ["--relay-port", "--kms-port", "--imds-port"])
+def test_a_taken_port_is_refused_naming_the_port_and_its_holder(state: Path, flag: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        ports = dict(zip(any_ports()[::2], any_ports()[1::2], strict=True))
+        ports[flag] = str(port)
+        argv = [item for pair in ports.items() for item in pair]
+        dev = DevProcess(state, *argv)
+        try:
+            code = dev.process.wait(60)
+            dev._reader.join(10)
+        finally:
+            dev.kill()
+    assert code == 1, dev.output
+    assert f"port {port} is already in use by pid {os.getpid()}" in dev.output
+    assert "dev stack is up" not in dev.output
+    assert processes_mentioning(state) == []
+
+
+def test_a_second_stack_on_the_same_state_dir_is_refused(state: Path) -> None:
+    first = DevProcess(state, *any_ports())
     try:
-        return http_json("GET", url)[0] == 200
-    except OSError:
-        return False
+        first.wait_for("dev stack is up")
+        second = DevProcess(state, *any_ports())
+        try:
+            assert second.process.wait(60) == 1
+            second._reader.join(10)
+        finally:
+            second.kill()
+        assert f"another stack runs from {state}" in second.output
+        assert f"(pid {first.process.pid})" in second.output
+        code, _ = first.stop(signal.SIGINT)
+    finally:
+        first.kill()
+    assert code == 0, first.output
+
+
+def test_sigint_while_starting_stops_in_bounded_time(state: Path) -> None:
+    dev = DevProcess(state, *any_ports())
+    try:
+        dev.wait_for("starting the simulated appliance")
+        time.sleep(1.0)  # somewhere inside start(): KMS up, EIF building
+        code, took = dev.stop(signal.SIGINT)
+    finally:
+        dev.kill()
+    assert code in (0, 130), dev.output
+    assert took < STOP_BOUND_SECONDS
+    assert processes_mentioning(state) == [], dev.output

@@ -573,7 +573,7 @@ def test_notifications_get_no_answer(fake: FakeStack) -> None:
 
 
 def test_oversized_body_is_http_413(fake: FakeStack) -> None:
-    answer = post_raw(fake, b'{"jsonrpc":"2.0","id":1,"method":"x","params":["' + b"a" * 70_000)
+    answer = post_raw(fake, b'{"jsonrpc":"2.0","id":1,"method":"x","params":["' + b"a" * (1 << 20))
     assert answer.status == 413
     assert answer.error_code == "body_too_large"
 

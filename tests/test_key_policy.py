@@ -498,6 +498,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     return cert, der.read_bytes()
 
 
+@pytest.mark.process
 def test_pcr8_is_the_extend_of_the_certificate_digest_as_nitro_cli_computes_it(
     certificate: tuple[Path, bytes],
 ) -> None:
@@ -522,6 +523,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 def test_validate_cli_prints_the_mode_and_the_pcr0_warning(tmp_path: Path) -> None:
     sealed_file, pcr0_file, bad = tmp_path / "s.json", tmp_path / "p.json", tmp_path / "b.json"
     sealed_file.write_text(json.dumps(sealed()))
@@ -545,6 +547,7 @@ def test_validate_cli_prints_the_mode_and_the_pcr0_warning(tmp_path: Path) -> No
     assert "key policy refused: [key-deletion]" in refused.stderr
 
 
+@pytest.mark.process
 def test_render_and_pcr8_cli_use_the_release_certificate(certificate: tuple[Path, bytes]) -> None:
     cert, _ = certificate
     measured = cli("pcr8", str(cert))
@@ -588,6 +591,7 @@ def test_filter_plugin_registers_its_filters(filters: ModuleType) -> None:
     }
 
 
+@pytest.mark.process
 def test_filters_render_and_validate_both_modes(
     filters: ModuleType, certificate: tuple[Path, bytes]
 ) -> None:

@@ -33,6 +33,7 @@ def _make(root: Path, target: str) -> None:
     )
 
 
+@pytest.mark.process
 def test_make_clean_keeps_artifacts_and_dev_state(tmp_path: Path) -> None:
     _tree(tmp_path)
     _make(tmp_path, "clean")
@@ -42,6 +43,7 @@ def test_make_clean_keeps_artifacts_and_dev_state(tmp_path: Path) -> None:
         assert not (tmp_path / name).exists(), name
 
 
+@pytest.mark.process
 def test_make_clean_dev_state_removes_only_the_simulated_state(tmp_path: Path) -> None:
     _tree(tmp_path)
     _make(tmp_path, "clean-dev-state")

@@ -309,6 +309,7 @@ def test_partial_or_mismatched_ca_is_refused(tmp_path: Path) -> None:
         SimCa.load_or_create(directory)
 
 
+@pytest.mark.process
 def test_concurrent_processes_create_one_ca(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from nitro_sim.ca import SimCa; "

@@ -26,10 +26,13 @@ import pytest
 from nitro_wallet.policy import compile_policy_text
 from scripts.layering import contract
 from tests.fake_enclave import FakeEnclave, FakeImds, http_call, remove_tree, short_tempdir
-from tests.test_relay_process import RelayProcess, write_config
+from tests.relay_process import RelayProcess, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+
+
+pytestmark = pytest.mark.process  # builds wheels and virtualenvs, runs lint-imports and the relay
 
 
 def build(out: Path, *artifacts: str, epoch: str | None = None) -> dict[str, dict[str, object]]:

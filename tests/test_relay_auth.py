@@ -55,6 +55,7 @@ def refusal(auth: RelayAuth, headers: list[tuple[str, str]], scope: str = "sign"
     return caught.value
 
 
+@pytest.mark.process
 def test_tokens_are_stored_hashed_and_printed_once(tokens_path: Path) -> None:
     record, token = add_token(tokens_path, "ci-bot", frozenset({"sign", "read"}))
     text = tokens_path.read_text()

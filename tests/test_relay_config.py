@@ -66,7 +66,7 @@ def test_defaults_and_simulator_transport() -> None:
     )
     assert config.enclave.transport.unix_dir == Path("/var/lib/nitro-sim/vsock")
     assert config.relay.listen_host == "127.0.0.1"
-    assert config.relay.max_body_bytes == 65536
+    assert config.relay.max_body_bytes == 1 << 20  # a batch of 100 transactions fits
 
 
 @pytest.mark.parametrize(
@@ -89,6 +89,23 @@ def test_defaults_and_simulator_transport() -> None:
         (minimal(relay={"chain_id": 2**64}), "chain_id must be an integer"),
         (minimal(relay={"max_batch_requests": 0}), "max_batch_requests must be an integer"),
         (minimal(relay={"max_batch_requests": 1001}), "max_batch_requests must be an integer"),
+        (minimal(relay={"listen_backlog": 128}), "listen_backlog must be an integer"),
+        (minimal(relay={"listen_backlog": 70000}), "listen_backlog must be an integer"),
+        (minimal(relay={"max_concurrent_requests": 0}), "max_concurrent_requests must be"),
+        (minimal(relay={"max_connections": 0}), "max_connections must be an integer"),
+        (
+            minimal(relay={"max_connections": 10, "max_concurrent_requests": 20}),
+            r"max_connections \(10\) must be at least",
+        ),
+        (minimal(relay={"request_deadline_seconds": 0}), "request_deadline_seconds must be"),
+        (minimal(relay={"request_deadline_seconds": "5"}), "request_deadline_seconds must be"),
+        (minimal(relay={"keep_alive_timeout_seconds": -1}), "keep_alive_timeout_seconds must"),
+        (minimal(relay={"max_body_bytes": 9 << 20}), "max_body_bytes must be an integer"),
+        (minimal(relay={"request_timeout_seconds": 5}), "unknown key"),  # renamed: deadline
+        (minimal(enclave={"pool_size": 0}), "pool_size must be an integer"),
+        (minimal(enclave={"pool_size": 1.5}), "pool_size must be an integer"),
+        (minimal(enclave={"pool_wait_seconds": 0}), "pool_wait_seconds must be a number"),
+        (minimal(enclave={"pool_wait_seconds": 61}), "pool_wait_seconds must be a number"),
         (minimal(enclave={"transport": "tcp:1"}), "enclave.transport"),
         (minimal(enclave={"timeout_seconds": 0}), "timeout_seconds must be a number"),
         (minimal(enclave={"max_frame_bytes": 10}), "max_frame_bytes"),
@@ -136,6 +153,73 @@ def test_chain_id_is_optional_and_batches_are_bounded_by_default() -> None:
         minimal(relay={"chain_id": 11155111, "max_batch_requests": 50})
     )
     assert (chained.relay.chain_id, chained.relay.max_batch_requests) == (11155111, 50)
+
+
+def test_front_end_and_pool_defaults_and_overrides() -> None:
+    defaults = RelayConfig.from_mapping(minimal())
+    assert defaults.relay.listen_backlog == 1024
+    assert defaults.relay.max_concurrent_requests == 64
+    assert defaults.relay.max_connections == 1024
+    assert defaults.relay.request_deadline_seconds == 10.0
+    assert defaults.relay.keep_alive_timeout_seconds == 5.0
+    assert (defaults.enclave.pool_size, defaults.enclave.pool_wait_seconds) == (16, 1.0)
+    assert defaults.enclave.max_frame_bytes == 1 << 20
+    tuned = RelayConfig.from_mapping(
+        minimal(
+            relay={
+                "listen_backlog": 4096,
+                "max_concurrent_requests": 128,
+                "max_connections": 2048,
+                "request_deadline_seconds": 2.5,
+                "keep_alive_timeout_seconds": 30,
+            },
+            enclave={"pool_size": 4, "pool_wait_seconds": 0.25},
+        )
+    )
+    assert tuned.relay.listen_backlog == 4096
+    assert (tuned.relay.max_concurrent_requests, tuned.relay.max_connections) == (128, 2048)
+    assert tuned.relay.request_deadline_seconds == 2.5
+    assert tuned.relay.keep_alive_timeout_seconds == 30.0
+    assert (tuned.enclave.pool_size, tuned.enclave.pool_wait_seconds) == (4, 0.25)
+
+
+def test_the_role_template_renders_a_config_the_relay_accepts(tmp_path: Path) -> None:
+    """roles/parent_relay: defaults + template give a relay.toml that loads, with the
+    front-end and pool keys the role sets."""
+    import json
+
+    import jinja2
+    import yaml
+
+    role = Path(__file__).resolve().parent.parent / "roles" / "parent_relay"
+    variables = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    variables.update(
+        {
+            "ansible_managed": "test",
+            "parent_relay_enclave_cid": 16,
+            "parent_relay_enclave_port": 5000,
+            "parent_relay_enclave_max_frame_bytes": 1 << 20,
+            "parent_relay_kms_key_id": "alias/nitro-wallet",
+            "parent_relay_sqlite_path": "/var/lib/nitro-wallet/accounts.db",
+        }
+    )
+    environment = jinja2.Environment(  # noqa: S701 - renders TOML
+        loader=jinja2.FileSystemLoader(role / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    environment.filters["to_json"] = json.dumps
+    path = tmp_path / "relay.toml"
+    path.write_text(environment.get_template("relay.toml.j2").render(**variables))
+    config = RelayConfig.load(path)
+    assert config.relay.listen_backlog == variables["parent_relay_listen_backlog"] >= 1024
+    assert config.relay.max_body_bytes == 1 << 20
+    assert config.relay.max_concurrent_requests == variables["parent_relay_max_concurrent_requests"]
+    assert config.relay.max_connections == variables["parent_relay_max_connections"]
+    assert config.relay.request_deadline_seconds == 10
+    assert config.relay.keep_alive_timeout_seconds == 5
+    assert config.enclave.pool_size == variables["parent_relay_enclave_pool_size"]
+    assert config.enclave.pool_wait_seconds == 1
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import pytest
 
 from parent_app.credentials import REFRESH_MARGIN_SECONDS, Credentials, ImdsCredentialSource
 from parent_app.errors import CredentialsUnavailable
-from tests.fake_enclave import FakeImds
+from tests.fake_enclave import FakeImds, refusing_port
 
 
 @pytest.fixture
@@ -21,12 +20,6 @@ def imds() -> Iterator[FakeImds]:
     server = FakeImds().start()
     yield server
     server.stop()
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_fetches_role_credentials_over_imdsv2(imds: FakeImds) -> None:
@@ -75,10 +68,11 @@ def test_valid_cached_credentials_survive_an_imds_outage(imds: FakeImds) -> None
 
 
 def test_unreachable_imds_is_credentials_unavailable() -> None:
-    source = ImdsCredentialSource(f"http://127.0.0.1:{closed_port()}", 1)
-    started = time.monotonic()
-    with pytest.raises(CredentialsUnavailable) as caught:
-        source.get()
+    with refusing_port() as port:
+        source = ImdsCredentialSource(f"http://127.0.0.1:{port}", 1)
+        started = time.monotonic()
+        with pytest.raises(CredentialsUnavailable) as caught:
+            source.get()
     assert caught.value.status == 503
     assert caught.value.code == "credentials_unavailable"
     assert time.monotonic() - started < 5

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.transport import Transport
 from parent_app.enclave_client import EnclaveClient
 from parent_app.errors import EnclaveBadResponse, EnclaveUnavailable, RelayError
-from tests.fake_enclave import FakeEnclave, remove_tree, short_tempdir
+from tests.fake_enclave import KEY_ID, FakeEnclave, remove_tree, short_tempdir
+
+CREDENTIALS = {"access_key_id": "ASIAEXAMPLE", "secret_access_key": "s", "session_token": "t"}
 
 
 @pytest.fixture
@@ -121,3 +125,132 @@ def test_error_frame_with_unknown_code_becomes_internal(vsock: Path) -> None:
         client(vsock).call("health", {})
     assert caught.value.code == ErrorCode.INTERNAL
     thread.join(5)
+
+
+# -- the connection pool -------------------------------------------------------------
+
+
+def pooled(vsock: Path, size: int, wait: float = 2, timeout: float = 2) -> EnclaveClient:
+    return EnclaveClient(
+        Transport.unix(vsock), 16, 5000, timeout, 1 << 20, pool_size=size, pool_wait_seconds=wait
+    )
+
+
+def test_several_frames_travel_on_one_connection(enclave: FakeEnclave, vsock: Path) -> None:
+    relay = pooled(vsock, 4)
+    for _ in range(5):
+        assert relay.call("health", {})["status"] == "ok"
+    assert enclave.connections_accepted == 1
+    assert relay.idle_connections == 1
+    relay.close()
+    assert relay.idle_connections == 0
+
+
+def test_the_pool_bounds_connections_and_waits_for_a_free_one(
+    enclave: FakeEnclave, vsock: Path
+) -> None:
+    relay = pooled(vsock, 2, wait=5)
+    enclave.delay_seconds = 0.2
+    results: list[dict[str, object]] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(relay.call("health", {}))) for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 6
+    assert all(result["status"] == "ok" for result in results)
+    assert enclave.connections_accepted == 2
+
+
+def test_an_exhausted_pool_is_503_server_busy_with_retry_after(
+    enclave: FakeEnclave, vsock: Path
+) -> None:
+    relay = pooled(vsock, 1, wait=0.1)
+    enclave.delay_seconds = 1
+    holder = threading.Thread(target=lambda: relay.call("health", {}))
+    holder.start()
+    time.sleep(0.2)
+    with pytest.raises(RelayError) as caught:
+        relay.call("health", {})
+    assert (caught.value.status, caught.value.code) == (503, "server_busy")
+    assert caught.value.headers["Retry-After"] == "1"
+    holder.join()
+
+
+def test_a_connection_the_enclave_closed_while_idle_is_replaced(
+    enclave: FakeEnclave, vsock: Path
+) -> None:
+    enclave.idle_timeout_seconds = 0.2
+    relay = pooled(vsock, 4)
+    assert relay.call("health", {})["status"] == "ok"
+    time.sleep(0.5)  # the enclave closes the idle connection
+    account_id = str(uuid.uuid4())
+    created = relay.call(
+        "generate_account",
+        {"account_id": account_id, "key_id": KEY_ID, "credentials": CREDENTIALS},
+    )
+    assert created["account_id"] == account_id
+    assert enclave.ops().count("generate_account") == 1
+    assert enclave.connections_accepted == 2
+
+
+def test_generate_account_is_never_sent_twice(enclave: FakeEnclave, vsock: Path) -> None:
+    relay = pooled(vsock, 4)
+    relay.call("health", {})  # a warm pooled connection
+    enclave.drop_next = 1  # the enclave reads the request and dies before answering
+    with pytest.raises(EnclaveUnavailable):
+        relay.call(
+            "generate_account",
+            {"account_id": str(uuid.uuid4()), "key_id": KEY_ID, "credentials": CREDENTIALS},
+        )
+    assert enclave.ops().count("generate_account") == 1
+
+
+def test_an_idempotent_op_lost_on_a_reused_connection_is_replayed_once(
+    enclave: FakeEnclave, vsock: Path
+) -> None:
+    relay = pooled(vsock, 4)
+    relay.call("health", {})
+    enclave.drop_next = 1
+    assert relay.call("health", {})["status"] == "ok"  # replayed on a fresh connection
+    assert enclave.ops() == ["health", "health", "health"]
+    enclave.drop_next = 2  # lost twice: a 503, never a third send
+    with pytest.raises(EnclaveUnavailable):
+        relay.call("health", {})
+    assert enclave.ops().count("health") == 5
+
+
+def test_an_enclave_dying_mid_request_gives_unavailable(enclave: FakeEnclave, vsock: Path) -> None:
+    relay = pooled(vsock, 4, timeout=5)
+    relay.call("health", {})
+    enclave.delay_seconds = 1
+    outcome: list[BaseException | dict[str, object]] = []
+
+    def call() -> None:
+        try:
+            outcome.append(relay.call("health", {}))
+        except RelayError as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)
+    enclave.kill()
+    caller.join(10)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], EnclaveUnavailable)
+
+
+def test_a_late_answer_is_never_read_as_another_requests_answer(
+    enclave: FakeEnclave, vsock: Path
+) -> None:
+    relay = pooled(vsock, 1, timeout=0.3)
+    enclave.delay_seconds = 0.6
+    with pytest.raises(EnclaveUnavailable, match="in time"):
+        relay.call("health", {})
+    enclave.delay_seconds = 0
+    time.sleep(0.5)  # the late answer is written to the connection the relay dropped
+    assert relay.call("attest", {"nonce": "AAEC"})["attestation_document"]
+    assert relay.idle_connections == 1

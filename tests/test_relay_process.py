@@ -4,96 +4,33 @@ clean SIGTERM/SIGINT, and nothing secret in its log even at DEBUG."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from parent_app.__main__ import main
 from tests.fake_enclave import (
-    KEY_ID,
     FakeEnclave,
     FakeImds,
     fake_address,
     http_call,
-    remove_tree,
-    short_tempdir,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class RelayProcess:
-    def __init__(
-        self,
-        config: Path,
-        command: Sequence[str] = (sys.executable, "-m", "parent_app"),
-        cwd: Path = ROOT,
-    ) -> None:
-        self.process = subprocess.Popen(
-            [*command, "--config", str(config)],
-            cwd=cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._port: int | None = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(20) or self._port is None:
-            self.process.kill()
-            raise AssertionError("relay did not start:\n" + "".join(self.lines))
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            found = re.search(r"relay listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                self._port = int(found.group(1))
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def port(self) -> int:
-        assert self._port is not None
-        return self._port
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
+from tests.relay_process import ROOT, RelayProcess, fake_edges, write_config
 
 
 @pytest.fixture
 def edges() -> Iterator[tuple[FakeEnclave, FakeImds]]:
-    vsock = short_tempdir()
-    enclave = FakeEnclave(vsock).start()
-    imds = FakeImds().start()
-    yield enclave, imds
-    imds.stop()
-    enclave.stop()
-    remove_tree(vsock)
+    with fake_edges() as running:
+        yield running
 
 
-def write_config(tmp_path: Path, enclave: FakeEnclave, imds: FakeImds) -> Path:
-    config = tmp_path / "relay.toml"
-    config.write_text(
-        '[relay]\nlisten_host = "127.0.0.1"\nlisten_port = 0\nlog_level = "DEBUG"\n'
-        f'[enclave]\ntransport = "{enclave.transport_spec}"\ncid = 16\nport = 5000\n'
-        f'[kms]\nkey_id = "{KEY_ID}"\n'
-        f'[storage]\nsqlite_path = "{tmp_path / "db" / "accounts.db"}"\n'
-        f'[credentials]\nimds_endpoint = "{imds.endpoint}"\n'
-    )
-    return config
-
-
+@pytest.mark.process
 def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
     tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]
 ) -> None:
@@ -104,7 +41,7 @@ def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
     assert created.status == 201
     account_id = created.json()["account_id"]
     first.process.send_signal(signal.SIGKILL)  # no chance to flush anything
-    first.process.wait(10)
+    first.wait(10)
 
     second = RelayProcess(config)
     try:
@@ -120,8 +57,7 @@ def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
         assert signed.status == 200
     finally:
         second.process.send_signal(signal.SIGTERM)
-        assert second.process.wait(10) == 0
-    time.sleep(0.1)
+        assert second.wait(10) == 0
     log = first.log + second.log
     assert "relay stopped" in second.log
     assert f"POST /v1/accounts/{account_id}/sign/transaction 200" in log
@@ -132,12 +68,14 @@ def test_answered_account_survives_a_crash_and_sigterm_stops_cleanly(
         assert secret.encode() not in stored
 
 
+@pytest.mark.process
 def test_sigint_stops_cleanly(tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]) -> None:
     enclave, imds = edges
     relay = RelayProcess(write_config(tmp_path, enclave, imds))
     assert http_call(relay.port, "GET", "/healthz").status == 200
     relay.process.send_signal(signal.SIGINT)
-    assert relay.process.wait(10) == 0
+    assert relay.wait(10) == 0
+    assert "relay stopped" in relay.log
 
 
 def test_bad_config_exits_2_with_a_clear_message(
@@ -150,6 +88,7 @@ def test_bad_config_exits_2_with_a_clear_message(
     assert main(["--config", str(tmp_path / "missing.toml")]) == 2
 
 
+@pytest.mark.process
 def test_unusable_database_exits_1(tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]) -> None:
     enclave, imds = edges
     config = write_config(tmp_path, enclave, imds)
@@ -166,3 +105,49 @@ def test_unusable_database_exits_1(tmp_path: Path, edges: tuple[FakeEnclave, Fak
     )
     assert result.returncode == 1
     assert "cannot" in result.stderr
+
+
+@pytest.mark.process
+def test_sigusr1_drains_and_sigusr2_resumes(
+    tmp_path: Path, edges: tuple[FakeEnclave, FakeImds]
+) -> None:
+    enclave, imds = edges
+    relay = RelayProcess(write_config(tmp_path, enclave, imds))
+    try:
+        account_id = http_call(relay.port, "POST", "/v1/accounts", {}).json()["account_id"]
+        enclave.delay_seconds = 1.0
+        in_flight: list[int] = []
+        signer = threading.Thread(
+            target=lambda: in_flight.append(
+                http_call(
+                    relay.port,
+                    "POST",
+                    f"/v1/accounts/{account_id}/sign/transaction",
+                    {"transaction": {"nonce": 1}},
+                ).status
+            )
+        )
+        signer.start()
+        time.sleep(0.3)  # admitted and waiting on the enclave
+        relay.process.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        refused = http_call(relay.port, "POST", "/v1/accounts", {})
+        assert refused.status == 503
+        assert refused.error_code == "draining"
+        assert refused.headers["Retry-After"]
+        assert http_call(relay.port, "GET", "/healthz").status == 200
+        ready = http_call(relay.port, "GET", "/readyz")
+        assert (ready.status, ready.json()["status"]) == (503, "draining")
+        metrics = http_call(relay.port, "GET", "/metrics").body.decode()
+        assert "nitro_wallet_relay_draining 1.0" in metrics.splitlines()
+        signer.join(10)
+        assert in_flight == [200]  # the request admitted before the drain finished
+        enclave.delay_seconds = 0
+        relay.process.send_signal(signal.SIGUSR2)
+        time.sleep(0.3)
+        assert http_call(relay.port, "POST", "/v1/accounts", {}).status == 201
+        assert http_call(relay.port, "GET", "/readyz").status == 200
+    finally:
+        enclave.delay_seconds = 0
+        relay.process.send_signal(signal.SIGTERM)
+        assert relay.process.wait(10) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import uuid
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -139,8 +140,11 @@ def test_database_file_is_private_and_durable(tmp_path: Path) -> None:
     stored = record()
     store.insert(stored)
     assert path.stat().st_mode & 0o777 == 0o600
+    # A rollback journal truncated at commit; no memory-mapped WAL index (-shm) at all.
+    assert (tmp_path / "accounts.db-journal").stat().st_size == 0
+    assert not (tmp_path / "accounts.db-wal").exists()
+    assert not (tmp_path / "accounts.db-shm").exists()
     with sqlite3.connect(path) as conn:  # another connection sees it: it is committed
-        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("SELECT count(*) FROM accounts").fetchone() == (1,)
     store.close()
     assert SqliteStorage(path).get(stored.account_id) == stored
@@ -205,3 +209,94 @@ def test_checksum_address() -> None:
         checksum_address("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD")
     with pytest.raises(ValueError, match="40 hex digits"):
         checksum_address("0x1234")
+
+
+def test_an_online_backup_from_another_connection_is_consistent_while_inserts_go_on(
+    tmp_path: Path,
+) -> None:
+    """The journal mode leaves room for issue 12's backup: the SQLite backup API, from
+    another connection (another process locks the same way), while the relay writes."""
+    store = SqliteStorage(tmp_path / "accounts.db")
+    stop = threading.Event()
+    inserted: list[str] = []
+    failures: list[Exception] = []
+
+    def insert_until_stopped() -> None:
+        while not stop.is_set():
+            stored = record()
+            try:
+                store.insert(stored)
+            except Exception as exc:  # the test reports any failure
+                failures.append(exc)
+                return
+            inserted.append(stored.account_id)
+
+    writer = threading.Thread(target=insert_until_stopped)
+    writer.start()
+    try:
+        counts = []
+        for round_ in range(5):
+            with (
+                closing(sqlite3.connect(tmp_path / "accounts.db")) as source,
+                closing(sqlite3.connect(tmp_path / f"backup-{round_}.db")) as target,
+            ):
+                source.backup(target)
+                assert target.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+                counts.append(target.execute("SELECT count(*) FROM accounts").fetchone()[0])
+    finally:
+        stop.set()
+        writer.join(30)
+    assert failures == []
+    assert counts == sorted(counts)
+    assert counts[-1] <= len(inserted)
+    restored = SqliteStorage(tmp_path / "backup-4.db")
+    assert all(restored.get(account_id) is not None for account_id in inserted[: counts[-1]])
+
+
+def test_a_version_1_wal_database_moves_to_version_2_and_a_rollback_journal(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "accounts.db"
+    old = record()
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:  # what v1 made
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(
+            "CREATE TABLE accounts (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "account_id TEXT NOT NULL UNIQUE, address TEXT NOT NULL, "
+            "address_lower TEXT NOT NULL UNIQUE, key_id TEXT NOT NULL, "
+            "encrypted_private_key BLOB NOT NULL, encrypted_data_key BLOB NOT NULL, "
+            "created_at TEXT NOT NULL);"
+            "CREATE INDEX accounts_by_creation ON accounts (created_at, account_id);"
+            "PRAGMA user_version=1;"
+        )
+        conn.execute(
+            "INSERT INTO accounts (account_id, address, address_lower, key_id, "
+            "encrypted_private_key, encrypted_data_key, created_at) VALUES (?,?,?,?,?,?,?)",
+            (
+                old.account_id,
+                old.address,
+                old.address.lower(),
+                old.key_id,
+                old.encrypted_private_key,
+                old.encrypted_data_key,
+                "2030-01-02T03:04:05.678901Z",
+            ),
+        )
+    store = SqliteStorage(path)
+    assert store.get(old.account_id) == old
+    store.ping()
+    assert not (tmp_path / "accounts.db-wal").exists()
+    assert not (tmp_path / "accounts.db-shm").exists()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)  # not WAL
+
+
+def test_a_wal_database_held_open_elsewhere_is_refused_not_run_in_wal(tmp_path: Path) -> None:
+    path = tmp_path / "accounts.db"
+    SqliteStorage(path).close()
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("PRAGMA journal_mode=WAL")
+        other.execute("SELECT count(*) FROM accounts").fetchone()
+        with pytest.raises(StorageError, match="database is locked"):
+            SqliteStorage(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ from tests.fake_enclave import (
     fake_data_key_ciphertext,
     fake_private_key_ciphertext,
     http_call,
+    refusing_port,
     relay_config,
     remove_tree,
     short_tempdir,
@@ -367,22 +367,22 @@ def test_ping_fails_when_the_listing_index_is_missing(dynamodb: LocalDynamoDb) -
 
 
 def test_unreachable_endpoint_is_a_storage_error() -> None:
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    storage = DynamoDbStorage(
-        _table_name(),
-        REGION,
-        f"http://127.0.0.1:{port}",
-        credentials_source=StaticCredentialSource(TEST_CREDENTIALS),
-    )
-    try:
-        with pytest.raises(StorageError, match=r"DescribeTable failed \(EndpointConnectionError\)"):
-            storage.ping()
-        with pytest.raises(StorageError, match="GetItem failed"):
-            storage.get(str(uuid.uuid4()))
-    finally:
-        storage.close()
+    with refusing_port() as port:
+        storage = DynamoDbStorage(
+            _table_name(),
+            REGION,
+            f"http://127.0.0.1:{port}",
+            credentials_source=StaticCredentialSource(TEST_CREDENTIALS),
+        )
+        try:
+            with pytest.raises(
+                StorageError, match=r"DescribeTable failed \(EndpointConnectionError\)"
+            ):
+                storage.ping()
+            with pytest.raises(StorageError, match="GetItem failed"):
+                storage.get(str(uuid.uuid4()))
+        finally:
+            storage.close()
 
 
 @dataclass

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 from eth_account import Account
 
 from nitro_sim.release import create_release_signer
-from nitro_sim.stack import LocalStack, free_port
+from nitro_sim.stack import LocalStack
 from nitro_wallet.key_policy import validate_key_policy
 from tests.stack_helpers import create_account, eip1559, sign
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.stack
 def sealed_stack() -> Iterator[LocalStack]:
     root = Path(tempfile.mkdtemp(prefix="nw-sealed-", dir="/tmp"))
     try:
-        with LocalStack(root=root, relay_port=free_port()) as running:
+        with LocalStack(root=root) as running:
             yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -2,7 +2,8 @@
 
 Each generated case must give byte-identical raw transactions / signatures. The
 number of examples per test is ``SIGNING_EXAMPLES`` (default 400, so the default
-run covers 2,800 cases); the ``slow`` variant runs 2,000 per kind.
+run covers 2,800 cases; ``make test-unit`` sets 40); the ``slow`` variants take theirs
+from the hypothesis profile, 2,000 per kind under ``thorough`` (``make test`` only).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from enclave_app.signing.typed_data import hash_typed_data, sign_typed_data
 from tests import strategies as gen
 
 EXAMPLES = int(os.environ.get("SIGNING_EXAMPLES", "400"))
-SLOW_EXAMPLES = 2000
 _SETTINGS: dict[str, Any] = {
     "deadline": None,
     "database": None,
@@ -116,19 +116,19 @@ def test_typed_data_matches_eth_account(pk: bytes, full: dict[str, Any]) -> None
     check_typed_data(pk, full)
 
 
-# ------------------------------------------------- long runs: 2,000 inputs per kind
+# ----------------------------- long runs: 2,000 inputs per kind under the thorough profile
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tx_type", TX_TYPES)
-@settings(max_examples=SLOW_EXAMPLES, **_SETTINGS)
+@settings(**_SETTINGS)  # examples: the profile's (thorough: 2,000)
 @given(data=st.data(), pk=gen.private_keys)
 def test_transaction_matches_eth_account_long(tx_type: int, data: st.DataObject, pk: bytes) -> None:
     check_transaction(pk, data.draw(gen.transactions(tx_type)))
 
 
 @pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **_SETTINGS)
+@settings(**_SETTINGS)  # examples: the profile's (thorough: 2,000)
 @given(pk=gen.private_keys, data=st.data())
 def test_messages_match_eth_account_long(pk: bytes, data: st.DataObject) -> None:
     if data.draw(st.booleans()):
@@ -138,7 +138,7 @@ def test_messages_match_eth_account_long(pk: bytes, data: st.DataObject) -> None
 
 
 @pytest.mark.slow
-@settings(max_examples=SLOW_EXAMPLES, **_SETTINGS)
+@settings(**_SETTINGS)  # examples: the profile's (thorough: 2,000)
 @given(pk=gen.private_keys, full=gen.typed_data())
 def test_typed_data_matches_eth_account_long(pk: bytes, full: dict[str, Any]) -> None:
     check_typed_data(pk, full)

@@ -29,6 +29,9 @@ from tests.test_sim_nitro_cli import build, call, cli, make_image, ok_json, run,
 __all__ = ["state"]  # the fixture, shared with test_sim_nitro_cli
 
 
+pytestmark = pytest.mark.process  # the nitro-cli, openssl and enclaves run as processes
+
+
 def openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 

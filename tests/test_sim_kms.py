@@ -604,6 +604,7 @@ def test_generate_random_for_recipient(state: Path, role: Any) -> None:
     assert len(enclave.unwrap(answer["CiphertextForRecipient"])) == 48
 
 
+@pytest.mark.process
 def test_cms_envelope_shape_and_openssl_interop(tmp_path: Path) -> None:
     """BER as KMS sends it, and an independent decoder (openssl cms) agrees."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -983,6 +984,7 @@ def test_hostile_input_gets_typed_errors_and_the_server_stays_up(
     assert admin.list_keys()["Keys"] == []  # still serving
 
 
+@pytest.mark.process
 def test_main_runs_as_a_process(tmp_path: Path) -> None:
     state = tmp_path / "proc-state"
     repo = Path(__file__).resolve().parent.parent

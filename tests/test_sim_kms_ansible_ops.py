@@ -377,6 +377,7 @@ def _run_playbook(tmp_path: Path, tasks: list[dict[str, Any]], variables: dict[s
     return json.loads(completed.stdout)
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not _ansible_available(), reason="ansible collections are not installed")
 def test_amazon_aws_kms_key_module_converges_idempotently(
     tmp_path: Path, state: Path, kms: KmsServer, admin: Any, principals: Principals

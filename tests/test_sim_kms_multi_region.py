@@ -260,6 +260,7 @@ def test_each_regional_endpoint_takes_only_requests_signed_for_its_region(
     assert admin(endpoints, principals, DR).list_keys()["Keys"] == []
 
 
+@pytest.mark.process
 def test_a_replica_is_served_by_another_process_and_survives_restarts(
     state: Path, endpoints: dict[str, KmsServer], principals: Principals
 ) -> None:

@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "nitro_sim.nitro_cli"]
 ENCLAVE_ID_RE = re.compile(r"\Ai-[0-9a-f]{17}-enc[0-9a-f]{16}\Z")
 
+pytestmark = pytest.mark.process  # the nitro-cli and its enclaves run as processes
+
 STAND_IN_MAIN = '''
 """Stand-in enclave app for the simulator tests."""
 import argparse

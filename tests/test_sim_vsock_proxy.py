@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def echo() -> Iterator[EchoServer]:
 def vsock_dir() -> Iterator[Path]:
     directory = Path(tempfile.mkdtemp(prefix="vp-", dir="/tmp"))
     yield directory / "vsock"
-    subprocess.run(["rm", "-rf", str(directory)], check=False)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def free_vsock_port() -> int:
@@ -149,6 +150,7 @@ def proxy_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "nitro_sim.vsock_proxy", *args]
 
 
+@pytest.mark.process
 def test_cli_refuses_to_start_for_a_destination_not_in_the_allowlist(
     tmp_path: Path, vsock_dir: Path
 ) -> None:
@@ -177,6 +179,7 @@ def test_cli_refuses_to_start_for_a_destination_not_in_the_allowlist(
     assert "not allowed" in dispatched.stderr
 
 
+@pytest.mark.process
 def test_cli_proxies_bytes_and_stops_on_sigterm(
     tmp_path: Path, vsock_dir: Path, echo: EchoServer
 ) -> None:

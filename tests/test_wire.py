@@ -143,3 +143,21 @@ def test_deep_nesting_is_refused_before_parsing_even_with_a_raised_recursion_lim
     assert isinstance(outcome[0], strict_json.StrictJsonError)
     assert "nested" in str(outcome[0])
     assert strict_json.loads('{"a": ["[{", "\\"]"]}') == {"a": ["[{", '"]']}
+
+
+@pytest.mark.parametrize("bound", [1, 2, 5, 64])
+def test_depth_bound_is_exact_with_and_without_the_bracket_count_shortcut(bound: int) -> None:
+    from enclave_app import strict_json
+
+    at_bound = "[" * bound + "]" * bound
+    over = "[" * (bound + 1) + "]" * (bound + 1)
+    assert strict_json.loads(at_bound, max_depth=bound) is not None  # count == bound: no scan
+    with pytest.raises(strict_json.StrictJsonError, match="nested"):
+        strict_json.loads(over, max_depth=bound)
+    # Brackets inside strings push the count over the bound: the scan runs and skips them.
+    if bound > 1:
+        padded = '{"s": "' + "[{" * bound + '", "a": ' + "[" * (bound - 1) + "]" * (bound - 1) + "}"
+        assert strict_json.loads(padded, max_depth=bound)["s"] == "[{" * bound
+    # Many shallow siblings: count far above the bound, depth 2.
+    siblings = "[" + ",".join(["[]"] * (bound * 3)) + "]"
+    assert len(strict_json.loads(siblings, max_depth=2)) == bound * 3

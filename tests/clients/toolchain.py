@@ -22,7 +22,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 
-from nitro_sim.stack import free_port
+from nitro_sim.ports import free_port, owned_by
 
 HERE = Path(__file__).resolve().parent
 NODE_MODULES = HERE / "node_modules"
@@ -76,6 +76,9 @@ class Anvil:
         while True:
             try:
                 self.rpc("eth_chainId", [])
+                if not owned_by(self.port, self.process.pid):  # another process's answer
+                    self.stop()
+                    raise RuntimeError(f"port {self.port} was taken before anvil bound it")
                 return
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:

@@ -91,6 +91,44 @@ def test_relay_user_is_a_system_user_in_group_ne(host: Any) -> None:
     assert user.uid < 1000
 
 
+SIM_STATE = "/var/lib/nitro-sim"
+#: What the relay's user may do to a path, run as that user (stdlib python3 only).
+_AS_RELAY_USER = (
+    "import socket, sys\n"
+    "kind, path = sys.argv[1], sys.argv[2]\n"
+    "if kind == 'connect':\n"
+    "    socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(path)\n"
+    "else:\n"
+    "    open(path, 'rb').read(1)\n"
+)
+
+
+def _as_relay_user(host: Any, kind: str, path: str) -> Any:
+    return host.run(
+        f"runuser -u nitro-wallet -- python3 -I -c {_quote(_AS_RELAY_USER)} {kind} {_quote(path)}"
+    )
+
+
+def test_the_relay_user_reaches_the_enclave_but_not_its_nsm_or_the_ca_keys(host: Any) -> None:
+    """As on hardware: the NSM is the enclave's and the PKI keys are not the parent's."""
+    nsm_sockets = host.check_output(f"find {SIM_STATE}/enclaves -name nsm.sock").split()
+    assert len(nsm_sockets) == 1, nsm_sockets
+    reach = _as_relay_user(host, "connect", f"{SIM_STATE}/vsock/16_5000.sock")
+    assert reach.rc == 0, reach.stderr  # the positive control: the relay's own path
+    for kind, path in [
+        ("connect", nsm_sockets[0]),
+        ("read", f"{SIM_STATE}/ca/intermediate.key"),
+        ("read", f"{SIM_STATE}/ca/root.key"),
+        ("read", f"{SIM_STATE}/principals.json"),
+    ]:
+        refused = _as_relay_user(host, kind, path)
+        assert refused.rc != 0, path
+        assert "PermissionError" in refused.stderr, (path, refused.stderr)
+    for private in ("ca", "enclaves", "kms"):
+        directory = host.file(f"{SIM_STATE}/{private}")
+        assert (directory.user, directory.group, directory.mode) == ("root", "root", 0o700)
+
+
 def test_relay_unit_is_hardened(host: Any) -> None:
     shown = host.run(
         "systemctl show nitro-wallet-relay.service "
