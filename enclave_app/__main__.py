@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +18,15 @@ from enclave_app.kms_forwarder import KmsForwarder
 from enclave_app.measurements import describe_measurements
 from enclave_app.nsm import nsm_from_environment
 from enclave_app.ops import Operations
-from enclave_app.server import EnclaveServer
+from enclave_app.recipient_keys import RecipientKeyPool
+from enclave_app.server import EnclaveServer, ServerLimits
+from enclave_app.signing.keys import SigningKey
 
 log = logging.getLogger("enclave_app")
+
+#: Descriptors kept for everything but client connections (KMS forwarding, NSM, logs).
+RESERVED_DESCRIPTORS = 256
+LISTEN_BACKLOG = 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nsm = nsm_from_environment()
     forwarder = KmsForwarder(config.transport, config.kms_proxy_port).start()
+    recipient_keys = RecipientKeyPool(config.kms_recipient_key_pool).start()
     kms = AttestedKms(
         nsm,
         endpoint_url=config.kms_endpoint_url_template.format(port=forwarder.port),
@@ -49,16 +57,23 @@ def main(argv: list[str] | None = None) -> int:
         allowed_key_ids=config.allowed_key_ids,
         timeout_seconds=config.kms_timeout_seconds,
         describe_measurements=describe_measurements,
+        max_concurrent_calls=config.kms_max_concurrent_calls,
+        recipient_keys=recipient_keys,
     )
-    vault = AccountVault(kms, KeyCache(config.key_cache_max_entries, config.key_cache_ttl_seconds))
-    operations = Operations(nsm, vault, allow_pre_eip155=config.allow_pre_eip155)
-    listener = config.transport.listen(config.listen_cid, config.port)
-    server = EnclaveServer(
-        listener,
-        operations,
-        max_frame_bytes=config.max_frame_bytes,
-        max_connections=config.max_connections,
+    cache: KeyCache[SigningKey] = KeyCache(
+        config.key_cache_max_entries, config.key_cache_ttl_seconds
     )
+    vault = AccountVault(kms, cache, max_parallel_unlocks=config.kms_max_concurrent_calls)
+    limits = server_limits(config, allow_descriptors(config.max_connections + RESERVED_DESCRIPTORS))
+    operations = Operations(
+        nsm,
+        vault,
+        allow_pre_eip155=config.allow_pre_eip155,
+        record_cache_entries=config.key_cache_max_entries,
+        capacity=limits.capacity(),
+    )
+    listener = config.transport.listen(config.listen_cid, config.port, backlog=LISTEN_BACKLOG)
+    server = EnclaveServer(listener, operations, limits, housekeeping=cache.purge_expired)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -73,8 +88,40 @@ def main(argv: list[str] | None = None) -> int:
         config.kms_proxy_port,
     )
     server.serve_forever()
+    vault.close()
+    recipient_keys.close()
     forwarder.close()
     return 0
+
+
+def allow_descriptors(wanted: int) -> int:
+    """Raise this process's open-file limit to ``wanted`` if it can; the limit in force.
+
+    Every idle connection holds a descriptor. Root in the enclave may raise the hard
+    limit; elsewhere the soft limit goes up to the hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    for limits in ((wanted, max(hard, wanted)), (min(wanted, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+        except (OSError, ValueError):
+            continue
+        return limits[0]
+    return soft
+
+
+def server_limits(config: EnclaveConfig, descriptors: int) -> ServerLimits:
+    max_connections = min(config.max_connections, max(1, descriptors - RESERVED_DESCRIPTORS))
+    if max_connections < config.max_connections:
+        log.warning(
+            "open-file limit %d allows %d connections, not the configured %d",
+            descriptors,
+            max_connections,
+            config.max_connections,
+        )
+    return ServerLimits.from_config(config, max_connections)
 
 
 if __name__ == "__main__":

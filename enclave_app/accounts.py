@@ -4,13 +4,23 @@ Generate: the key is born here, sealed under a fresh KMS data key released to th
 enclave's attestation, and only ciphertext leaves. Unlock: the data key comes back
 through the same attested path, the key is opened, and it must derive the address in
 the record before it is used or cached. An account's metadata (labels, bound stamp
-keys) is sealed with its key (envelope version 2): it is trusted only from a record
-that opened.
+keys, creator) is sealed with its key (envelope version 2): it is trusted only from a
+record that opened, and a warm key answers only for the metadata it was opened with.
+
+Cold unlocks of one record are done once at a time ("single flight"): concurrent
+requests for a record that is being unlocked wait for that unlock instead of each
+calling KMS. :meth:`AccountVault.unlock_many` unlocks the cold records of a batch in
+parallel, up to the KMS concurrency bound.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from enclave_app import envelope
@@ -18,7 +28,9 @@ from enclave_app.account_metadata import AccountMetadata
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.key_cache import CacheKey, KeyCache
 from enclave_app.kms import AttestedKms, AwsCredentials
-from enclave_app.signing.keys import generate_private_key, private_key_to_address
+from enclave_app.signing.keys import SigningKey, generate_private_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,11 +42,32 @@ class SealedAccount:
     encrypted_data_key: bytes
     metadata: AccountMetadata = field(default_factory=AccountMetadata)
 
+    @functools.cached_property
+    def cache_key(self) -> CacheKey:
+        """The key-cache entry of exactly this record (every field that unlocking uses)."""
+        return CacheKey.for_record(
+            self.account_id,
+            self.address,
+            self.key_id,
+            self.encrypted_private_key,
+            self.encrypted_data_key,
+            self.metadata.canonical,
+        )
+
 
 class AccountVault:
-    def __init__(self, kms: AttestedKms, cache: KeyCache) -> None:
+    def __init__(
+        self, kms: AttestedKms, cache: KeyCache[SigningKey], *, max_parallel_unlocks: int = 8
+    ) -> None:
+        if max_parallel_unlocks < 1:
+            raise ValueError("max_parallel_unlocks must be at least 1")
         self._kms = kms
         self._cache = cache
+        self._inflight: dict[CacheKey, Future[SigningKey]] = {}
+        self._inflight_lock = threading.Lock()
+        self._unlockers = ThreadPoolExecutor(
+            max_workers=max_parallel_unlocks, thread_name_prefix="unlock"
+        )
 
     def generate(
         self,
@@ -47,55 +80,111 @@ class AccountVault:
         context = envelope.encryption_context(account_id)
         data_key = self._kms.generate_data_key(key_id, context, credentials)
         private_key = generate_private_key()
-        address = private_key_to_address(private_key)
+        signing_key = SigningKey(private_key)
         sealed_key = envelope.seal(
             data_key.plaintext,
             private_key,
-            envelope.additional_data_v2(account_id, address, metadata.canonical),
+            envelope.additional_data_v2(account_id, signing_key.address, metadata.canonical),
         )
         account = SealedAccount(
             account_id=account_id,
-            address=address,
+            address=signing_key.address,
             key_id=key_id,
             encrypted_private_key=sealed_key,
             encrypted_data_key=data_key.ciphertext_blob,
             metadata=metadata,
         )
-        self._cache.put(self._cache_key(account), private_key)
+        self._cache.put(account.cache_key, signing_key)
         return account
 
-    def unlock(self, account: SealedAccount, credentials: AwsCredentials) -> bytes:
-        """The account's private key, from the cache or through attested KMS Decrypt."""
-        aad = additional_data_for(account)
-        cache_key = self._cache_key(account)
-        cached = self._cache.get(cache_key)
+    def unlock(self, account: SealedAccount, credentials: AwsCredentials) -> SigningKey:
+        """The account's key, from the cache or through attested KMS Decrypt."""
+        additional_data_for(account)  # a v1 record claiming metadata is refused, warm too
+        cached = self._cache.get(account.cache_key)
         if cached is not None:
             return cached
+        return self._unlock_once(account, credentials)
+
+    def unlock_many(
+        self, accounts: Sequence[SealedAccount], credentials: AwsCredentials
+    ) -> list[SigningKey | EnclaveError]:
+        """Each account's key or the error that refused it, in order.
+
+        Warm keys come from the cache; cold ones are unlocked in parallel, at most
+        ``max_parallel_unlocks`` at a time (and the KMS client bounds its calls too).
+        """
+        results: list[SigningKey | EnclaveError | None] = [
+            self._cache.get(account.cache_key) for account in accounts
+        ]
+        cold = [i for i, result in enumerate(results) if result is None]
+        if len(cold) == 1:
+            results[cold[0]] = self._unlock_or_error(accounts[cold[0]], credentials)
+        elif cold:
+            futures = {
+                i: self._unlockers.submit(self._unlock_or_error, accounts[i], credentials)
+                for i in cold
+            }
+            for i, future in futures.items():
+                results[i] = future.result()
+        return [_present(result) for result in results]
+
+    def close(self) -> None:
+        self._unlockers.shutdown(wait=False, cancel_futures=True)
+
+    def _unlock_or_error(
+        self, account: SealedAccount, credentials: AwsCredentials
+    ) -> SigningKey | EnclaveError:
+        try:
+            return self.unlock(account, credentials)
+        except EnclaveError as exc:
+            return exc
+        except Exception as exc:  # one account's surprise must not sink the others
+            log.error("unlock failed unexpectedly: %s", type(exc).__name__)
+            return EnclaveError(ErrorCode.INTERNAL, "internal error in the enclave")
+
+    def _unlock_once(self, account: SealedAccount, credentials: AwsCredentials) -> SigningKey:
+        """Unlock through KMS, or wait for the unlock of the same record in progress."""
+        cache_key = account.cache_key
+        with self._inflight_lock:
+            pending = self._inflight.get(cache_key)
+            if pending is None:
+                leader: Future[SigningKey] = Future()
+                self._inflight[cache_key] = leader
+        if pending is not None:
+            try:
+                return pending.result()
+            except EnclaveError as exc:  # a fresh exception per waiter
+                raise EnclaveError(exc.code, exc.message) from None
+        try:
+            signing_key = self._cache.get(cache_key) or self._decrypt(account, credentials)
+        except BaseException as exc:
+            leader.set_exception(exc)
+            raise
+        else:
+            leader.set_result(signing_key)
+            return signing_key
+        finally:
+            with self._inflight_lock:
+                del self._inflight[cache_key]
+
+    def _decrypt(self, account: SealedAccount, credentials: AwsCredentials) -> SigningKey:
         data_key = self._kms.decrypt(
             account.encrypted_data_key,
             account.key_id,
             envelope.encryption_context(account.account_id),
             credentials,
         )
-        private_key = envelope.open_sealed(data_key, account.encrypted_private_key, aad)
-        derived = private_key_to_address(private_key)
-        if not hmac.compare_digest(derived.lower(), account.address.lower()):
+        private_key = envelope.open_sealed(
+            data_key, account.encrypted_private_key, additional_data_for(account)
+        )
+        signing_key = SigningKey(private_key)
+        if not hmac.compare_digest(signing_key.address.lower(), account.address.lower()):
             raise EnclaveError(
                 ErrorCode.ADDRESS_MISMATCH,
                 "the decrypted key does not derive the stored address; refusing to sign",
             )
-        self._cache.put(cache_key, private_key)
-        return private_key
-
-    @staticmethod
-    def _cache_key(account: SealedAccount) -> CacheKey:
-        return CacheKey.for_record(
-            account.account_id,
-            account.address,
-            account.encrypted_private_key,
-            account.encrypted_data_key,
-            account.metadata.canonical,
-        )
+        self._cache.put(account.cache_key, signing_key)
+        return signing_key
 
 
 def additional_data_for(account: SealedAccount) -> bytes:
@@ -110,3 +199,9 @@ def additional_data_for(account: SealedAccount) -> bytes:
     return envelope.additional_data_v2(
         account.account_id, account.address, account.metadata.canonical
     )
+
+
+def _present(result: SigningKey | EnclaveError | None) -> SigningKey | EnclaveError:
+    if result is None:  # every index was either warm or unlocked above
+        raise RuntimeError("unlock_many left an account without a result")
+    return result

@@ -21,8 +21,19 @@ VSOCK_DIR_ENV = "NITRO_SIM_VSOCK_DIR"
 ENCLAVE_CID_ENV = "NITRO_SIM_ENCLAVE_CID"
 DEFAULT_ENCLAVE_CID = 16
 
+MIB = 1024 * 1024
+
 _SECTIONS: dict[str, set[str]] = {
-    "server": {"port", "max_frame_bytes", "max_connections"},
+    "server": {
+        "port",
+        "max_frame_bytes",
+        "max_connections",
+        "workers",
+        "queue_depth",
+        "idle_timeout_seconds",
+        "frame_timeout_seconds",
+        "max_buffered_bytes",
+    },
     "kms": {
         "region",
         "endpoint_scheme",
@@ -30,6 +41,8 @@ _SECTIONS: dict[str, set[str]] = {
         "proxy_port",
         "allowed_key_ids",
         "timeout_seconds",
+        "max_concurrent_calls",
+        "recipient_key_pool",
     },
     "key_cache": {"max_entries", "ttl_seconds"},
     "signing": {"allow_pre_eip155"},
@@ -42,16 +55,36 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class EnclaveConfig:
+    """Every value, its default and its range (the ranges are enforced by ``load``)."""
+
     port: int = 5000
-    max_frame_bytes: int = 256 * 1024
-    max_connections: int = 32
+    #: Largest request frame; the length prefix is checked before the body is read.
+    max_frame_bytes: int = MIB
+    #: Open connections (idle ones cost a file descriptor, no thread). At the bound,
+    #: the connection idle the longest is closed to admit a new one.
+    max_connections: int = 4096
+    #: Threads that execute requests.
+    workers: int = 16
+    #: Complete requests waiting for a worker; beyond it, ``server_busy`` at once.
+    queue_depth: int = 64
+    #: A connection with nothing in flight is closed after this long without a byte.
+    idle_timeout_seconds: int = 60
+    #: A frame must arrive whole within this long of its first byte.
+    frame_timeout_seconds: int = 10
+    #: Request bytes held at once across all connections (>= max_frame_bytes).
+    max_buffered_bytes: int = 64 * MIB
     region: str = "us-east-1"
     kms_endpoint_scheme: str = "https"
     kms_endpoint_host: str = "kms.us-east-1.amazonaws.com"
     kms_proxy_port: int = 8000
     kms_timeout_seconds: int = 10
     allowed_key_ids: tuple[str, ...] = ()
-    key_cache_max_entries: int = 1024
+    #: KMS requests in flight at once (also the parallelism of batch unlocks and the
+    #: HTTP connections kept to KMS); match the parent's vsock-proxy workers.
+    kms_max_concurrent_calls: int = 8
+    #: Pre-generated ephemeral RSA keys for KMS Recipient (0: generate per call).
+    kms_recipient_key_pool: int = 8
+    key_cache_max_entries: int = 20_000
     key_cache_ttl_seconds: int = 900
     allow_pre_eip155: bool = False
     transport: Transport = field(default_factory=Transport.vsock)
@@ -85,19 +118,46 @@ class EnclaveConfig:
         cache = raw.get("key_cache", {})
         signing = raw.get("signing", {})
         vsock_dir = environ.get(VSOCK_DIR_ENV)
+        defaults = cls()
+        max_frame_bytes = _int(server, "max_frame_bytes", defaults.max_frame_bytes, 1024, 16 * MIB)
         config = cls(
-            port=_int(server, "port", 5000, 1, 2**32 - 1),
-            max_frame_bytes=_int(server, "max_frame_bytes", 256 * 1024, 1024, 16 * 1024 * 1024),
-            max_connections=_int(server, "max_connections", 32, 1, 4096),
-            region=_str(kms, "region", "us-east-1"),
-            kms_endpoint_scheme=_str(kms, "endpoint_scheme", "https"),
-            kms_endpoint_host=_str(kms, "endpoint_host", "kms.us-east-1.amazonaws.com"),
-            kms_proxy_port=_int(kms, "proxy_port", 8000, 1, 2**32 - 1),
-            kms_timeout_seconds=_int(kms, "timeout_seconds", 10, 1, 120),
+            port=_int(server, "port", defaults.port, 1, 2**32 - 1),
+            max_frame_bytes=max_frame_bytes,
+            max_connections=_int(server, "max_connections", defaults.max_connections, 1, 65_536),
+            workers=_int(server, "workers", defaults.workers, 1, 256),
+            queue_depth=_int(server, "queue_depth", defaults.queue_depth, 0, 4096),
+            idle_timeout_seconds=_int(
+                server, "idle_timeout_seconds", defaults.idle_timeout_seconds, 1, 86_400
+            ),
+            frame_timeout_seconds=_int(
+                server, "frame_timeout_seconds", defaults.frame_timeout_seconds, 1, 600
+            ),
+            max_buffered_bytes=_int(
+                server,
+                "max_buffered_bytes",
+                defaults.max_buffered_bytes,
+                max_frame_bytes,
+                4096 * MIB,
+            ),
+            region=_str(kms, "region", defaults.region),
+            kms_endpoint_scheme=_str(kms, "endpoint_scheme", defaults.kms_endpoint_scheme),
+            kms_endpoint_host=_str(kms, "endpoint_host", defaults.kms_endpoint_host),
+            kms_proxy_port=_int(kms, "proxy_port", defaults.kms_proxy_port, 1, 2**32 - 1),
+            kms_timeout_seconds=_int(kms, "timeout_seconds", defaults.kms_timeout_seconds, 1, 120),
             allowed_key_ids=_str_list(kms, "allowed_key_ids"),
-            key_cache_max_entries=_int(cache, "max_entries", 1024, 0, 1_000_000),
-            key_cache_ttl_seconds=_int(cache, "ttl_seconds", 900, 0, 86_400),
-            allow_pre_eip155=_bool(signing, "allow_pre_eip155", False),
+            kms_max_concurrent_calls=_int(
+                kms, "max_concurrent_calls", defaults.kms_max_concurrent_calls, 1, 64
+            ),
+            kms_recipient_key_pool=_int(
+                kms, "recipient_key_pool", defaults.kms_recipient_key_pool, 0, 256
+            ),
+            key_cache_max_entries=_int(
+                cache, "max_entries", defaults.key_cache_max_entries, 0, 1_000_000
+            ),
+            key_cache_ttl_seconds=_int(
+                cache, "ttl_seconds", defaults.key_cache_ttl_seconds, 0, 86_400
+            ),
+            allow_pre_eip155=_bool(signing, "allow_pre_eip155", defaults.allow_pre_eip155),
             transport=Transport.unix(vsock_dir) if vsock_dir else Transport.vsock(),
             listen_cid=_cid(environ.get(ENCLAVE_CID_ENV)),
         )

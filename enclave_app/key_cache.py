@@ -1,10 +1,18 @@
 """Bounded, time-limited in-memory cache of unlocked private keys.
 
 A warm signature costs no KMS call. Entries are keyed by the account id *and* a
-digest of the stored ciphertexts and the sealed metadata, so a record whose
-ciphertexts or labels change (or a record swapped by the parent) never hits a key
-unlocked from other bytes. Size and age are both bounded; expired entries are dropped
-on access and on insert.
+digest of every record field that unlocking depends on (account id, address, KMS key
+id, both ciphertexts and the sealed metadata), so a record whose ciphertexts or
+metadata change (or a record swapped or edited by the parent) never hits a key
+unlocked from other bytes. Size and age are
+both bounded. Every entry lives ``ttl_seconds`` from its unlock, however often it is
+used, so insertion order is expiry order: the oldest entry goes first when the cache
+is full, expired entries are dropped on access, on insert and by :meth:`purge_expired`
+(the server calls it periodically, so an idle enclave forgets its keys on time too),
+each in constant time per entry.
+
+The cached value is the prepared key object (``signing.SigningKey``), not the 32
+bytes: building it costs more than a signature.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,7 @@ class CacheKey:
         cls,
         account_id: str,
         address: str,
+        key_id: str,
         encrypted_private_key: bytes,
         encrypted_data_key: bytes,
         metadata: bytes = b"",
@@ -35,6 +47,7 @@ class CacheKey:
         for part in (
             account_id.encode(),
             address.lower().encode(),
+            key_id.encode(),
             encrypted_private_key,
             encrypted_data_key,
             metadata,
@@ -44,20 +57,26 @@ class CacheKey:
         return cls(account_id, digest.digest())
 
 
-class KeyCache:
+class KeyCache(Generic[V]):
     def __init__(
         self,
         max_entries: int,
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_entries < 0 or ttl_seconds < 0:
+            raise ValueError("key cache bound and TTL must not be negative")
         self._max_entries = max_entries
         self._ttl = ttl_seconds
         self._clock = clock
-        self._entries: OrderedDict[CacheKey, tuple[float, bytes]] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: CacheKey) -> bytes | None:
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
+
+    def get(self, key: CacheKey) -> V | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -66,17 +85,20 @@ class KeyCache:
             if self._clock() >= expires:
                 del self._entries[key]
                 return None
-            self._entries.move_to_end(key)
             return secret
 
-    def put(self, key: CacheKey, secret: bytes) -> None:
+    def put(self, key: CacheKey, secret: V) -> None:
         if self._max_entries == 0 or self._ttl <= 0:
             return
         with self._lock:
             now = self._clock()
+            self._entries.pop(key, None)  # a re-unlock starts a new lifetime at the end
             self._entries[key] = (now + self._ttl, secret)
-            self._entries.move_to_end(key)
             self._evict(now)
+
+    def purge_expired(self) -> None:
+        with self._lock:
+            self._evict(self._clock())
 
     def __len__(self) -> int:
         with self._lock:
@@ -87,8 +109,8 @@ class KeyCache:
             self._entries.clear()
 
     def _evict(self, now: float) -> None:
-        expired = [k for k, (expires, _) in self._entries.items() if expires <= now]
-        for k in expired:
-            del self._entries[k]
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        while self._entries:
+            oldest, (expires, _) = next(iter(self._entries.items()))
+            if expires > now and len(self._entries) <= self._max_entries:
+                return
+            del self._entries[oldest]

@@ -1,11 +1,16 @@
 """Attested KMS client: data keys released only to this enclave's attestation.
 
-Every call makes a fresh ephemeral RSA-2048 key pair, asks the NSM for an
-attestation document carrying its public key, and sends that document as KMS's
-``Recipient``. KMS checks the document and the key policy's
-``kms:RecipientAttestation:*`` conditions, then returns the secret only inside
-``CiphertextForRecipient`` (CMS EnvelopedData to our ephemeral key), never as
+Every call takes a fresh ephemeral RSA-2048 key pair (from the pre-generated pool,
+each key used once), asks the NSM for an attestation document carrying its public
+key, and sends that document as KMS's ``Recipient``. KMS checks the document and the
+key policy's ``kms:RecipientAttestation:*`` conditions, then returns the secret only
+inside ``CiphertextForRecipient`` (CMS EnvelopedData to our ephemeral key), never as
 ``Plaintext``. The parent, relaying the TLS stream, sees nothing usable.
+
+At most ``max_concurrent_calls`` KMS requests are in flight at once; a call that
+cannot get a slot within the KMS timeout fails with ``server_busy``. Each boto3
+client keeps that many HTTP connections alive, so calls reuse their TLS sessions
+through the in-enclave forwarder and the parent's vsock-proxy.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from enclave_app.cms import CmsError, decrypt_enveloped_data
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.nsm import Nsm
+from enclave_app.recipient_keys import RecipientKeyPool
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
@@ -56,19 +62,30 @@ class AttestedKms:
         allowed_key_ids: tuple[str, ...],
         timeout_seconds: int = 10,
         describe_measurements: Callable[[bytes], str] | None = None,
+        *,
+        max_concurrent_calls: int = 8,
+        recipient_keys: RecipientKeyPool | None = None,
     ) -> None:
+        if max_concurrent_calls < 1:
+            raise ValueError("max_concurrent_calls must be at least 1")
         self._nsm = nsm
         self._endpoint_url = endpoint_url
         self._region = region
         self._allowed = frozenset(allowed_key_ids)
         self._describe = describe_measurements
+        self._timeout = timeout_seconds
         self._config = Config(
             connect_timeout=timeout_seconds,
             read_timeout=timeout_seconds,
             retries={"max_attempts": 2, "mode": "standard"},
+            max_pool_connections=max_concurrent_calls,
+            tcp_keepalive=True,
         )
+        self._slots = threading.BoundedSemaphore(max_concurrent_calls)
+        self._recipient_keys = recipient_keys or RecipientKeyPool(0)
         self._clients: OrderedDict[tuple[str, str, str | None], KMSClient] = OrderedDict()
         self._clients_lock = threading.Lock()
+        self._client_creation = threading.Lock()
 
     def check_key_allowed(self, key_id: str) -> None:
         if key_id not in self._allowed:
@@ -123,7 +140,7 @@ class AttestedKms:
         return self._unwrap(response, private_key)
 
     def _attested_recipient(self) -> tuple[rsa.RSAPrivateKey, bytes]:
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private_key = self._recipient_keys.take()
         public_der = private_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -140,14 +157,21 @@ class AttestedKms:
             "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
             "AttestationDocument": document,
         }
+        client = self._client(credentials)
+        if not self._slots.acquire(timeout=self._timeout):
+            raise EnclaveError(
+                ErrorCode.SERVER_BUSY, "every KMS call slot stayed busy; retry later"
+            )
         try:
-            return operation(self._client(credentials), recipient)
+            return operation(client, recipient)
         except ClientError as exc:
             raise self._translate(exc, document) from None
         except BotoCoreError as exc:
             raise EnclaveError(
                 ErrorCode.KMS_UNAVAILABLE, f"KMS unreachable: {type(exc).__name__}"
             ) from None
+        finally:
+            self._slots.release()
 
     def _translate(self, exc: ClientError, document: bytes) -> EnclaveError:
         error = exc.response.get("Error", {})
@@ -205,17 +229,28 @@ class AttestedKms:
             if client is not None:
                 self._clients.move_to_end(cache_key)
                 return client
-        client = boto3.session.Session().client(
-            "kms",
-            region_name=self._region,
-            endpoint_url=self._endpoint_url,
-            aws_access_key_id=credentials.access_key_id,
-            aws_secret_access_key=credentials.secret_access_key,
-            aws_session_token=credentials.session_token,
-            config=self._config,
-        )
-        with self._clients_lock:
-            self._clients[cache_key] = client
-            while len(self._clients) > _CLIENT_CACHE_SIZE:
-                self._clients.popitem(last=False)
-        return client
+        # One creation at a time: concurrent cold unlocks with new credentials share
+        # one client (and its connection pool) instead of each building their own.
+        with self._client_creation:
+            with self._clients_lock:
+                client = self._clients.get(cache_key)
+            if client is not None:
+                return client
+            client = boto3.session.Session().client(
+                "kms",
+                region_name=self._region,
+                endpoint_url=self._endpoint_url,
+                aws_access_key_id=credentials.access_key_id,
+                aws_secret_access_key=credentials.secret_access_key,
+                aws_session_token=credentials.session_token,
+                config=self._config,
+            )
+            with self._clients_lock:
+                self._clients[cache_key] = client
+                evicted = []
+                while len(self._clients) > _CLIENT_CACHE_SIZE:
+                    evicted.append(self._clients.popitem(last=False)[1])
+            for old in evicted:
+                # Free its kept-alive connections (and the vsock-proxy workers behind them).
+                old.close()
+            return client

@@ -74,13 +74,25 @@ def base64_bytes(value: object, name: str, max_bytes: int, *, allow_empty: bool 
     return decoded
 
 
-def credentials(value: object) -> AwsCredentials:
+CREDENTIAL_FIELDS = ("access_key_id", "secret_access_key", "session_token")
+RECORD_FIELDS = (
+    "account_id",
+    "address",
+    "key_id",
+    "encrypted_private_key",
+    "encrypted_data_key",
+)
+
+
+def credential_fields(value: object) -> tuple[object, object, object]:
+    """The credentials object's values in CREDENTIAL_FIELDS order (shape checked)."""
     if not isinstance(value, dict):
         raise invalid("credentials must be an object")
     check_params(value, {"access_key_id", "secret_access_key"}, {"session_token"})
-    access = value["access_key_id"]
-    secret = value["secret_access_key"]
-    token = value.get("session_token")
+    return value["access_key_id"], value["secret_access_key"], value.get("session_token")
+
+
+def credentials_from_fields(access: object, secret: object, token: object) -> AwsCredentials:
     if not isinstance(access, str) or not _ACCESS_KEY_RE.match(access):
         raise invalid("credentials.access_key_id is malformed")
     if not isinstance(secret, str) or not 0 < len(secret) <= MAX_SECRET_CHARS:
@@ -92,25 +104,40 @@ def credentials(value: object) -> AwsCredentials:
     return AwsCredentials(access, secret, token)
 
 
-def sealed_account(value: object) -> SealedAccount:
+def credentials(value: object) -> AwsCredentials:
+    return credentials_from_fields(*credential_fields(value))
+
+
+def record_fields(value: object, name: str = "account") -> tuple[object, ...]:
+    """A stored record's values in RECORD_FIELDS order (shape checked)."""
     if not isinstance(value, dict):
-        raise invalid("account must be an object")
-    check_params(
-        value,
-        {"account_id", "address", "key_id", "encrypted_private_key", "encrypted_data_key"},
-        set(),
-    )
+        raise invalid(f"{name} must be an object")
+    check_params(value, set(RECORD_FIELDS), set())
+    return tuple(value[field] for field in RECORD_FIELDS)
+
+
+def sealed_account_from_fields(
+    account_id_value: object,
+    address_value: object,
+    key_id_value: object,
+    encrypted_private_key: object,
+    encrypted_data_key: object,
+) -> SealedAccount:
     return SealedAccount(
-        account_id=account_id(value["account_id"], "account.account_id"),
-        address=address(value["address"], "account.address"),
-        key_id=key_id(value["key_id"]),
+        account_id=account_id(account_id_value, "account.account_id"),
+        address=address(address_value, "account.address"),
+        key_id=key_id(key_id_value),
         encrypted_private_key=base64_bytes(
-            value["encrypted_private_key"], "account.encrypted_private_key", MAX_CIPHERTEXT_BYTES
+            encrypted_private_key, "account.encrypted_private_key", MAX_CIPHERTEXT_BYTES
         ),
         encrypted_data_key=base64_bytes(
-            value["encrypted_data_key"], "account.encrypted_data_key", MAX_CIPHERTEXT_BYTES
+            encrypted_data_key, "account.encrypted_data_key", MAX_CIPHERTEXT_BYTES
         ),
     )
+
+
+def sealed_account(value: object) -> SealedAccount:
+    return sealed_account_from_fields(*record_fields(value))
 
 
 def b64(data: bytes) -> str:

@@ -22,7 +22,7 @@ from enclave_app.errors import EnclaveError, ErrorCode
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
-DEFAULT_MAX_FRAME_BYTES = 256 * 1024
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 MAX_REQUEST_ID_CHARS = 64
 MAX_OP_CHARS = 64
 

@@ -261,14 +261,21 @@ class LocalStack:
         variables: dict[str, Any] = {
             "ansible_managed": "rendered by nitro_sim.stack (make dev)",
             "enclave_vsock_port": ENCLAVE_PORT,
-            "enclave_max_frame_bytes": 262144,
-            "enclave_max_connections": 32,
+            "enclave_max_frame_bytes": 1048576,
+            "enclave_max_connections": 4096,
+            "enclave_workers": 16,
+            "enclave_queue_depth": 64,
+            "enclave_idle_timeout_seconds": 60,
+            "enclave_frame_timeout_seconds": 10,
+            "enclave_max_buffered_bytes": 64 * 1024 * 1024,
             "enclave_region": self.region,
             "enclave_kms_endpoint_scheme": "http",
             "enclave_kms_endpoint_host": "127.0.0.1",
             "enclave_kms_proxy_port": KMS_PROXY_PORT,
             "enclave_kms_key_ids": [self.key_arn],
-            "enclave_key_cache_max_entries": 1024,
+            "enclave_kms_max_concurrent_calls": 8,
+            "enclave_kms_recipient_key_pool": 8,
+            "enclave_key_cache_max_entries": 20000,
             "enclave_key_cache_ttl_seconds": 900,
             "enclave_allow_pre_eip155": False,
         }
@@ -337,6 +344,10 @@ class LocalStack:
                 str(self.kms_port),
                 "--config",
                 str(allowlist),
+                # One worker per kept-alive KMS connection: at least the enclave's
+                # kms.max_concurrent_calls (8), with room for a credential rotation.
+                "--num_workers",
+                "16",
             ],
         )
         socket_path = self.sim_dir / "vsock" / f"3_{KMS_PROXY_PORT}.sock"

@@ -70,11 +70,11 @@ def test_a_new_account_is_sealed_as_version_2_and_opens_with_its_metadata() -> N
     assert account.encrypted_private_key[0] == envelope.ENVELOPE_V2
     assert account.metadata.labels == {"hot", "eu"}
     key = accounts.unlock(account, CREDENTIALS)
-    assert private_key_to_address(key) == account.address
+    assert key.address == account.address
     assert kms.decrypts == 0  # warm
     cold, cold_kms = vault()
     cold_kms.data_key = kms.data_key
-    assert cold.unlock(account, CREDENTIALS) == key
+    assert cold.unlock(account, CREDENTIALS).address == key.address
     assert cold_kms.decrypts == 1
 
 
@@ -138,7 +138,7 @@ def test_a_version_1_account_keeps_opening_and_cannot_claim_labels() -> None:
     accounts, kms = vault()
     account = _version_1_account(kms.data_key)
     assert account.encrypted_private_key[0] == envelope.ENVELOPE_V1
-    assert private_key_to_address(accounts.unlock(account, CREDENTIALS)) == account.address
+    assert accounts.unlock(account, CREDENTIALS).address == account.address
     with pytest.raises(EnclaveError) as error:
         accounts.unlock(replace(account, metadata=metadata(labels=["treasury"])), CREDENTIALS)
     assert error.value.code is ErrorCode.CIPHERTEXT_INVALID

@@ -1,17 +1,19 @@
-"""Enclave building blocks: configuration, envelope, key cache, validators."""
+"""Enclave building blocks: configuration, envelope, validators (the key cache has
+tests/test_key_cache.py)."""
 
 from __future__ import annotations
 
 import os
+import resource
 import uuid
 from pathlib import Path
 
 import pytest
 
 from enclave_app import envelope, validation
+from enclave_app.__main__ import RESERVED_DESCRIPTORS, allow_descriptors, server_limits
 from enclave_app.config import ConfigError, EnclaveConfig
 from enclave_app.errors import EnclaveError, ErrorCode
-from enclave_app.key_cache import CacheKey, KeyCache
 from enclave_app.transport import Transport
 
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/0d3c2b1a-0000-4000-8000-000000000001"
@@ -47,6 +49,24 @@ def test_config_defaults_to_vsock_and_takes_the_simulator_seams_from_the_environ
         config_text(surprise="1"),
         '[other]\nx = 1\n[kms]\nallowed_key_ids = ["k"]\n',
         "not toml [",
+        *[
+            f'[server]\n{key} = {value}\n[kms]\nallowed_key_ids = ["k"]\n'
+            for key, value in (
+                ("workers", 0),
+                ("workers", 257),
+                ("queue_depth", -1),
+                ("max_connections", 0),
+                ("idle_timeout_seconds", 0),
+                ("frame_timeout_seconds", 601),
+                ("max_frame_bytes", 1023),
+                ("max_buffered_bytes", 1024),  # below the default 1 MiB frame cap
+                ("workers", "true"),
+            )
+        ],
+        config_text(max_concurrent_calls="0"),
+        config_text(max_concurrent_calls="65"),
+        config_text(recipient_key_pool="-1"),
+        config_text(recipient_key_pool="257"),
     ],
 )
 def test_an_unusable_config_refuses_to_start(tmp_path: Path, text: str) -> None:
@@ -54,6 +74,30 @@ def test_an_unusable_config_refuses_to_start(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         EnclaveConfig.load(path, environ={})
+
+
+def test_config_defaults_and_every_new_key(tmp_path: Path) -> None:
+    path = tmp_path / "enclave.toml"
+    path.write_text(config_text())
+    defaults = EnclaveConfig.load(path, environ={})
+    assert defaults.max_frame_bytes == 1024 * 1024
+    assert defaults.key_cache_max_entries >= 10_000
+    assert (defaults.workers, defaults.queue_depth, defaults.kms_max_concurrent_calls) == (
+        16,
+        64,
+        8,
+    )
+    path.write_text(
+        "[server]\nworkers = 4\nqueue_depth = 0\nmax_connections = 100\n"
+        "idle_timeout_seconds = 5\nframe_timeout_seconds = 2\n"
+        "max_frame_bytes = 4096\nmax_buffered_bytes = 8192\n"
+        + config_text(max_concurrent_calls="3", recipient_key_pool="0")
+    )
+    config = EnclaveConfig.load(path, environ={})
+    assert (config.workers, config.queue_depth, config.max_connections) == (4, 0, 100)
+    assert (config.idle_timeout_seconds, config.frame_timeout_seconds) == (5, 2)
+    assert (config.max_frame_bytes, config.max_buffered_bytes) == (4096, 8192)
+    assert (config.kms_max_concurrent_calls, config.kms_recipient_key_pool) == (3, 0)
 
 
 def test_envelope_binds_account_and_address() -> None:
@@ -76,33 +120,6 @@ def test_envelope_binds_account_and_address() -> None:
     with pytest.raises(EnclaveError) as error:
         envelope.seal(b"short", secret, aad)
     assert error.value.code is ErrorCode.KMS_BAD_RESPONSE
-
-
-def test_key_cache_is_bounded_in_size_and_time() -> None:
-    now = [0.0]
-    cache = KeyCache(max_entries=2, ttl_seconds=10, clock=lambda: now[0])
-    keys = [CacheKey.for_record(str(i), "0x1", b"k", b"d") for i in range(3)]
-    for i, key in enumerate(keys):
-        cache.put(key, bytes([i]))
-    assert len(cache) == 2
-    assert cache.get(keys[0]) is None  # least recently used went first
-    assert cache.get(keys[2]) == b"\x02"
-    now[0] = 10.0
-    assert cache.get(keys[2]) is None
-    assert len(cache) == 1  # expired entry dropped on access
-    disabled = KeyCache(max_entries=0, ttl_seconds=10)
-    disabled.put(keys[0], b"x")
-    assert disabled.get(keys[0]) is None
-
-
-def test_cache_keys_change_with_any_byte_of_the_record() -> None:
-    base = CacheKey.for_record("id", "0xab", b"key", b"data")
-    assert base == CacheKey.for_record("id", "0xAB", b"key", b"data")
-    assert base != CacheKey.for_record("id", "0xab", b"key!", b"data")
-    assert base != CacheKey.for_record("id", "0xab", b"key", b"data!")
-    assert base != CacheKey.for_record("id", "0xac", b"key", b"data")
-    # Length-prefixed parts: moving a byte between fields is a different record.
-    assert CacheKey.for_record("i", "d", b"ab", b"c") != CacheKey.for_record("i", "d", b"a", b"bc")
 
 
 def test_validators_refuse_what_does_not_fit() -> None:
@@ -132,3 +149,16 @@ def test_validators_refuse_what_does_not_fit() -> None:
     for bad_b64 in ("AAE", "!!!!", "AAAAAAAAAAAAAAAA", ""):
         with pytest.raises(EnclaveError):
             validation.base64_bytes(bad_b64, "f", 4)
+
+
+def test_the_connection_bound_fits_the_open_file_limit(tmp_path: Path) -> None:
+    path = tmp_path / "enclave.toml"
+    path.write_text(config_text())
+    config = EnclaveConfig.load(path, environ={})
+    roomy = server_limits(config, config.max_connections + RESERVED_DESCRIPTORS)
+    assert roomy.max_connections == config.max_connections
+    assert roomy.workers == config.workers
+    assert server_limits(config, RESERVED_DESCRIPTORS + 1000).max_connections == 1000
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert allow_descriptors(16) == soft  # enough already: nothing changes
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == soft

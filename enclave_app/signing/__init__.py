@@ -7,6 +7,7 @@ Keccak-256 is pycryptodome's. No Ethereum helper library is imported.
 
 from enclave_app.signing.keccak import keccak256
 from enclave_app.signing.keys import (
+    SigningKey,
     generate_private_key,
     is_valid_private_key,
     private_key_to_address,
@@ -30,6 +31,7 @@ __all__ = [
     "Authorization",
     "SignedAuthorization",
     "SignedTransaction",
+    "SigningKey",
     "Transaction",
     "generate_private_key",
     "is_valid_private_key",

@@ -15,6 +15,7 @@ Rules (the relay and clients code against these):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -22,6 +23,8 @@ from enclave_app.errors import invalid
 from enclave_app.signing.keys import to_checksum_address
 
 UINT64_MAX = 2**64 - 1
+#: Distinct address strings whose validation is remembered.
+ADDRESS_CACHE_ENTRIES = 16384
 UINT256_MAX = 2**256 - 1
 #: EIP-2681: a transaction (or EIP-7702 authorization) with nonce 2^64-1 or above is invalid.
 MAX_NONCE = 2**64 - 2
@@ -36,6 +39,19 @@ _AMOUNT_HINT = "amounts are wei as integers or 0x-hex strings"
 
 def quantity(name: str, value: object, *, maximum: int = UINT256_MAX, minimum: int = 0) -> int:
     """An unsigned integer given as int or canonical 0x-hex, within [minimum, maximum]."""
+    # Fast path for the well-formed common case; every refusal is explained below.
+    if type(value) is str:
+        if len(value) <= 2 + 64 and _QUANTITY_RE.fullmatch(value) is not None:
+            number = int(value, 16)
+            if minimum <= number <= maximum:
+                return number
+    elif type(value) is int and minimum <= value <= maximum:
+        return value
+    return _checked_quantity(name, value, maximum=maximum, minimum=minimum)
+
+
+def _checked_quantity(name: str, value: object, *, maximum: int, minimum: int) -> int:
+    """The general path of :func:`quantity`: every refusal with its reason."""
     if isinstance(value, bool):
         raise invalid(f"{name} must be an integer or 0x-hex string, not a boolean")
     if isinstance(value, int):
@@ -74,13 +90,28 @@ def nonce(name: str, value: object) -> int:
 
 def address(name: str, value: object) -> bytes:
     """A 20-byte address; mixed-case input must carry a valid EIP-55 checksum."""
-    if not isinstance(value, str) or _ADDRESS_RE.fullmatch(value) is None:
+    raw = _valid_address(value) if type(value) is str else None
+    if raw is None:
         raise invalid(f"{name} must be a 0x-prefixed 20-byte hex address")
+    if not raw:
+        raise invalid(f"{name} has an invalid EIP-55 checksum")
+    return raw
+
+
+@functools.lru_cache(maxsize=ADDRESS_CACHE_ENTRIES)
+def _valid_address(value: str) -> bytes | None:
+    """The 20 bytes of a well-formed address, b"" for a bad checksum, None otherwise.
+
+    Cached by the exact string: the answer depends on nothing else, and a signer's
+    few counterparties recur (the checksum costs a keccak and a loop over 40 digits).
+    """
+    if _ADDRESS_RE.fullmatch(value) is None:
+        return None
     digits = value[2:]
     raw = bytes.fromhex(digits)
     mixed_case = digits not in (digits.lower(), digits.upper())
     if mixed_case and to_checksum_address(raw) != value:
-        raise invalid(f"{name} has an invalid EIP-55 checksum")
+        return b""
     return raw
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enclave_app.errors import invalid
 from enclave_app.signing import fields
 from enclave_app.signing.keccak import keccak256
-from enclave_app.signing.keys import sign_digest
+from enclave_app.signing.keys import SigningKey, sign_digest
 
 PREFIX = b"\x19Ethereum Signed Message:\n"
 
@@ -61,7 +61,7 @@ def signature_bytes(y_parity: int, r: int, s: int) -> bytes:
     return r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([27 + y_parity])
 
 
-def sign_digest_65(private_key: bytes, digest: bytes) -> SignedMessage:
+def sign_digest_65(private_key: bytes | SigningKey, digest: bytes) -> SignedMessage:
     """Sign a 32-byte digest and return it in the 65-byte r||s||v form."""
     y_parity, r, s = sign_digest(private_key, digest)
     return SignedMessage(
@@ -69,6 +69,6 @@ def sign_digest_65(private_key: bytes, digest: bytes) -> SignedMessage:
     )
 
 
-def sign_message(private_key: bytes, message: object) -> SignedMessage:
+def sign_message(private_key: bytes | SigningKey, message: object) -> SignedMessage:
     """personal_sign / eth_sign over ``message`` (see the module rule)."""
     return sign_digest_65(private_key, eip191_digest(message_bytes(message)))

@@ -2,8 +2,12 @@
 
 Only encoding is needed in the enclave: every item it signs is built here from
 validated fields. Items are byte strings or (nested) lists of items; integers are
-turned into their minimal big-endian form with :func:`uint` first, so the output is
-always canonical (no leading zeros, single bytes below 0x80 encoded as themselves).
+turned into their minimal big-endian form with :func:`uint` first (or encoded at once
+with :func:`encode_uint`), so the output is always canonical (no leading zeros,
+single bytes below 0x80 encoded as themselves).
+
+A transaction is signed over ``rlp(fields)`` and sent as ``rlp(fields + signature)``:
+:func:`encode_payload` and :func:`wrap_list` let both share one encoding of the fields.
 """
 
 from __future__ import annotations
@@ -13,32 +17,65 @@ from typing import TypeAlias
 
 RlpItem: TypeAlias = bytes | Sequence["RlpItem"]
 
+_SHORT_STRING = [bytes([0x80 + n]) for n in range(56)]
+_SHORT_LIST = [bytes([0xC0 + n]) for n in range(56)]
+_SINGLE_BYTES = [bytes([n]) for n in range(0x80)]
+_EMPTY_STRING = b"\x80"
+
 
 def uint(value: int) -> bytes:
     """Minimal big-endian bytes of a non-negative integer (0 -> empty string)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if type(value) is not int or value < 0:  # bool and int subclasses refused too
         raise ValueError("RLP integers must be non-negative ints")
     return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
-def _length_prefix(length: int, short_base: int) -> bytes:
-    if length < 56:
-        return bytes([short_base + length])
-    length_bytes = uint(length)
+def encode_uint(value: int) -> bytes:
+    """``encode(uint(value))`` in one step."""
+    if type(value) is not int or value < 0:
+        raise ValueError("RLP integers must be non-negative ints")
+    if value < 0x80:
+        return _SINGLE_BYTES[value] if value else _EMPTY_STRING
+    return encode_bytes(value.to_bytes((value.bit_length() + 7) // 8, "big"))
+
+
+def _long_prefix(length: int, long_base: int) -> bytes:
+    length_bytes = length.to_bytes((length.bit_length() + 7) // 8, "big")
     if len(length_bytes) > 8:
         raise ValueError("RLP item too long")
-    return bytes([short_base + 55 + len(length_bytes)]) + length_bytes
+    return bytes([long_base + len(length_bytes)]) + length_bytes
+
+
+def encode_bytes(data: bytes) -> bytes:
+    """Encode one byte string."""
+    length = len(data)
+    if length == 1 and data[0] < 0x80:
+        return data
+    if length < 56:
+        return _SHORT_STRING[length] + data
+    return _long_prefix(length, 0xB7) + data
+
+
+def wrap_list(payload: bytes) -> bytes:
+    """The list header for an already encoded (concatenated) list payload, plus it."""
+    length = len(payload)
+    if length < 56:
+        return _SHORT_LIST[length] + payload
+    return _long_prefix(length, 0xF7) + payload
+
+
+def encode_payload(items: Sequence[RlpItem]) -> bytes:
+    """The concatenated encodings of a list's items (the list without its header)."""
+    return b"".join([encode(item) for item in items])
 
 
 def encode(item: RlpItem) -> bytes:
     """Encode a byte string or a nested list of byte strings."""
+    if type(item) is bytes:
+        return encode_bytes(item)
     if isinstance(item, bytes | bytearray | memoryview):
-        data = bytes(item)
-        if len(data) == 1 and data[0] < 0x80:
-            return data
-        return _length_prefix(len(data), 0x80) + data
+        return encode_bytes(bytes(item))
     if isinstance(item, str):
         # A str is a Sequence too: refuse it instead of encoding its characters.
         raise TypeError("RLP items are bytes or lists, not str")
-    payload = b"".join(encode(sub) for sub in item)
-    return _length_prefix(len(payload), 0xC0) + payload
+    return wrap_list(encode_payload(item))

@@ -39,7 +39,9 @@ from enclave_app.signing.keccak import keccak256
 from enclave_app.signing.keys import (
     SECP256K1_HALF_N,
     SECP256K1_N,
+    SigningKey,
     sign_digest,
+    signing_key,
     to_checksum_address,
 )
 
@@ -75,6 +77,13 @@ _COMMON_FIELDS = frozenset(
     {"type", "chainId", "nonce", "to", "value", "gas", "gasLimit", "data", "input", "from"}
 )
 _ALL_FIELDS = _COMMON_FIELDS.union(*_TYPE_FIELDS.values())
+#: Per type: every field it may carry, and those it must (besides gas or gasLimit).
+_PERMITTED_FIELDS = {t: _COMMON_FIELDS | fields for t, fields in _TYPE_FIELDS.items()}
+_REQUIRED_FIELDS = {
+    t: (fields - {"accessList"}) | {"nonce"} | (set() if t == LEGACY else {"chainId"})
+    for t, fields in _TYPE_FIELDS.items()
+}
+_TYPE_PREFIX = {tx_type: bytes([tx_type]) for tx_type in _TYPE_FIELDS}
 _AUTH_FIELDS = frozenset({"chainId", "address", "nonce", "yParity", "r", "s"})
 _UNSIGNED_AUTH_FIELDS = frozenset({"chainId", "address", "nonce"})
 
@@ -154,64 +163,59 @@ class Transaction:
     sender: str | None = None
     """The ``from`` field as given (checksummed), for :func:`require_sender`."""
 
-    def _fields(self) -> list[rlp.RlpItem]:
-        """The RLP fields before the signature, in the order of the type's spec."""
-        to: bytes = self.to if self.to is not None else b""
-        if self.tx_type == LEGACY:
-            return [
-                rlp.uint(self.nonce),
-                rlp.uint(_req(self.gas_price)),
-                rlp.uint(self.gas),
-                to,
-                rlp.uint(self.value),
-                self.data,
+    def unsigned_payload(self) -> bytes:
+        """RLP of the fields before the signature, in the order of the type's spec,
+        without the list header (so the signed form can reuse it)."""
+        encode_uint = rlp.encode_uint
+        if self.tx_type in (LEGACY, ACCESS_LIST):
+            fees = [encode_uint(_req(self.gas_price))]
+        else:
+            fees = [
+                encode_uint(_req(self.max_priority_fee_per_gas)),
+                encode_uint(_req(self.max_fee_per_gas)),
             ]
-        access_list = [entry.rlp_item() for entry in self.access_list]
-        chain_id = rlp.uint(_req(self.chain_id))
-        if self.tx_type == ACCESS_LIST:
-            return [
-                chain_id,
-                rlp.uint(self.nonce),
-                rlp.uint(_req(self.gas_price)),
-                rlp.uint(self.gas),
-                to,
-                rlp.uint(self.value),
-                self.data,
-                access_list,
-            ]
-        items: list[rlp.RlpItem] = [
-            chain_id,
-            rlp.uint(self.nonce),
-            rlp.uint(_req(self.max_priority_fee_per_gas)),
-            rlp.uint(_req(self.max_fee_per_gas)),
-            rlp.uint(self.gas),
-            to,
-            rlp.uint(self.value),
-            self.data,
-            access_list,
+        items = [
+            encode_uint(self.nonce),
+            *fees,
+            encode_uint(self.gas),
+            rlp.encode_bytes(self.to if self.to is not None else b""),
+            encode_uint(self.value),
+            rlp.encode_bytes(self.data),
         ]
+        if self.tx_type == LEGACY:
+            return b"".join(items)
+        items.insert(0, encode_uint(_req(self.chain_id)))
+        items.append(rlp.encode([entry.rlp_item() for entry in self.access_list]))
         if self.tx_type == BLOB:
-            items += [rlp.uint(_req(self.max_fee_per_blob_gas)), list(self.blob_versioned_hashes)]
+            items.append(encode_uint(_req(self.max_fee_per_blob_gas)))
+            items.append(rlp.encode(list(self.blob_versioned_hashes)))
         elif self.tx_type == SET_CODE:
-            items.append([auth.rlp_item() for auth in self.authorization_list])
-        return items
+            items.append(rlp.encode([auth.rlp_item() for auth in self.authorization_list]))
+        return b"".join(items)
 
-    def signing_digest(self) -> bytes:
-        """The 32-byte digest the sender signs."""
+    def signing_digest(self, payload: bytes | None = None) -> bytes:
+        """The 32-byte digest the sender signs (``payload``: :meth:`unsigned_payload`)."""
+        if payload is None:
+            payload = self.unsigned_payload()
         if self.tx_type == LEGACY:
-            items = self._fields()
             if self.chain_id is not None:  # EIP-155
-                items += [rlp.uint(self.chain_id), b"", b""]
-            return keccak256(rlp.encode(items))
-        return keccak256(bytes([self.tx_type]) + rlp.encode(self._fields()))
+                payload += rlp.encode_uint(self.chain_id) + b"\x80\x80"
+            return keccak256(rlp.wrap_list(payload))
+        return keccak256(_TYPE_PREFIX[self.tx_type] + rlp.wrap_list(payload))
 
-    def encode_signed(self, y_parity: int, r: int, s: int) -> bytes:
+    def legacy_v(self, y_parity: int) -> int:
+        """``v`` of a legacy signature: 27/28, or EIP-155's chain_id * 2 + 35/36."""
+        return 27 + y_parity if self.chain_id is None else self.chain_id * 2 + 35 + y_parity
+
+    def encode_signed(self, y_parity: int, r: int, s: int, payload: bytes | None = None) -> bytes:
         """The raw signed transaction (what eth_sendRawTransaction takes)."""
-        signature = [rlp.uint(r), rlp.uint(s)]
+        if payload is None:
+            payload = self.unsigned_payload()
+        signature = rlp.encode_uint(r) + rlp.encode_uint(s)
         if self.tx_type == LEGACY:
-            v = 27 + y_parity if self.chain_id is None else self.chain_id * 2 + 35 + y_parity
-            return rlp.encode([*self._fields(), rlp.uint(v), *signature])
-        return bytes([self.tx_type]) + rlp.encode([*self._fields(), rlp.uint(y_parity), *signature])
+            return rlp.wrap_list(payload + rlp.encode_uint(self.legacy_v(y_parity)) + signature)
+        body = rlp.wrap_list(payload + rlp.encode_uint(y_parity) + signature)
+        return _TYPE_PREFIX[self.tx_type] + body
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,8 @@ def _aliased(
     tx: Mapping[str, object], name: str, alias: str, parse: Callable[[str, object], _T]
 ) -> _T | None:
     """Parse a field that has an alias; both may be given only with equal values."""
+    if alias not in tx:
+        return parse(name, tx[name]) if name in tx else None
     values = [parse(key, tx[key]) for key in (name, alias) if key in tx]
     if len(values) == 2 and values[0] != values[1]:
         raise invalid(f"{name} and {alias} are both given and differ")
@@ -341,30 +347,30 @@ def _opt_quantity(tx: Mapping[str, object], name: str) -> int | None:
 
 def _check_field_set(tx: Mapping[str, object]) -> int:
     """Refuse unknown, type-forbidden and missing fields; return the type."""
-    if not isinstance(tx, Mapping):
+    if type(tx) is not dict and not isinstance(tx, Mapping):
         raise invalid("transaction must be an object")
-    if not all(isinstance(key, str) for key in tx):
-        raise invalid("transaction has a non-string key")
-    unknown = sorted(set(tx) - _ALL_FIELDS)
-    if unknown:
+    keys = tx.keys()
+    if not keys <= _ALL_FIELDS:  # every non-string key is outside it too
+        if not all(isinstance(key, str) for key in keys):
+            raise invalid("transaction has a non-string key")
+        unknown = sorted(keys - _ALL_FIELDS)
         raise invalid(f"transaction has unknown field(s): {', '.join(unknown)}")
     tx_type = _infer_type(tx)
-    allowed = _TYPE_FIELDS[tx_type]
-    forbidden = sorted(set(tx) - _COMMON_FIELDS - allowed)
-    if forbidden:
+    if not keys <= _PERMITTED_FIELDS[tx_type]:
+        forbidden = sorted(keys - _PERMITTED_FIELDS[tx_type])
         raise invalid(
             f"field(s) not allowed in a type {tx_type} transaction: {', '.join(forbidden)}"
         )
-    missing = sorted((allowed - {"accessList"}) - set(tx))
+    if _REQUIRED_FIELDS[tx_type] <= keys and ("gas" in keys or "gasLimit" in keys):
+        return tx_type
+    missing = sorted((_TYPE_FIELDS[tx_type] - {"accessList"}) - keys)
     if "nonce" not in tx:
         missing.append("nonce")
     if "gas" not in tx and "gasLimit" not in tx:
         missing.append("gas")
     if "chainId" not in tx and tx_type != LEGACY:
         missing.append("chainId")
-    if missing:
-        raise invalid(f"type {tx_type} transaction is missing field(s): {', '.join(missing)}")
-    return tx_type
+    raise invalid(f"type {tx_type} transaction is missing field(s): {', '.join(missing)}")
 
 
 def _chain_id(tx: Mapping[str, object], tx_type: int, *, allow_pre_eip155: bool) -> int | None:
@@ -432,18 +438,21 @@ def require_sender(tx: Transaction, signer_address: str) -> None:
         raise invalid("from does not match the signing account's address")
 
 
-def sign_transaction(private_key: bytes, tx: Transaction) -> SignedTransaction:
-    """Sign a parsed transaction."""
-    y_parity, r, s = sign_digest(private_key, tx.signing_digest())
-    raw = tx.encode_signed(y_parity, r, s)
-    if tx.tx_type == LEGACY:
-        v = 27 + y_parity if tx.chain_id is None else tx.chain_id * 2 + 35 + y_parity
-    else:
-        v = y_parity
+def sign_transaction(private_key: bytes | SigningKey, tx: Transaction) -> SignedTransaction:
+    """Sign a parsed transaction (give a :class:`SigningKey` to sign many times)."""
+    payload = tx.unsigned_payload()
+    signature = signing_key(private_key).sign_compact(tx.signing_digest(payload))
+    y_parity = signature[64]
+    r = int.from_bytes(signature[0:32], "big")
+    s = int.from_bytes(signature[32:64], "big")
+    raw = tx.encode_signed(y_parity, r, s, payload)
+    v = tx.legacy_v(y_parity) if tx.tx_type == LEGACY else y_parity
     return SignedTransaction(raw=raw, hash=keccak256(raw), y_parity=y_parity, r=r, s=s, v=v)
 
 
-def sign_authorization(private_key: bytes, authorization: object) -> SignedAuthorization:
+def sign_authorization(
+    private_key: bytes | SigningKey, authorization: object
+) -> SignedAuthorization:
     """Sign an EIP-7702 authorization ``{chainId, address, nonce}``.
 
     Accepts the JSON object or an already parsed :class:`Authorization`.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from enclave_app.errors import invalid
 from enclave_app.signing import fields
 from enclave_app.signing.keccak import keccak256
+from enclave_app.signing.keys import SigningKey
 from enclave_app.signing.messages import SignedMessage, sign_digest_65
 
 MAX_DEPTH = 32
@@ -247,6 +248,6 @@ def hash_typed_data(data: object) -> TypedDataHash:
     return TypedDataHash(domain_separator, message_hash, digest)
 
 
-def sign_typed_data(private_key: bytes, data: object) -> SignedMessage:
+def sign_typed_data(private_key: bytes | SigningKey, data: object) -> SignedMessage:
     """eth_signTypedData_v4: 65-byte r||s||v signature over the EIP-712 digest."""
     return sign_digest_65(private_key, hash_typed_data(data).digest)

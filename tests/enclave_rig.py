@@ -1,0 +1,250 @@
+"""The enclave app in-process over real sockets, for tests of its server and ops.
+
+``EnclaveRig`` wires the production pieces exactly as ``enclave_app.__main__`` does:
+the simulated NSM serves a unix socket (``SocketNsm`` talks to it), the local KMS
+listens on a loopback port with the key policy rendered by ``nitro_wallet.key_policy``
+for this NSM's PCR0, and ``EnclaveServer`` serves the simulated vsock transport (a
+unix socket). Only the vsock-proxy hop and the process boundary are left out; the
+full-stack tests cover those.
+
+``KmsGate`` instruments the local KMS: it counts calls per operation, measures how
+many run at once, and can slow them down or hold them until released.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from enclave_app import wire
+from enclave_app.accounts import AccountVault
+from enclave_app.errors import EnclaveError
+from enclave_app.key_cache import KeyCache
+from enclave_app.kms import AttestedKms
+from enclave_app.nsm import SocketNsm
+from enclave_app.ops import Operations
+from enclave_app.recipient_keys import RecipientKeyPool
+from enclave_app.server import EnclaveServer, ServerLimits
+from enclave_app.signing.keys import SigningKey
+from enclave_app.transport import Transport
+from nitro_sim.ca import SimCa
+from nitro_sim.kms import KmsServer, serve_kms
+from nitro_sim.kms.params import Params
+from nitro_sim.kms.service import AuditEntry
+from nitro_sim.nsm import NsmServer, SimulatedNsm
+from nitro_sim.principals import Principal, Principals
+from nitro_wallet.key_policy import render_key_policy
+
+ENCLAVE_CID = 16
+ENCLAVE_PORT = 5000
+PCR0 = hashlib.sha384(b"nitro-wallet enclave rig").digest()
+
+
+class KmsGate:
+    """Wraps the local KMS: counts calls and connections, concurrency, delay, hold."""
+
+    def __init__(self, kms: KmsServer) -> None:
+        self._inner = kms.service.call
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.delay = 0.0
+        self.open = threading.Event()
+        self.open.set()
+        self.connections = 0  # TCP connections the KMS accepted
+        kms.service.call = self._call  # type: ignore[method-assign]
+        httpd = kms._httpd
+        accept = httpd.get_request
+
+        def counting_accept() -> tuple[socket.socket, Any]:
+            with self._lock:
+                self.connections += 1
+            return accept()
+
+        httpd.get_request = counting_accept  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.max_in_flight = 0
+            self.connections = 0
+
+    def _call(
+        self, principal: Principal, op: str, params: Params, entry: AuditEntry
+    ) -> dict[str, Any]:
+        with self._lock:
+            self.calls[op] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self.open.wait(timeout=30)
+            if self.delay:
+                time.sleep(self.delay)
+            return self._inner(principal, op, params, entry)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+class EnclaveRig:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        limits: ServerLimits | None = None,
+        kms_concurrency: int = 8,
+        recipient_pool: int = 0,
+        cache_entries: int = 1024,
+    ) -> None:
+        self.root = root
+        self.limits = limits or ServerLimits()
+        state = root / "state"
+        self.kms = serve_kms(state)
+        self.gate = KmsGate(self.kms)
+        principals = Principals.load(state)
+        self.credentials = {
+            "access_key_id": principals.role_credentials().access_key_id,
+            "secret_access_key": principals.role_credentials().secret_access_key,
+            "session_token": principals.role_credentials().session_token,
+        }
+        admin = principals.admin_credentials()
+        admin_kms = boto3.session.Session().client(
+            "kms",
+            region_name=principals.region,
+            endpoint_url=self.kms.url,
+            aws_access_key_id=admin.access_key_id,
+            aws_secret_access_key=admin.secret_access_key,
+            aws_session_token=admin.session_token,
+        )
+        self.key_arn: str = admin_kms.create_key(Description="rig")["KeyMetadata"]["Arn"]
+        policy = render_key_policy(
+            admin_arns=[principals.administrator().arn],
+            enclave_arns=[principals.imds_role().arn],
+            pcr0s=[PCR0.hex()],
+        )
+        admin_kms.put_key_policy(
+            KeyId=self.key_arn, PolicyName="default", Policy=json.dumps(policy)
+        )
+        self.nsm_server = NsmServer(
+            SimulatedNsm(SimCa.load_or_create(state / "ca"), {0: PCR0}, "i-rig-enc0"),
+            root / "nsm.sock",
+        )
+        self.transport = Transport.unix(root / "vsock")
+        self.recipient_keys = RecipientKeyPool(recipient_pool)
+        self.kms_client = AttestedKms(
+            SocketNsm(root / "nsm.sock"),
+            endpoint_url=self.kms.url,
+            region=principals.region,
+            allowed_key_ids=(self.key_arn,),
+            timeout_seconds=20,
+            max_concurrent_calls=kms_concurrency,
+            recipient_keys=self.recipient_keys,
+        )
+        self.cache: KeyCache[SigningKey] = KeyCache(cache_entries, 900)
+        self.vault = AccountVault(self.kms_client, self.cache, max_parallel_unlocks=kms_concurrency)
+        self.operations = Operations(
+            SocketNsm(root / "nsm.sock"),
+            self.vault,
+            allow_pre_eip155=False,
+            record_cache_entries=cache_entries,
+            capacity=self.limits.capacity(),
+        )
+        self.server = EnclaveServer(
+            self.transport.listen(ENCLAVE_CID, ENCLAVE_PORT, backlog=1024),
+            self.operations,
+            self.limits,
+            housekeeping=self.cache.purge_expired,
+        )
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> EnclaveRig:
+        self.recipient_keys.start()
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.stop()
+        self._thread.join(timeout=10)
+        self.vault.close()
+        self.recipient_keys.close()
+        self.nsm_server.close()
+        self.kms.close()
+
+    def __enter__(self) -> EnclaveRig:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- client side ----------------------------------------------------------------------
+
+    def connect(self, timeout: float = 10) -> socket.socket:
+        return self.transport.connect(ENCLAVE_CID, ENCLAVE_PORT, timeout)
+
+    def call(
+        self, op: str, params: dict[str, Any] | None = None, conn: socket.socket | None = None
+    ) -> dict[str, Any]:
+        """One request; the result, or the EnclaveError the enclave answered."""
+        own = conn is None
+        sock = conn if conn is not None else self.connect()
+        try:
+            request_id = uuid.uuid4().hex
+            wire.write_frame(sock, request_frame(op, params or {}, request_id))
+            body = wire.read_frame(sock)
+            if body is None:
+                raise ConnectionError("the enclave closed the connection")
+            return wire.parse_response(body, request_id)
+        finally:
+            if own:
+                sock.close()
+
+    def create_account(self) -> dict[str, Any]:
+        """A stored record, as the relay would keep it."""
+        return self.call(
+            "generate_account",
+            {
+                "account_id": str(uuid.uuid4()),
+                "key_id": self.key_arn,
+                "credentials": self.credentials,
+            },
+        )
+
+    def forget_keys(self) -> None:
+        """An enclave restart, as far as its memory goes: every key is cold again."""
+        self.cache.clear()
+
+
+def request_frame(op: str, params: dict[str, Any], request_id: str = "r") -> bytes:
+    return wire.request_frame(wire.Request(request_id, op, params))
+
+
+def read_answer(sock: socket.socket) -> dict[str, Any]:
+    """The next answer frame on ``sock`` as a JSON object (ok or error)."""
+    body = wire.read_frame(sock)
+    if body is None:
+        raise ConnectionError("the enclave closed the connection")
+    return wire.decode_object(body)
+
+
+def error_code(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except EnclaveError as exc:
+        return str(exc.code)
+    raise AssertionError("the enclave did not refuse")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
