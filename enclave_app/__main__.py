@@ -1,4 +1,8 @@
-"""Enclave entry point: ``python -m enclave_app --config /app/enclave.toml``."""
+"""Enclave entry point: ``python -m enclave_app --config /app/enclave.toml``.
+
+The signing policy is ``policy.json`` in the configuration's directory (``/app``): both
+are built into the image, so PCR0 covers them. Without a valid policy the enclave does
+not start."""
 
 from __future__ import annotations
 
@@ -12,12 +16,14 @@ from types import FrameType
 
 from enclave_app.accounts import AccountVault
 from enclave_app.config import ConfigError, EnclaveConfig
+from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms
 from enclave_app.kms_forwarder import KmsForwarder
 from enclave_app.measurements import describe_measurements
 from enclave_app.nsm import nsm_from_environment
 from enclave_app.ops import Operations
+from enclave_app.policy import PolicyDocumentError, load_policy
 from enclave_app.recipient_keys import RecipientKeyPool
 from enclave_app.server import EnclaveServer, ServerLimits
 from enclave_app.signing.keys import SigningKey
@@ -26,6 +32,8 @@ log = logging.getLogger("enclave_app")
 
 #: Descriptors kept for everything but client connections (KMS forwarding, NSM, logs).
 RESERVED_DESCRIPTORS = 256
+#: The signing policy, next to enclave.toml in the image.
+POLICY_FILE = "policy.json"
 LISTEN_BACKLOG = 1024
 
 
@@ -46,8 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)
         return 2
+    try:
+        policy = load_policy(args.config.parent / POLICY_FILE)
+    except PolicyDocumentError as exc:
+        log.error("refusing to start: signing policy: %s", exc)
+        return 2
 
     nsm = nsm_from_environment()
+    gate = Gate.boot(policy, nsm)
+    log.info(
+        "signing policy sha256 %s: %d rules, %d velocity limits",
+        policy.sha256,
+        len(policy.rules),
+        len(policy.limits),
+    )
     forwarder = KmsForwarder(config.transport, config.kms_proxy_port).start()
     recipient_keys = RecipientKeyPool(config.kms_recipient_key_pool).start()
     kms = AttestedKms(
@@ -68,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     operations = Operations(
         nsm,
         vault,
+        gate=gate,
         allow_pre_eip155=config.allow_pre_eip155,
         record_cache_entries=config.key_cache_max_entries,
         capacity=limits.capacity(),
