@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv dev demo demo-dev test test-fast lint format fixtures clients pytest lock clean
+.PHONY: venv dev demo demo-dev test test-fast lint format fixtures clients pytest lock clean clean-dev-state
 
 # One lock for the controller/dev tooling; the package itself is installed without deps.
 $(VENV)/.installed: pyproject.toml requirements/dev.txt
@@ -29,8 +29,9 @@ demo: venv
 demo-dev: venv
 	bash scripts/demo-dev.sh
 
-## Every check: ruff, mypy, pytest (unit, property, end-to-end, Ansible lint and
-## syntax) and the molecule scenarios on podman systemd hosts (needs root + podman).
+## Every check: ruff, mypy, import-linter (the layers), pytest (unit, property,
+## end-to-end, Ansible lint and syntax) and the molecule scenarios on podman systemd
+## hosts (needs root + podman).
 test: venv lint fixtures clients
 	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_REQUIRE_CLIENTS=1 NITRO_WALLET_MOLECULE=1 $(VENV)/bin/pytest -q
 
@@ -42,6 +43,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 format: venv
 	$(VENV)/bin/ruff format .
@@ -60,12 +62,18 @@ $(CLIENTS_STAMP): tests/clients/package.json tests/clients/package-lock.json
 
 ## Regenerate the lock files from requirements/*.in and pyproject.toml.
 lock: venv
-	cd requirements && for name in enclave relay sim; do \
+	cd requirements && for name in enclave relay sim operator; do \
 	  ../$(VENV)/bin/pip-compile --quiet --generate-hashes --strip-extras --no-header \
 	    --no-emit-index-url --no-emit-find-links --output-file $$name.txt $$name.in; done
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-index-url \
-	  --no-emit-find-links --extra sim --extra operator --extra dev --extra ansible \
+	  --no-emit-find-links --allow-unsafe --extra sim --extra dev --extra ansible \
 	  --output-file requirements/dev.txt pyproject.toml
 
+## Caches and build outputs only: never artifacts/ (rendered key policies, PCR records)
+## nor the dev/demo state (see clean-dev-state).
 clean:
-	rm -rf .dev-state .demo-state build dist .pytest_cache .mypy_cache .ruff_cache artifacts
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache
+
+## The simulated appliance's state: its KMS keys and every dev/demo account are lost.
+clean-dev-state:
+	rm -rf .dev-state .demo-state .demo-state.log

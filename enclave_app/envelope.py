@@ -27,6 +27,8 @@ from enclave_app.errors import EnclaveError, ErrorCode
 ENVELOPE_V1 = 0x01
 ENVELOPE_V2 = 0x02
 _AAD_TAGS = {ENVELOPE_V1: b"nitro-wallet/v1|", ENVELOPE_V2: b"nitro-wallet/v2|"}
+#: Every version byte a sealed key may start with.
+VERSIONS = frozenset(_AAD_TAGS)
 NONCE_BYTES = 12
 DATA_KEY_BYTES = 32
 ENCRYPTION_CONTEXT_KEY = "nitro-wallet:account_id"

@@ -1,8 +1,11 @@
 """``make dev``: the whole appliance as plain processes, relay on 127.0.0.1:8080.
 
 Stays in the foreground; Ctrl-C (or SIGTERM) stops everything it started. State
-(simulator CA, KMS keys, the relay's SQLite file) lives in ``.dev-state/`` and
-survives restarts, so accounts created in one session still sign in the next.
+(simulator CA, KMS keys, the release signing certificate, the relay's SQLite file)
+lives in ``.dev-state/`` and survives restarts, so accounts created in one session
+still sign in the next. The key policy is ``sealed`` (production's default): the image
+is signed with the dev release certificate and the policy pins its PCR8, so a changed
+enclave_app keeps its accounts; ``--key-policy-mode pcr0`` pins the image instead.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-port", type=int, default=8080)
     parser.add_argument("--kms-port", type=int, default=4566)
     parser.add_argument("--imds-port", type=int, default=1338)
+    parser.add_argument("--key-policy-mode", choices=("sealed", "pcr0"), default="sealed")
     args = parser.parse_args(argv)
 
     stack = LocalStack(
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         relay_port=args.relay_port,
         kms_port=args.kms_port,
         imds_port=args.imds_port,
+        key_policy_mode=args.key_policy_mode,
     )
     stopped = threading.Event()
 
@@ -56,7 +61,8 @@ nitro-wallet dev stack is up (Ctrl-C to stop)
   IMDS (sim)   http://127.0.0.1:{stack.imds_port}
   enclave      CID 16 port 5000 over {stack.sim_dir / "vsock"}
   PCR0         {stack.measurements.pcr0}
-  key policy   {stack.root / "kms-key-policy.json"}
+  PCR8         {stack.measurements.pcr8 or "(unsigned image)"}
+  key policy   {stack.root / "kms-key-policy.json"} ({stack.key_policy_mode} mode)
   logs         {stack.log_dir}
 """,
         flush=True,

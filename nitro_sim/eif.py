@@ -15,10 +15,12 @@ File layout (integers big-endian)::
     trailer  crc32 u32 over every preceding byte
 
 Sections, exactly once each and in this order: 1 kernel (stub), 2 cmdline,
-3 boot ramdisk (stub), 4 application ramdisk (the tar), 5 metadata (JSON: image
-name and version, build time, tool and version, OS, kernel, docker info).
-The metadata section is covered by the CRC but NOT by any measurement, so a rebuild
-at another time gives the same PCRs.
+3 boot ramdisk (stub), 4 application ramdisk (the tar), 6 signature (signed images
+only, see ``nitro_sim.eif_signature``), 5 metadata (JSON: image name and version,
+build time, tool and version, OS, kernel, docker info). The metadata and signature
+sections are covered by the CRC but NOT by PCR0..2, so a rebuild at another time
+gives the same PCRs and signing never changes PCR0; a signed image also has PCR8,
+the measure of its signing certificate.
 
 Measurements, SHA-384, with ``extend(pcr, data) = SHA384(pcr || SHA384(data))`` and
 ``Z`` = 48 zero bytes::
@@ -26,6 +28,7 @@ Measurements, SHA-384, with ``extend(pcr, data) = SHA384(pcr || SHA384(data))`` 
     PCR0 = extend(extend(extend(extend(Z, kernel), cmdline), boot_ramdisk), app_ramdisk)
     PCR1 = extend(extend(Z, kernel), boot_ramdisk)       constant per simulator version
     PCR2 = extend(Z, app_ramdisk)
+    PCR8 = extend(Z, DER(signing certificate))            signed images only
 
 Any byte changed in any source file changes the application ramdisk, hence PCR0 and
 PCR2. Reading an EIF checks magic, version, section table and CRC and refuses
@@ -45,10 +48,12 @@ import tarfile
 import tomllib
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from nitro_sim.eif_signature import EifSignature, SignatureError, sign_pcr0
 
 MAGIC = b"NSIMEIF\x00"
 EIF_VERSION = 4
@@ -67,6 +72,7 @@ SECTION_CMDLINE = 2
 SECTION_BOOT_RAMDISK = 3
 SECTION_APP_RAMDISK = 4
 SECTION_METADATA = 5
+SECTION_SIGNATURE = 6
 _SECTION_ORDER = (
     SECTION_KERNEL,
     SECTION_CMDLINE,
@@ -74,6 +80,7 @@ _SECTION_ORDER = (
     SECTION_APP_RAMDISK,
     SECTION_METADATA,
 )
+_SIGNED_SECTION_ORDER = (*_SECTION_ORDER[:4], SECTION_SIGNATURE, SECTION_METADATA)
 
 _HEADER = struct.Struct(">8sHHI")
 _SECTION = struct.Struct(">HHQ")
@@ -100,17 +107,24 @@ class Measurements:
     pcr0: bytes
     pcr1: bytes
     pcr2: bytes
+    pcr8: bytes | None = None  # signed images only
 
     def to_json(self) -> dict[str, str]:
-        return {
+        measured = {
             "HashAlgorithm": HASH_ALGORITHM,
             "PCR0": self.pcr0.hex(),
             "PCR1": self.pcr1.hex(),
             "PCR2": self.pcr2.hex(),
         }
+        if self.pcr8 is not None:
+            measured["PCR8"] = self.pcr8.hex()
+        return measured
 
     def as_pcrs(self) -> dict[int, bytes]:
-        return {0: self.pcr0, 1: self.pcr1, 2: self.pcr2}
+        pcrs = {0: self.pcr0, 1: self.pcr1, 2: self.pcr2}
+        if self.pcr8 is not None:
+            pcrs[8] = self.pcr8
+        return pcrs
 
 
 def extend(pcr: bytes, data: bytes) -> bytes:
@@ -135,10 +149,22 @@ class Eif:
     app_ramdisk: bytes
     metadata: dict[str, Any] = field(default_factory=dict)
     version: int = EIF_VERSION
+    signature: EifSignature | None = None
 
     @property
     def measurements(self) -> Measurements:
-        return measure(self.kernel, self.cmdline, self.boot_ramdisk, self.app_ramdisk)
+        measured = measure(self.kernel, self.cmdline, self.boot_ramdisk, self.app_ramdisk)
+        if self.signature is None:
+            return measured
+        return replace(measured, pcr8=self.signature.pcr8)
+
+    def signed(self, certificate_pem: bytes, private_key_pem: bytes) -> Eif:
+        """This image with a signature section over its PCR0 (which does not change)."""
+        try:
+            signature = sign_pcr0(self.measurements.pcr0, certificate_pem, private_key_pem)
+        except SignatureError as exc:
+            raise EifError(str(exc)) from None
+        return replace(self, signature=signature)
 
     @property
     def image_name(self) -> str:
@@ -150,13 +176,15 @@ class Eif:
 
     def to_bytes(self) -> bytes:
         meta = json.dumps(self.metadata, sort_keys=True, separators=(",", ":")).encode()
-        sections = (
+        sections = [
             (SECTION_KERNEL, self.kernel),
             (SECTION_CMDLINE, self.cmdline),
             (SECTION_BOOT_RAMDISK, self.boot_ramdisk),
             (SECTION_APP_RAMDISK, self.app_ramdisk),
             (SECTION_METADATA, meta),
-        )
+        ]
+        if self.signature is not None:
+            sections.insert(4, (SECTION_SIGNATURE, self.signature.to_bytes()))
         out = bytearray(_HEADER.pack(MAGIC, self.version, 0, len(sections)))
         for kind, data in sections:
             out += _SECTION.pack(kind, 0, len(data))
@@ -300,10 +328,17 @@ def parse_eif(data: bytes) -> Eif:
     body = data[: len(data) - _CRC.size]
     if zlib.crc32(body) != stored_crc:
         raise EifError("CRC check failed: the EIF is corrupted")
-    if count != len(_SECTION_ORDER):
-        raise EifError(f"EIF has {count} sections, expected {len(_SECTION_ORDER)}")
-    sections = _read_sections(body)
-    kernel, cmdline, boot, app, meta = sections
+    if count not in (len(_SECTION_ORDER), len(_SIGNED_SECTION_ORDER)):
+        raise EifError(f"EIF has {count} sections, expected {len(_SECTION_ORDER)} or 6 (signed)")
+    order = _SECTION_ORDER if count == len(_SECTION_ORDER) else _SIGNED_SECTION_ORDER
+    sections = dict(zip(order, _read_sections(body, order), strict=True))
+    signature = None
+    if SECTION_SIGNATURE in sections:
+        try:
+            signature = EifSignature.from_bytes(sections[SECTION_SIGNATURE])
+        except SignatureError as exc:
+            raise EifError(f"signature section: {exc}") from None
+    meta = sections[SECTION_METADATA]
     if len(meta) > MAX_METADATA_BYTES:
         raise EifError("metadata section is too large")
     try:
@@ -312,13 +347,21 @@ def parse_eif(data: bytes) -> Eif:
         raise EifError(f"metadata is not JSON: {exc}") from exc
     if not isinstance(metadata, dict):
         raise EifError("metadata must be a JSON object")
-    return Eif(kernel, cmdline, boot, app, metadata, version)
+    return Eif(
+        sections[SECTION_KERNEL],
+        sections[SECTION_CMDLINE],
+        sections[SECTION_BOOT_RAMDISK],
+        sections[SECTION_APP_RAMDISK],
+        metadata,
+        version,
+        signature,
+    )
 
 
-def _read_sections(body: bytes) -> list[bytes]:
+def _read_sections(body: bytes, order: tuple[int, ...]) -> list[bytes]:
     offset = _HEADER.size
     sections: list[bytes] = []
-    for expected in _SECTION_ORDER:
+    for expected in order:
         if offset + _SECTION.size > len(body):
             raise EifError("truncated section table")
         kind, section_flags, size = _SECTION.unpack_from(body, offset)
@@ -339,15 +382,24 @@ def describe(eif: Eif) -> dict[str, Any]:
     keys = ("BuildTime", "BuildTool", "BuildToolVersion", "OperatingSystem", "KernelVersion")
     metadata: dict[str, Any] = {key: eif.metadata.get(key, "") for key in keys}
     metadata["DockerInfo"] = eif.metadata.get("DockerInfo", {})
-    return {
+    measurements = eif.measurements
+    described: dict[str, Any] = {
         "EifVersion": eif.version,
-        "Measurements": eif.measurements.to_json(),
-        "IsSigned": False,
+        "Measurements": measurements.to_json(),
+        "IsSigned": eif.signature is not None,
         "CheckCRC": True,
         "ImageName": eif.image_name,
         "ImageVersion": eif.image_version,
         "Metadata": metadata,
     }
+    if eif.signature is not None:
+        described["SigningCertificate"] = eif.signature.certificate_info()
+        try:
+            eif.signature.verify(measurements.pcr0)
+            described["SignatureCheck"] = True
+        except SignatureError:
+            described["SignatureCheck"] = False
+    return described
 
 
 # --- unpacking -------------------------------------------------------------------

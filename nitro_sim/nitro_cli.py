@@ -1,6 +1,7 @@
 """Simulated ``nitro-cli``: the real command shapes and JSON output, without Nitro hardware.
 
     nitro-cli build-enclave --docker-uri URI --docker-dir DIR --output-file FILE
+                            [--signing-certificate CERT.pem --private-key KEY.pem]
     nitro-cli describe-eif --eif-path FILE
     nitro-cli run-enclave --eif-path FILE --cpu-count N --memory MIB
                           [--enclave-cid CID] [--enclave-name NAME] [--debug-mode]
@@ -39,6 +40,7 @@ import yaml
 
 from nitro_sim import eif as eif_mod
 from nitro_sim import statedir
+from nitro_sim.eif_signature import SignatureError
 from nitro_sim.enclave_runner import ISOLATION_MODES, remove_cid_sockets
 
 ERRORS_URL = "https://docs.aws.amazon.com/enclaves/latest/user/cli-errors.html"
@@ -66,6 +68,7 @@ _TITLES = {
     36: "Enclave boot failure.",
     39: "Enclave process connection failure.",
     48: "Enclave image building error.",
+    59: "EIF signature checker error.",
 }
 
 
@@ -102,6 +105,7 @@ def build_enclave(args: argparse.Namespace) -> None:
             "so the image is built from a directory holding the Dockerfile, enclave.toml and "
             "the enclave_app/ sources.",
         )
+    signing = _signing_material(args)
     _progress("Start building the Enclave Image...")
     try:
         image = eif_mod.build_eif(
@@ -111,6 +115,8 @@ def build_enclave(args: argparse.Namespace) -> None:
             image_version=args.version,
             build_time=_source_date(),
         )
+        if signing is not None:
+            image = image.signed(*signing)
     except eif_mod.EifError as exc:
         raise NitroCliError(48, str(exc)) from exc
     except OSError as exc:
@@ -121,6 +127,26 @@ def build_enclave(args: argparse.Namespace) -> None:
         raise NitroCliError(19, f"cannot write {args.output_file}: {exc.strerror or exc}") from exc
     _progress("Enclave Image successfully created.")
     _print_json({"Measurements": image.measurements.to_json()})
+
+
+def _signing_material(args: argparse.Namespace) -> tuple[bytes, bytes] | None:
+    """(certificate PEM, private key PEM), or None for an unsigned image."""
+    if args.signing_certificate is None and args.private_key is None:
+        return None
+    if args.signing_certificate is None or args.private_key is None:
+        missing = "--private-key" if args.private_key is None else "--signing-certificate"
+        raise NitroCliError(1, f"{missing} is required to sign the image (give both or neither)")
+    if args.private_key.startswith("arn:"):
+        raise NitroCliError(
+            3, "signing with a KMS key (--private-key ARN) is not simulated: give a PEM file"
+        )
+    material: list[bytes] = []
+    for path in (args.signing_certificate, args.private_key):
+        try:
+            material.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise NitroCliError(19, f"cannot read {path}: {exc.strerror or exc}") from exc
+    return material[0], material[1]
 
 
 def _source_date() -> datetime | None:
@@ -288,6 +314,11 @@ def run_enclave(state: Path, args: argparse.Namespace) -> None:
             f"User provided `memory` is {args.memory} MB, but based on the EIF "
             f"file size, the minimum memory should be {needed} MB",
         )
+    if image.signature is not None:
+        try:
+            image.signature.verify(image.measurements.pcr0)
+        except SignatureError as exc:
+            raise NitroCliError(59, f"Invalid signing certificate: {exc}") from exc
     name = args.enclave_name or _default_name(args.eif_path)
     isolation = os.environ.get(ISOLATION_ENV, "auto")
     if isolation not in ISOLATION_MODES:
@@ -529,6 +560,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--output-file", required=True)
     build.add_argument("--name", help="image name (default: from the docker URI)")
     build.add_argument("--version", default="1.0", help="image version (default 1.0)")
+    build.add_argument("--signing-certificate", help="PEM certificate: sign the image (PCR8)")
+    build.add_argument("--private-key", help="PEM private key of the signing certificate")
 
     describe = commands.add_parser("describe-eif", help="describe an EIF")
     describe.add_argument("--eif-path", required=True)

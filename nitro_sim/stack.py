@@ -10,8 +10,13 @@ a real host, with the simulator standing in for Nitro and AWS:
     python -m parent_app                   the relay on 127.0.0.1
 
 The KMS key is created first (its ARN is baked into the image), then the EIF is
-built and measured, then the key policy is rendered from that PCR0, validated and
-applied: the same order as the Ansible playbooks.
+built and measured, then the key policy is rendered, validated and applied: the same
+order as the Ansible playbooks. ``key_policy_mode`` is ``sealed`` by default, as in
+production: the EIF is signed with the stack's own release certificate (made once in
+``<root>/release/``, see ``nitro_sim.release``), the policy pins its PCR8 and is
+applied once with the lockout safety check bypassed; later starts find it in place and
+leave it alone, and every image the stack signs (changed code included) keeps access.
+``pcr0`` mode builds unsigned images and pins their PCR0, as before.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import jinja2
+from botocore.exceptions import ClientError
 
-from nitro_wallet.key_policy import render_key_policy, validate_key_policy
+from nitro_sim.release import ReleaseSigner, load_or_create_release_signer
+from nitro_wallet.key_policy import PCR0, SEALED, render_key_policy, validate_key_policy
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
@@ -67,6 +74,12 @@ class Measurements:
     pcr0: str
     pcr1: str
     pcr2: str
+    pcr8: str | None = None  # signed images only
+
+    def pcrs(self) -> dict[int, bytes]:
+        """As the NSM attests them (PCR8 is 48 zero bytes for an unsigned image)."""
+        values = {0: self.pcr0, 1: self.pcr1, 2: self.pcr2, 8: self.pcr8 or "00" * 48}
+        return {index: bytes.fromhex(value) for index, value in values.items()}
 
 
 @dataclass
@@ -77,6 +90,7 @@ class LocalStack:
     imds_port: int = field(default_factory=free_port)
     region: str = "us-east-1"
     allow_debug: bool = False
+    key_policy_mode: str = SEALED
     # The relay's default chain (anvil's and hardhat's local chain id) and optional node.
     chain_id: int = 31337
     upstream_rpc_url: str | None = None
@@ -104,6 +118,15 @@ class LocalStack:
     @property
     def relay_db(self) -> Path:
         return self.root / "relay" / "accounts.db"
+
+    @property
+    def release_signer(self) -> ReleaseSigner:
+        """The stack's release signing key and certificate, made on first use."""
+        return load_or_create_release_signer(self.root / "release", "nitro-wallet dev release")
+
+    @property
+    def sealed(self) -> bool:
+        return self.key_policy_mode == SEALED
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -147,9 +170,13 @@ class LocalStack:
             )
             wait_for_port(self.kms_port, "KMS simulator", self._processes["kms"])
             wait_for_port(self.imds_port, "IMDS simulator", self._processes["imds"])
+            if self.key_policy_mode not in (SEALED, PCR0):
+                raise StackError(
+                    f"key_policy_mode must be sealed or pcr0, not {self.key_policy_mode!r}"
+                )
             self.key_arn = self.ensure_key()
             self.measurements = self.build_eif("nitro-wallet")
-            self.apply_policy([self.measurements.pcr0])
+            self.apply_policy(() if self.sealed else [self.measurements.pcr0])
             self.start_vsock_proxy()
             self.run_enclave(self.measurements.eif)
             self.start_relay()
@@ -213,17 +240,53 @@ class LocalStack:
         kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyId"])
         return key["Arn"]
 
-    def apply_policy(self, pcr0s: Iterable[str], *, allow_debug: bool | None = None) -> None:
+    def apply_policy(
+        self,
+        pcr0s: Iterable[str] = (),
+        *,
+        pcr8s: Iterable[str] | None = None,
+        allow_debug: bool | None = None,
+    ) -> None:
+        """Render, validate and apply the key policy in the stack's mode.
+
+        sealed: pins ``pcr8s`` (default: the stack's release certificate) and ``pcr0s``
+        if given; applied with BypassPolicyLockoutSafetyCheck, and only when the key does
+        not carry exactly this policy already (after that nobody can change it).
+        pcr0: pins ``pcr0s``.
+        """
         policy = render_key_policy(
-            admin_arns=[self.admin_arn], enclave_arns=[self.role_arn], pcr0s=pcr0s
+            mode=self.key_policy_mode,
+            admin_arns=[self.admin_arn],
+            enclave_arns=[self.role_arn],
+            pcr0s=pcr0s,
+            pcr8s=([self.release_signer.pcr8] if pcr8s is None else pcr8s) if self.sealed else (),
         )
         validate_key_policy(
-            policy, allow_debug=self.allow_debug if allow_debug is None else allow_debug
+            policy,
+            allow_debug=self.allow_debug if allow_debug is None else allow_debug,
+            mode=self.key_policy_mode,
         )
         (self.root / "kms-key-policy.json").write_text(json.dumps(policy, indent=2) + "\n")
-        self.kms_client().put_key_policy(
-            KeyId=self.key_arn, PolicyName="default", Policy=json.dumps(policy)
-        )
+        kms = self.kms_client()
+        current = json.loads(kms.get_key_policy(KeyId=self.key_arn, PolicyName="default")["Policy"])
+        if current == policy:
+            return
+        try:
+            kms.put_key_policy(
+                KeyId=self.key_arn,
+                PolicyName="default",
+                Policy=json.dumps(policy),
+                BypassPolicyLockoutSafetyCheck=self.sealed,
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "AccessDeniedException":
+                raise
+            raise StackError(
+                f"the KMS key {self.key_arn} is sealed with another policy than "
+                f"{self.root / 'kms-key-policy.json'} (its release certificate or mode "
+                f"changed?): nobody can change a sealed policy; remove {self.root} to start "
+                "over with a new key"
+            ) from exc
 
     # -------------------------------------------------------------- enclave
     def stage_enclave_context(
@@ -272,6 +335,7 @@ class LocalStack:
             "enclave_kms_endpoint_scheme": "http",
             "enclave_kms_endpoint_host": "127.0.0.1",
             "enclave_kms_proxy_port": KMS_PROXY_PORT,
+            "enclave_kms_timeout_seconds": 10,
             "enclave_kms_key_ids": [self.key_arn],
             "enclave_kms_max_concurrent_calls": 8,
             "enclave_kms_recipient_key_pool": 8,
@@ -290,9 +354,20 @@ class LocalStack:
         environment.filters["bool"] = bool
         return environment.get_template(ENCLAVE_TEMPLATE.name).render(**variables)
 
-    def build_eif(self, name: str, mutate: Callable[[Path], None] | None = None) -> Measurements:
+    def build_eif(
+        self,
+        name: str,
+        mutate: Callable[[Path], None] | None = None,
+        *,
+        signer: ReleaseSigner | None = None,
+        signed: bool | None = None,
+    ) -> Measurements:
+        """Build an EIF. Signed with ``signer``, or (``signed`` defaults to the stack being
+        sealed) with the stack's release certificate; unsigned with ``signed=False``."""
         context = self.stage_enclave_context(name, mutate)
         eif = self.root / f"{name}.eif"
+        if signer is None and (self.sealed if signed is None else signed):
+            signer = self.release_signer
         output = self.nitro_cli(
             [
                 "build-enclave",
@@ -302,10 +377,17 @@ class LocalStack:
                 str(context),
                 "--output-file",
                 str(eif),
+                *(signer.nitro_cli_args() if signer is not None else []),
             ]
         )
         pcrs = json.loads(output)["Measurements"]
-        return Measurements(eif=eif, pcr0=pcrs["PCR0"], pcr1=pcrs["PCR1"], pcr2=pcrs["PCR2"])
+        return Measurements(
+            eif=eif,
+            pcr0=pcrs["PCR0"],
+            pcr1=pcrs["PCR1"],
+            pcr2=pcrs["PCR2"],
+            pcr8=pcrs.get("PCR8"),
+        )
 
     def run_enclave(self, eif: Path, *, debug: bool = False) -> dict[str, Any]:
         self.nitro_cli(["terminate-enclave", "--enclave-name", ENCLAVE_NAME], check=False)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from enclave_app.signing.keccak import keccak256
-from enclave_app.signing.keys import to_checksum_address
+from parent_app.ethaddress import keccak256, to_checksum_address
 
 RlpItem = bytes | list["RlpItem"]
 

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from enclave_app.signing.keys import to_checksum_address
 from parent_app.errors import AccountExists, StorageError
+from parent_app.ethaddress import to_checksum_address
 
 SCHEMA_VERSION = 1
 MAX_CIPHERTEXT_BYTES = 16 * 1024

@@ -16,7 +16,9 @@ tests and the simulator only)::
     GlobalSecondaryIndex: "accounts_by_creation"
                           KeySchema  list_pk (S, HASH), list_sk (S, RANGE)
                           Projection ALL
-    Recommended:          DeletionProtectionEnabled, point-in-time recovery, SSE with KMS
+    Required:             point-in-time recovery (the accounts' only copy besides backups),
+                          DeletionProtectionEnabled
+    Recommended:          SSE with KMS; on-demand backups (docs/operations.md)
 
 Items (every account is two items written in one ``TransactWriteItems``, each with
 ``attribute_not_exists(pk)``, so neither the id nor the address can ever be reused):
@@ -301,7 +303,8 @@ class DynamoDbStorage:
     # -- tests and the simulator -----------------------------------------------
 
     def create_table_if_missing(self) -> None:
-        """Create the table of the module docstring (production tables come from IaC)."""
+        """Create the table of the module docstring, with point-in-time recovery and
+        deletion protection on (production tables come from IaC, with the same settings)."""
         try:
             self._client.create_table(
                 TableName=self.table_name,
@@ -322,6 +325,7 @@ class DynamoDbStorage:
                         "Projection": {"ProjectionType": "ALL"},
                     }
                 ],
+                DeletionProtectionEnabled=True,
             )
         except ClientError as exc:
             if _error_code(exc) != "ResourceInUseException":
@@ -334,6 +338,13 @@ class DynamoDbStorage:
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._failure("DescribeTable", exc) from None
+        try:
+            self._client.update_continuous_backups(
+                TableName=self.table_name,
+                PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failure("UpdateContinuousBackups", exc) from None
 
     # -- helpers ---------------------------------------------------------------
 

@@ -24,11 +24,14 @@ def stack_options() -> dict[str, Any]:
 def stack(stack_options: dict[str, Any]) -> Iterator[LocalStack]:
     """One appliance per test module: KMS, IMDS, vsock-proxy, enclave, relay.
 
+    The key policy pins the image's PCR0 (pcr0 mode), so that a test may run a modified
+    image and see it refused; tests/test_sealed_release.py runs the sealed default.
     The state lives in a short /tmp path: unix socket paths are limited to 107 bytes.
     """
     root = Path(tempfile.mkdtemp(prefix="nw-", dir="/tmp"))
     try:
-        with LocalStack(root=root, relay_port=free_port(), **stack_options) as running:
+        options = {"key_policy_mode": "pcr0", **stack_options}
+        with LocalStack(root=root, relay_port=free_port(), **options) as running:
             yield running
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -51,11 +51,11 @@ from nitro_sim.kms.params import Params
 from nitro_sim.kms.service import AuditEntry
 from nitro_sim.nsm import NsmServer, SimulatedNsm
 from nitro_sim.principals import Principal, Principals
-from nitro_wallet.key_policy import render_key_policy
+from nitro_wallet.key_policy import PCR0, render_key_policy
 
 ENCLAVE_CID = 16
 ENCLAVE_PORT = 5000
-PCR0 = hashlib.sha384(b"nitro-wallet enclave rig").digest()
+IMAGE_PCR0 = hashlib.sha384(b"nitro-wallet enclave rig").digest()
 #: Ops that take ``auth``.
 GATED_OPS = frozenset(
     {
@@ -164,15 +164,16 @@ class EnclaveRig:
         )
         self.key_arn: str = admin_kms.create_key(Description="rig")["KeyMetadata"]["Arn"]
         policy = render_key_policy(
+            mode=PCR0,
             admin_arns=[principals.administrator().arn],
             enclave_arns=[principals.imds_role().arn],
-            pcr0s=[PCR0.hex()],
+            pcr0s=[IMAGE_PCR0.hex()],
         )
         admin_kms.put_key_policy(
             KeyId=self.key_arn, PolicyName="default", Policy=json.dumps(policy)
         )
         self.nsm_server = NsmServer(
-            SimulatedNsm(SimCa.load_or_create(state / "ca"), {0: PCR0}, "i-rig-enc0"),
+            SimulatedNsm(SimCa.load_or_create(state / "ca"), {0: IMAGE_PCR0}, "i-rig-enc0"),
             root / "nsm.sock",
         )
         self.transport = Transport.unix(root / "vsock")

@@ -79,15 +79,11 @@ def unlock_as_measured_enclave(stack: LocalStack, record: dict[str, Any]) -> tup
     """Ground truth for the leak tests: (private key, data key) of a stored account.
 
     Only possible because the test holds the simulator CA's private key, so it can
-    produce an attestation with the allowed PCR0 exactly as the real enclave does.
-    Nothing in the appliance has that power.
+    produce an attestation with the allowed measurements exactly as the real enclave
+    does. Nothing in the appliance has that power.
     """
     assert stack.measurements is not None
-    pcrs = {
-        0: bytes.fromhex(stack.measurements.pcr0),
-        1: bytes.fromhex(stack.measurements.pcr1),
-        2: bytes.fromhex(stack.measurements.pcr2),
-    }
+    pcrs = stack.measurements.pcrs()
     nsm = SimulatedNsm(SimCa.load_or_create(stack.sim_dir / "ca"), pcrs, "i-test-enc0")
     ephemeral = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_der = ephemeral.public_key().public_bytes(

@@ -1,10 +1,9 @@
-"""The Python helpers shipped inside the roles, run for real: the key policy filter
-plugin (on nitro_wallet.key_policy), the enclave build context packer, the simulated
-allocator check and the enclave supervisor (against a stand-in nitro-cli script)."""
+"""The Python helpers shipped inside the roles, run for real: the enclave build context
+packer, the simulated allocator check and the enclave supervisor (against a stand-in
+nitro-cli script). The key policy filter plugin is tested in test_key_policy.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,68 +13,11 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ROOT / "roles"
-PCR0_A = "a1" * 48
-PCR0_B = "b2" * 48
-ADMIN = "arn:aws:iam::111122223333:user/nitro-wallet-admin"
-PARENT = "arn:aws:iam::111122223333:role/nitro-wallet-parent"
-
-
-def filter_error() -> type[Exception]:
-    error: type[Exception] = pytest.importorskip("ansible.errors").AnsibleFilterError
-    return error
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def filters() -> ModuleType:
-    pytest.importorskip("ansible")
-    return _load("nw_key_policy_filters", ROLES / "kms_key_policy/filter_plugins/key_policy.py")
-
-
-def test_filter_plugin_registers_both_filters(filters: ModuleType) -> None:
-    names = set(filters.FilterModule().filters())
-    assert names == {"nitro_wallet_render_key_policy", "nitro_wallet_validate_key_policy"}
-
-
-def test_policy_with_two_pcr0s_renders_and_validates(filters: ModuleType) -> None:
-    policy = filters.render_key_policy([ADMIN], [PARENT], [PCR0_B, PCR0_A.upper()])
-    assert filters.validate_key_policy(policy, False) == sorted([PCR0_A, PCR0_B])
-    json.dumps(policy)  # valid JSON document
-
-
-def test_zero_pcr0_needs_debug_explicitly_allowed(filters: ModuleType) -> None:
-    policy = filters.render_key_policy([ADMIN], [PARENT], ["0" * 96])
-    with pytest.raises(filter_error(), match="all-zero PCR0"):
-        filters.validate_key_policy(policy, False)
-    assert filters.validate_key_policy(policy, True) == ["0" * 96]
-
-
-def test_unattested_decrypt_is_refused(filters: ModuleType) -> None:
-    policy = filters.render_key_policy([ADMIN], [PARENT], [PCR0_A])
-    policy["Statement"].append(
-        {"Effect": "Allow", "Principal": {"AWS": [ADMIN]}, "Action": "kms:Decrypt", "Resource": "*"}
-    )
-    with pytest.raises(filter_error(), match="without an attestation condition"):
-        filters.validate_key_policy(policy, False)
-
-
-def test_render_refuses_a_bare_string(filters: ModuleType) -> None:
-    with pytest.raises(filter_error(), match="list of strings"):
-        filters.render_key_policy(ADMIN, [PARENT], [PCR0_A])
 
 
 def _make_repo(root: Path) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -30,10 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class RelayProcess:
-    def __init__(self, config: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        command: Sequence[str] = (sys.executable, "-m", "parent_app"),
+        cwd: Path = ROOT,
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parent_app", "--config", str(config)],
-            cwd=ROOT,
+            [*command, "--config", str(config)],
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -14,7 +14,7 @@ import secrets
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,12 +22,6 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from enclave_app.signing.keys import to_checksum_address
 from parent_app.config import ConfigError, RelayConfig
@@ -49,37 +43,14 @@ from tests.fake_enclave import (
     remove_tree,
     short_tempdir,
 )
+from tests.moto_server import MotoServer
 
 REGION = "us-east-1"
 SECRET = "dynamo-test-secret-" + secrets.token_hex(8)
 TEST_CREDENTIALS = Credentials("AKIADYNAMOTEST000001", SECRET, "dynamo-test-token")
 
 
-class LocalDynamoDb:
-    """moto's server app on 127.0.0.1:<free port>, one request at a time."""
-
-    def __init__(self) -> None:
-        app = DomainDispatcherApplication(create_backend_app)
-        lock = threading.Lock()
-
-        def serialized(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-            with lock:
-                return list(app(environ, start_response))
-
-        self._server: BaseWSGIServer = make_server(
-            "127.0.0.1", 0, serialized, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+LocalDynamoDb = MotoServer
 
 
 @pytest.fixture(scope="module")
@@ -359,6 +330,22 @@ def test_ping_fails_clearly_when_the_table_is_missing(dynamodb: LocalDynamoDb) -
         storage.create_table_if_missing()
         storage.create_table_if_missing()  # idempotent
         storage.ping()
+    finally:
+        storage.close()
+
+
+def test_a_created_table_has_point_in_time_recovery_and_deletion_protection(
+    dynamodb: LocalDynamoDb,
+) -> None:
+    table = _table_name()
+    storage = _storage(dynamodb, table)
+    try:
+        storage.create_table_if_missing()
+        raw = _raw_client(dynamodb)
+        backups = raw.describe_continuous_backups(TableName=table)["ContinuousBackupsDescription"]
+        recovery = backups["PointInTimeRecoveryDescription"]
+        assert recovery["PointInTimeRecoveryStatus"] == "ENABLED"
+        assert raw.describe_table(TableName=table)["Table"]["DeletionProtectionEnabled"] is True
     finally:
         storage.close()
 

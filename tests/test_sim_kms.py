@@ -147,10 +147,12 @@ def attested_policy(principals: Principals, pcr0s: list[bytes]) -> str:
 
 
 class Enclave:
-    """A simulated enclave: an NSM with given PCR0 and an ephemeral RSA-2048 key."""
+    """A simulated enclave: an NSM with given PCR0 (and PCR8 of a signed image; zero
+    otherwise) and an ephemeral RSA-2048 key."""
 
-    def __init__(self, state: Path, pcr0: bytes) -> None:
-        self.nsm = SimulatedNsm(SimCa.load_or_create(state / "ca"), {0: pcr0}, "i-0sim-enc0test")
+    def __init__(self, state: Path, pcr0: bytes, pcr8: bytes | None = None) -> None:
+        pcrs = {0: pcr0} if pcr8 is None else {0: pcr0, 8: pcr8}
+        self.nsm = SimulatedNsm(SimCa.load_or_create(state / "ca"), pcrs, "i-0sim-enc0test")
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     def document(self, *, with_key: bool = True) -> bytes:

@@ -35,6 +35,8 @@ def ctx(
     resource: str = KEY,
     pcr0: str | None = None,
     context: dict[str, str] | None = None,
+    pcr8: str | None = None,
+    extra: dict[str, str] | None = None,
 ) -> RequestContext:
     keys: dict[str, tuple[str, ...]] = {
         "aws:principalarn": (principal,),
@@ -43,6 +45,10 @@ def ctx(
     if pcr0 is not None:
         keys["kms:recipientattestation:imagesha384"] = (pcr0,)
         keys["kms:recipientattestation:pcr0"] = (pcr0,)
+    if pcr8 is not None:
+        keys["kms:recipientattestation:pcr8"] = (pcr8,)
+    for name, value in (extra or {}).items():
+        keys[name.lower()] = (value,)
     for name, value in (context or {}).items():
         keys[f"kms:encryptioncontext:{name}".lower()] = (value,)
     if context:
@@ -323,7 +329,7 @@ TABLE: list[tuple[str, list[dict[str, Any]], RequestContext, Decision]] = [
     ),
     (
         "unknown operator never allows",
-        [allow(Condition={"NumericEquals": {IMAGE: GOOD}})],
+        [allow(Condition={"BinaryEquals": {IMAGE: GOOD}})],
         ctx(pcr0=GOOD),
         Decision.IMPLICIT_DENY,
     ),
@@ -412,3 +418,98 @@ def test_wildcards_do_not_behave_as_regex() -> None:
     )
     assert evaluate(policy, ctx(context={"acct": "a.c[1]-x"})) is Decision.ALLOW
     assert evaluate(policy, ctx(context={"acct": "abc1-x"})) is Decision.IMPLICIT_DENY
+
+
+# ------------------------------------------------- sealed mode and deletion window
+
+PCR8_KEY = "kms:RecipientAttestation:PCR8"
+RELEASE = "c3" * 48
+OTHER_RELEASE = "d4" * 48
+SEALED_DENY = deny(
+    action=["kms:Decrypt", "kms:GenerateDataKey*"],
+    Condition={"StringNotEqualsIgnoreCase": {PCR8_KEY: [RELEASE]}},
+)
+SEALED_ALLOW = allow(
+    action=["kms:Decrypt", "kms:GenerateDataKey"],
+    Condition={"StringEqualsIgnoreCase": {PCR8_KEY: [RELEASE]}},
+)
+
+
+@pytest.mark.parametrize(
+    ("label", "context", "expected"),
+    [
+        ("release certificate", ctx(pcr0=GOOD, pcr8=RELEASE.upper()), Decision.ALLOW),
+        ("another certificate", ctx(pcr0=GOOD, pcr8=OTHER_RELEASE), Decision.EXPLICIT_DENY),
+        ("unsigned image (zero PCR8)", ctx(pcr0=GOOD, pcr8="00" * 48), Decision.EXPLICIT_DENY),
+        ("no attestation", ctx(), Decision.EXPLICIT_DENY),
+        (
+            "no attestation, admin holding kms:*",
+            ctx(principal=ADMIN, action="kms:Decrypt"),
+            Decision.EXPLICIT_DENY,
+        ),
+    ],
+)
+def test_the_sealed_deny_covers_a_missing_and_a_wrong_pcr8(
+    label: str, context: RequestContext, expected: Decision
+) -> None:
+    policy = parse_policy(
+        doc(SEALED_ALLOW, allow(principal={"AWS": ADMIN}, action="kms:*"), SEALED_DENY)
+    )
+    assert evaluate(policy, context) is expected, label
+
+
+WINDOW = "kms:ScheduleKeyDeletionPendingWindowInDays"
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        ("7", Decision.EXPLICIT_DENY),
+        ("29", Decision.EXPLICIT_DENY),
+        ("30", Decision.ALLOW),
+        (None, Decision.ALLOW),
+    ],
+)
+def test_numeric_conditions_guard_the_deletion_window(days: str | None, expected: Decision) -> None:
+    policy = parse_policy(
+        doc(
+            allow(action="kms:ScheduleKeyDeletion"),
+            deny(action="kms:ScheduleKeyDeletion", Condition={"NumericLessThan": {WINDOW: 30}}),
+        )
+    )
+    extra = {} if days is None else {WINDOW: days}
+    assert evaluate(policy, ctx(action="kms:ScheduleKeyDeletion", extra=extra)) is expected
+
+
+@pytest.mark.parametrize(
+    ("operator", "value", "request_value", "holds"),
+    [
+        ("NumericEquals", "30", "30", True),
+        ("NumericNotEquals", "30", "30", False),
+        ("NumericLessThanEquals", "30", "30", True),
+        ("NumericGreaterThan", "7", "30", True),
+        ("NumericGreaterThanEquals", "31", "30", False),
+        ("NumericLessThan", "30", "not-a-number", False),
+    ],
+)
+def test_numeric_operators(operator: str, value: str, request_value: str, holds: bool) -> None:
+    condition = Condition(operator, WINDOW.lower(), (value,))
+    assert evaluate_condition(condition, {WINDOW.lower(): (request_value,)}) is holds
+    assert evaluate_condition(condition, {}) is False
+    assert (
+        evaluate_condition(Condition(operator + "IfExists", WINDOW.lower(), (value,)), {}) is True
+    )
+
+
+def test_numeric_conditions_need_numbers() -> None:
+    with pytest.raises(PolicyError, match="needs numbers"):
+        parse_policy(doc(allow(Condition={"NumericLessThan": {WINDOW: "thirty"}})))
+
+
+def test_an_attestation_key_kms_does_not_define_fails_closed() -> None:
+    made_up = "kms:RecipientAttestation:PCR99"
+    assert evaluate_condition(Condition("StringEquals", made_up.lower(), (GOOD,)), {}) is None
+    allowing = parse_policy(doc(allow(Condition={"StringEquals": {made_up: GOOD}})))
+    assert evaluate(allowing, ctx(pcr0=GOOD, extra={made_up: GOOD})) is Decision.IMPLICIT_DENY
+    denying = parse_policy(doc(allow(), deny(Condition={"StringEquals": {made_up: "nothing"}})))
+    assert evaluate(denying, ctx(pcr0=GOOD)) is Decision.EXPLICIT_DENY

@@ -85,6 +85,9 @@ def handle(request):
     if request.op == "pcr0":
         _locked, value = nsm_from_environment().describe_pcr(0)
         return {"pcr0": value.hex()}
+    if request.op == "pcr":
+        _locked, value = nsm_from_environment().describe_pcr(int(params["index"]))
+        return {"value": value.hex()}
     if request.op == "exit":
         os._exit(7)
     raise EnclaveError(ErrorCode.UNKNOWN_OP, request.op)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nitro_sim.kms.params import KmsError, Params, validation
-from nitro_sim.kms.store import ALIAS_RE, DISABLED, PENDING_DELETION, KeyRecord
+from nitro_sim.kms.store import ALIAS_RE, DISABLED, PENDING_STATES, KeyRecord
 from nitro_sim.principals import Principal
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class AdminOps:
 
     @staticmethod
     def _not_pending_deletion(record: KeyRecord) -> None:
-        if record.state == PENDING_DELETION:
+        if record.state in PENDING_STATES:
             raise KmsError("KMSInvalidStateException", f"{record.arn} is pending deletion.")
 
     def _alias_name(self, params: Params) -> str:

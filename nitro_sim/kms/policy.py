@@ -15,15 +15,18 @@ it does not:
 - A key absent from the request context makes a positive operator false, a negated one
   (StringNotEquals, StringNotLike, ...) true, as AWS documents; `...IfExists` makes an
   absent key true; `Null` tests presence.
-- An operator this module does not know makes the statement not match when it
-  allows, and match when it denies (fail closed).
+- Numeric operators (NumericEquals, NumericLessThan, ... and their IfExists forms)
+  compare numbers; a policy value that is not a number is malformed.
+- An operator this module does not know, or an attestation condition key it does not
+  know (``kms:RecipientAttestation:`` other than ImageSha384 and PCR0..PCR31), makes
+  the statement not match when it allows, and match when it denies (fail closed).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -38,6 +41,11 @@ _PRINCIPAL_RE = re.compile(
     r"\A(\*|[0-9]{12}|arn:aws:iam::[0-9]{12}:(root|(user|role)/[A-Za-z0-9+=,.@_/*-]{1,128}))\Z"
 )
 _ACTION_RE = re.compile(r"\A(\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+)\Z")
+_ATTESTATION_PREFIX = "kms:recipientattestation:"
+_ATTESTATION_KEY_RE = re.compile(
+    r"\Akms:recipientattestation:(imagesha384|pcr([0-9]|[12][0-9]|3[01]))\Z"
+)
+_NUMBER_RE = re.compile(r"\A-?[0-9]{1,18}(\.[0-9]{1,18})?\Z")
 
 
 class PolicyError(ValueError):
@@ -101,7 +109,9 @@ class RequestContext:
 # ---------------------------------------------------------------------------- parsing
 
 
-def _strings(value: Any, what: str, *, allow_empty: bool = False) -> tuple[str, ...]:
+def _strings(
+    value: Any, what: str, *, allow_empty: bool = False, numbers: bool = False
+) -> tuple[str, ...]:
     items = value if isinstance(value, list) else [value]
     if not items and not allow_empty:
         raise PolicyError(f"{what} must not be empty")
@@ -111,6 +121,8 @@ def _strings(value: Any, what: str, *, allow_empty: bool = False) -> tuple[str, 
     for item in items:
         if isinstance(item, bool):
             out.append("true" if item else "false")
+        elif numbers and isinstance(item, int) and abs(item) < 10**18:
+            out.append(str(item))
         elif isinstance(item, str) and 0 < len(item) <= 2048:
             out.append(item)
         else:
@@ -151,7 +163,13 @@ def _parse_conditions(raw: Any) -> tuple[Condition, ...]:
         for key, values in block.items():
             if not isinstance(key, str) or not 0 < len(key) <= 256:
                 raise PolicyError("bad condition key")
-            out.append(Condition(operator, key.lower(), _strings(values, f"condition {key}")))
+            parsed = _parse_operator(operator)
+            numeric = parsed is not None and parsed[1] in _NUMERIC_OPS
+            strings = _strings(values, f"condition {key}", numbers=numeric)
+            condition = Condition(operator, key.lower(), strings)
+            if numeric and not all(_NUMBER_RE.match(v) for v in condition.values):
+                raise PolicyError(f"condition {operator} on {key} needs numbers")
+            out.append(condition)
     return tuple(out)
 
 
@@ -265,6 +283,17 @@ _STRING_OPS: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
+_NUMERIC_OPS: dict[str, Callable[[float, float], bool]] = {
+    # name: compare(request value, policy value)
+    "numericequals": lambda a, b: a == b,
+    "numericnotequals": lambda a, b: a != b,
+    "numericlessthan": lambda a, b: a < b,
+    "numericlessthanequals": lambda a, b: a <= b,
+    "numericgreaterthan": lambda a, b: a > b,
+    "numericgreaterthanequals": lambda a, b: a >= b,
+}
+
+
 def _value_matches(policy_value: str, value: str, *, ignore_case: bool, like: bool) -> bool:
     if like:
         return _glob(policy_value, value, ignore_case=ignore_case)
@@ -282,6 +311,8 @@ def _parse_operator(operator: str) -> tuple[str, str, bool] | None:
     name = name.removesuffix("ifexists")
     if name == "null":
         return (qualifier, name, False) if not (qualifier or if_exists) else None
+    if name in _NUMERIC_OPS:
+        return (qualifier, name, if_exists) if not qualifier else None
     if name not in _STRING_OPS or (name == "bool" and qualifier):
         return None
     return qualifier, name, if_exists
@@ -296,12 +327,17 @@ def _evaluate_null(condition: Condition, present: bool) -> bool | None:
 def evaluate_condition(condition: Condition, keys: Mapping[str, tuple[str, ...]]) -> bool | None:
     """True/False for a known operator, None for an operator this module does not know."""
     parsed = _parse_operator(condition.operator)
-    if parsed is None:
-        return None
+    unknown_key = condition.key.startswith(_ATTESTATION_PREFIX) and not (
+        _ATTESTATION_KEY_RE.match(condition.key)
+    )
+    if parsed is None or unknown_key:
+        return None  # an operator or attestation key KMS does not define: never a silent pass
     qualifier, name, if_exists = parsed
     present = condition.key in keys
     if name == "null":
         return _evaluate_null(condition, present)
+    if name in _NUMERIC_OPS:
+        return _evaluate_numeric(condition, name, keys, if_exists)
     negated, ignore_case, like = _STRING_OPS[name]
     if not present:
         # AWS: IfExists and ForAllValues hold on an absent key, and so does a negated
@@ -319,6 +355,21 @@ def evaluate_condition(condition: Condition, keys: Mapping[str, tuple[str, ...]]
         return all(test(v) for v in values)
     # Single-valued keys and ForAnyValue: some context value passes.
     return any(test(v) for v in values)
+
+
+def _evaluate_numeric(
+    condition: Condition, name: str, keys: Mapping[str, tuple[str, ...]], if_exists: bool
+) -> bool:
+    """Absent key: only the IfExists form holds (AWS); a non-numeric value never matches."""
+    if condition.key not in keys:
+        return if_exists
+    compare = _NUMERIC_OPS[name]
+    for value in keys[condition.key]:
+        if not _NUMBER_RE.match(value):
+            return False
+        if any(compare(float(value), float(p)) for p in condition.values):
+            return True
+    return False
 
 
 def _conditions_hold(statement: Statement, ctx: RequestContext) -> bool:

@@ -6,7 +6,7 @@ Every request is SigV4-authenticated against principals.json before its body is
 parsed; errors are `{"__type": ..., "message": ...}` with status 400 as on AWS. Each
 call appends one line to `$STATE/kms/audit.log`.
 
-    python -m nitro_sim.kms.server --state-dir D [--host 127.0.0.1] [--port P]
+    python -m nitro_sim.kms.server --state-dir D [--host 127.0.0.1] [--port P] [--region R]
 """
 
 from __future__ import annotations
@@ -131,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise KmsError("IncompleteSignatureException", "duplicate header")
         request = SignedRequest(method="POST", path=self.path, headers=headers, body=body)
         try:
-            return authenticate(request, self.server.service.principals, service="kms")
+            service = self.server.service
+            return authenticate(request, service.principals, service="kms", region=service.region)
         except AuthError as exc:
             raise KmsError(
                 exc.code, exc.message, 403 if exc.code.startswith("Missing") else 400
@@ -156,23 +157,29 @@ class KmsServer(BackgroundHttpServer):
         self.service = service
 
 
-def build_service(state_dir: Path) -> KmsService:
+def build_service(state_dir: Path, region: str | None = None) -> KmsService:
     state_dir = Path(state_dir)
     principals = Principals.load_or_create(state_dir)
     ca = SimCa.load_or_create(state_dir / "ca")
-    return KmsService(state_dir, principals, [ca.root_fingerprint])
+    return KmsService(state_dir, principals, [ca.root_fingerprint], region=region)
 
 
-def serve_kms(state_dir: Path, host: str = "127.0.0.1", port: int = 0) -> KmsServer:
-    """Start the KMS in a background thread (port 0 picks a free port)."""
-    return KmsServer(build_service(state_dir), host, port)
+def serve_kms(
+    state_dir: Path, host: str = "127.0.0.1", port: int = 0, region: str | None = None
+) -> KmsServer:
+    """Start the KMS endpoint of ``region`` (default: the account's home region) in a
+    background thread (port 0 picks a free port). Endpoints of several regions, in one
+    process or several, share the keys of one state directory, as regions of one AWS
+    account do: a multi-Region key replicated into a region is served there."""
+    return KmsServer(build_service(state_dir, region), host, port)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nitro-sim kms", description="local AWS KMS (simulator)")
+    parser.add_argument("--region", help="the region this endpoint serves (default: home region)")
     args = parse_service_args(parser, argv)
     try:
-        server = serve_kms(args.state_dir, args.host, args.port)
+        server = serve_kms(args.state_dir, args.host, args.port, args.region)
     except (OSError, PrincipalsError, CaError, StoreError) as exc:
         print(f"nitro-sim kms: cannot start: {exc}", file=sys.stderr)
         return 1

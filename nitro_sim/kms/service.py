@@ -21,15 +21,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from nitro_sim.kms import policy as pol
 from nitro_sim.kms.admin_ops import AdminOps, parse_tags
 from nitro_sim.kms.cms_builder import RecipientKeyError, build_enveloped_data, load_recipient_key
+from nitro_sim.kms.multi_region import MultiRegionOps, multi_region_metadata
 from nitro_sim.kms.params import KmsError, Params, encode_blob, validation
 from nitro_sim.kms.store import (
     ALIAS_RE,
     DISABLED,
     ENABLED,
     PENDING_DELETION,
+    PENDING_REPLICA_DELETION,
+    PENDING_STATES,
     BlobError,
     KeyRecord,
-    KeyStore,
+    RegionalStores,
     blob_key_id,
     open_blob,
     seal,
@@ -107,10 +110,23 @@ Handler = Callable[[Principal, Params, AuditEntry], dict[str, Any]]
 
 
 class KmsService:
-    def __init__(self, state_dir: Path, principals: Principals, trusted_roots: list[str]) -> None:
+    """KMS of one region (one endpoint); ``stores`` reaches the other regions' keys."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        principals: Principals,
+        trusted_roots: list[str],
+        region: str | None = None,
+        stores: RegionalStores | None = None,
+    ) -> None:
         self.principals = principals
         self.trusted_roots = list(trusted_roots)
-        self.store = KeyStore(Path(state_dir) / "kms", principals.account_id, principals.region)
+        self.region = region or principals.region
+        self.stores = stores or RegionalStores(
+            Path(state_dir) / "kms", principals.account_id, principals.region
+        )
+        self.store = self.stores.store(self.region)
         self.audit = AuditLog(self.store.directory / "audit.log")
         self._ops: dict[str, Handler] = {
             "CreateKey": self._create_key,
@@ -130,6 +146,7 @@ class KmsService:
             "GenerateDataKeyWithoutPlaintext": self._generate_data_key_without_plaintext,
             "GenerateRandom": self._generate_random,
             **AdminOps(self).handlers(),
+            **MultiRegionOps(self).handlers(),
         }
 
     @property
@@ -292,8 +309,10 @@ class KmsService:
             "CustomerMasterKeySpec": SYMMETRIC_DEFAULT,
             "KeySpec": SYMMETRIC_DEFAULT,
             "EncryptionAlgorithms": [SYMMETRIC_DEFAULT],
-            "MultiRegion": False,
+            "MultiRegion": record.multi_region,
         }
+        if record.multi_region:
+            metadata["MultiRegionConfiguration"] = multi_region_metadata(self.stores, record)
         if record.deletion_date is not None:
             metadata["DeletionDate"] = record.deletion_date
         return metadata
@@ -313,8 +332,7 @@ class KmsService:
         params.choice("Origin", ("AWS_KMS",))
         if params.raw.get("CustomKeyStoreId") is not None or params.raw.get("XksKeyId") is not None:
             raise KmsError("UnsupportedOperationException", "custom key stores are not simulated")
-        if params.boolean("MultiRegion"):
-            raise KmsError("UnsupportedOperationException", "multi-Region keys are not simulated")
+        multi_region = bool(params.boolean("MultiRegion"))
         tags = parse_tags(params.raw.get("Tags"), required=False)
         bypass = params.boolean("BypassPolicyLockoutSafetyCheck")
         if not principal.administrator:
@@ -322,7 +340,7 @@ class KmsService:
             raise _access_denied(
                 principal, "kms:CreateKey", "*", "no identity-based policy allows the action"
             )
-        key_id = self.store.new_key_id()
+        key_id = self.store.new_key_id(multi_region)
         if text is None:
             text = pol.default_key_policy(principal.arn)
         else:
@@ -373,7 +391,7 @@ class KmsService:
             raise validation("TargetKeyId must be a key id or key ARN, not an alias")
         record = self._resolve(target, entry)
         self._authorize(principal, record, "kms:CreateAlias", entry)
-        if record.state == PENDING_DELETION:
+        if record.state in PENDING_STATES:
             raise KmsError("KMSInvalidStateException", f"{record.arn} is pending deletion.")
         if not self.store.create_alias(alias, record.key_id):
             raise KmsError(
@@ -407,7 +425,7 @@ class KmsService:
         params.choice("PolicyName", ("default",))
         bypass = params.boolean("BypassPolicyLockoutSafetyCheck")
         self._authorize(principal, record, "kms:PutKeyPolicy", entry)
-        if record.state == PENDING_DELETION:
+        if record.state in PENDING_STATES:
             raise KmsError("KMSInvalidStateException", f"{record.arn} is pending deletion.")
         document = self._parse_policy(text)
         if not bypass:
@@ -428,7 +446,7 @@ class KmsService:
     ) -> KeyRecord:
         record = self._key_param(params, entry)
         self._authorize(principal, record, action, entry)
-        if record.state == PENDING_DELETION:
+        if record.state in PENDING_STATES:
             raise KmsError("KMSInvalidStateException", f"{record.arn} is pending deletion.")
         return self.store.update(record, state=state)
 
@@ -448,16 +466,23 @@ class KmsService:
         self, principal: Principal, params: Params, entry: AuditEntry
     ) -> dict[str, Any]:
         record = self._key_param(params, entry)
-        days = params.integer("PendingWindowInDays", 7, 30) or 30
-        self._authorize(principal, record, "kms:ScheduleKeyDeletion", entry)
-        if record.state == PENDING_DELETION:
+        window = params.integer("PendingWindowInDays", 7, 30)
+        days = window or 30
+        keys = self._condition_keys(principal, None, None)
+        if window is not None:  # the condition key exists only when the caller sets it
+            keys["kms:schedulekeydeletionpendingwindowindays"] = (str(window),)
+        self._authorize(principal, record, "kms:ScheduleKeyDeletion", entry, keys)
+        if record.state in PENDING_STATES:
             raise KmsError("KMSInvalidStateException", f"{record.arn} is pending deletion.")
         when = time.time() + days * 86400
-        self.store.update(record, state=PENDING_DELETION, deletion_date=when)
+        # AWS: a primary with replicas waits for them; its window starts after the last.
+        state = PENDING_REPLICA_DELETION if record.replica_regions else PENDING_DELETION
+        self.store.update(record, state=state, deletion_date=when)
+        entry.extra["pending_window_days"] = days
         return {
             "KeyId": record.arn,
             "DeletionDate": when,
-            "KeyState": PENDING_DELETION,
+            "KeyState": state,
             "PendingWindowInDays": days,
         }
 
@@ -466,7 +491,7 @@ class KmsService:
     ) -> dict[str, Any]:
         record = self._key_param(params, entry)
         self._authorize(principal, record, "kms:CancelKeyDeletion", entry)
-        if record.state != PENDING_DELETION:
+        if record.state not in PENDING_STATES:
             raise KmsError("KMSInvalidStateException", f"{record.arn} is not pending deletion.")
         self.store.update(record, state=DISABLED, deletion_date=None)
         return {"KeyId": record.arn}

@@ -102,9 +102,12 @@ def authenticate(
     principals: Principals,
     *,
     service: str,
+    region: str | None = None,
     now: datetime | None = None,
 ) -> Principal:
-    """Return the principal that signed `request`, or raise AuthError."""
+    """Return the principal that signed `request` for ``region`` (default: the account's
+    home region; a regional endpoint passes its own), or raise AuthError."""
+    region_expected = region or principals.region
     header = request.headers.get("authorization")
     if header is None:
         raise AuthError("MissingAuthenticationTokenException", "Missing Authentication Token")
@@ -139,10 +142,10 @@ def authenticate(
         )
     if date != amz_date[:8] or terminator != "aws4_request":
         raise AuthError("InvalidSignatureException", "Credential scope date or terminator is wrong")
-    if region != principals.region or scope_service != service:
+    if region != region_expected or scope_service != service:
         raise AuthError(
             "InvalidSignatureException",
-            f"Credential should be scoped to region {principals.region!r} and service {service!r}.",
+            f"Credential should be scoped to region {region_expected!r} and service {service!r}.",
         )
 
     scope = "/".join(parts[1:])

@@ -1,8 +1,19 @@
 """Persistent KMS state: keys, their material and policies, aliases; and the blob format.
 
-`$STATE/kms/state.json` (0600, atomic rewrite on every change) holds everything, so a
-restarted KMS decrypts what it encrypted before. Key material is 32 random bytes per
-key from os.urandom and never leaves this module except into AES-GCM.
+One store per region: `$STATE/kms/state.json` for the account's home region,
+`$STATE/kms/regions/<region>/state.json` for the others (0600, atomic rewrite on every
+change), so a restarted KMS decrypts what it encrypted before. Key material is 32
+random bytes per key from os.urandom and never leaves this module except into AES-GCM
+(and into the replica of a multi-Region key, which shares it, as on AWS).
+
+Several processes may serve the regions of one state directory (one per regional
+endpoint) and ReplicateKey writes into another region's store: every change happens
+under an exclusive lock file (`state.json.lock`, flock) on fresh state, and a store
+reloads whenever the file changed on disk.
+
+Key ids are UUIDs, or `mrk-` and 32 hex digits for multi-Region keys; a multi-Region
+key and its replicas share id and material, so a ciphertext from one region decrypts
+in another.
 
 Ciphertext blob (this simulator's own format, authenticated end to end):
 
@@ -15,13 +26,15 @@ so a blob decrypts only under its key and with exactly its encryption context.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,12 +49,18 @@ BLOB_VERSION = 0x01
 NONCE_BYTES = 12
 TAG_BYTES = 16
 MAX_STATE_BYTES = 16 * 1024 * 1024
-KEY_ID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+KEY_ID_RE = re.compile(
+    r"\A([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})\Z"
+)
+REGION_RE = re.compile(r"\A[a-z]{2}(-[a-z]+)+-[0-9]\Z")
 ALIAS_RE = re.compile(r"\Aalias/[A-Za-z0-9/_-]{1,250}\Z")
 
 ENABLED = "Enabled"
 DISABLED = "Disabled"
 PENDING_DELETION = "PendingDeletion"
+PENDING_REPLICA_DELETION = "PendingReplicaDeletion"
+STATES = (ENABLED, DISABLED, PENDING_DELETION, PENDING_REPLICA_DELETION)
+PENDING_STATES = frozenset({PENDING_DELETION, PENDING_REPLICA_DELETION})
 
 
 class StoreError(Exception):
@@ -65,6 +84,11 @@ class KeyRecord:
     tags: tuple[tuple[str, str], ...] = ()  # (TagKey, TagValue), in insertion order
     rotation_period_days: int | None = None  # None: automatic rotation is disabled
     rotation_enabled_date: float | None = None
+    # Multi-Region keys: a primary lists its replicas' regions, a replica names its
+    # primary's region.
+    multi_region: bool = False
+    primary_region: str | None = None
+    replica_regions: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # never print key material
         return f"KeyRecord(key_id={self.key_id!r}, state={self.state!r})"
@@ -82,6 +106,9 @@ class KeyRecord:
             "tags": [[name, value] for name, value in self.tags],
             "rotation_period_days": self.rotation_period_days,
             "rotation_enabled_date": self.rotation_enabled_date,
+            "multi_region": self.multi_region,
+            "primary_region": self.primary_region,
+            "replica_regions": list(self.replica_regions),
         }
 
     @classmethod
@@ -103,13 +130,21 @@ class KeyRecord:
                 tags=_tags_from_json(raw.get("tags", [])),
                 rotation_period_days=_optional_int(raw.get("rotation_period_days")),
                 rotation_enabled_date=_optional_float(raw.get("rotation_enabled_date")),
+                # Absent in state written before multi-Region keys were simulated.
+                multi_region=bool(raw.get("multi_region", False)),
+                primary_region=_optional_region(raw.get("primary_region")),
+                replica_regions=tuple(
+                    _optional_region(r) or "" for r in raw.get("replica_regions", [])
+                ),
             )
         except (KeyError, ValueError, TypeError):
             raise StoreError("key record is malformed") from None
         if not KEY_ID_RE.match(record.key_id) or len(record.material) != 32:
             raise StoreError("key record is malformed")
-        if record.state not in (ENABLED, DISABLED, PENDING_DELETION):
+        if record.state not in STATES:
             raise StoreError("key record has an unknown state")
+        if record.multi_region != record.key_id.startswith("mrk-") or "" in record.replica_regions:
+            raise StoreError("key record has inconsistent multi-Region fields")
         return record
 
 
@@ -138,6 +173,14 @@ def _optional_int(raw: Any) -> int | None:
 
 def _optional_float(raw: Any) -> float | None:
     return None if raw is None else float(raw)
+
+
+def _optional_region(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not REGION_RE.match(raw):
+        raise ValueError("bad region")
+    return raw
 
 
 def canonical_context(context: Mapping[str, str]) -> bytes:
@@ -184,7 +227,7 @@ def open_blob(record: KeyRecord, blob: bytes, context: Mapping[str, str]) -> byt
 
 
 class KeyStore:
-    """Thread-safe keys and aliases, persisted to `directory/state.json`."""
+    """Thread- and process-safe keys and aliases of one region, in `directory/state.json`."""
 
     def __init__(self, directory: Path, account_id: str, region: str) -> None:
         self.directory = Path(directory)
@@ -194,15 +237,33 @@ class KeyStore:
         self._lock = threading.RLock()
         self._keys: dict[str, KeyRecord] = {}
         self._aliases: dict[str, str] = {}
-        self._load()
+        self._stamp: tuple[int, int, int] | None = None
+        with self._lock:
+            self._refresh()
 
     @property
     def path(self) -> Path:
         return self.directory / STATE_FILE
 
-    def _load(self) -> None:
-        if not self.path.exists():
+    def _disk_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    def _refresh(self) -> None:
+        """Reload when another process changed the file (hold self._lock)."""
+        stamp = self._disk_stamp()
+        if stamp == self._stamp:
             return
+        keys: dict[str, KeyRecord] = {}
+        aliases: dict[str, str] = {}
+        if stamp is not None:
+            keys, aliases = self._read()
+        self._keys, self._aliases, self._stamp = keys, aliases, stamp
+
+    def _read(self) -> tuple[dict[str, KeyRecord], dict[str, str]]:
         try:
             with self.path.open("rb") as handle:
                 data = handle.read(MAX_STATE_BYTES + 1)
@@ -211,16 +272,38 @@ class KeyStore:
             raise StoreError(f"cannot read {self.path}") from None
         if len(data) > MAX_STATE_BYTES or not isinstance(raw, dict):
             raise StoreError(f"{self.path} is malformed")
-        keys, aliases = raw.get("keys"), raw.get("aliases")
-        if not isinstance(keys, list) or not isinstance(aliases, dict):
+        raw_keys, raw_aliases = raw.get("keys"), raw.get("aliases")
+        if not isinstance(raw_keys, list) or not isinstance(raw_aliases, dict):
             raise StoreError(f"{self.path} is malformed")
-        for item in keys:
+        keys: dict[str, KeyRecord] = {}
+        for item in raw_keys:
             record = KeyRecord.from_json(item)
-            self._keys[record.key_id] = record
-        for alias, key_id in aliases.items():
-            if not isinstance(alias, str) or not ALIAS_RE.match(alias) or key_id not in self._keys:
+            keys[record.key_id] = record
+        aliases: dict[str, str] = {}
+        for alias, key_id in raw_aliases.items():
+            if not isinstance(alias, str) or not ALIAS_RE.match(alias) or key_id not in keys:
                 raise StoreError(f"{self.path} has a bad alias")
-            self._aliases[alias] = key_id
+            aliases[alias] = key_id
+        return keys, aliases
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._lock:
+            self._refresh()
+            yield
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Exclusive across threads and processes, on fresh state; saves on success."""
+        with self._lock, open(self.directory / f"{STATE_FILE}.lock", "a+b") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            self._refresh()
+            try:
+                yield
+                self._save()
+            except BaseException:
+                self._stamp = None  # memory may be ahead of the disk: reload next time
+                raise
 
     def _save(self) -> None:
         document = {
@@ -229,6 +312,7 @@ class KeyStore:
             "aliases": dict(sorted(self._aliases.items())),
         }
         write_private_file(self.path, json.dumps(document, indent=1).encode("utf-8"))
+        self._stamp = self._disk_stamp()
 
     def key_arn(self, key_id: str) -> str:
         return f"arn:aws:kms:{self.region}:{self.account_id}:key/{key_id}"
@@ -237,8 +321,8 @@ class KeyStore:
         return f"arn:aws:kms:{self.region}:{self.account_id}:{alias}"
 
     @staticmethod
-    def new_key_id() -> str:
-        return str(uuid.uuid4())
+    def new_key_id(multi_region: bool = False) -> str:
+        return f"mrk-{uuid.uuid4().hex}" if multi_region else str(uuid.uuid4())
 
     def create_key(
         self,
@@ -248,8 +332,6 @@ class KeyStore:
         tags: tuple[tuple[str, str], ...] = (),
     ) -> KeyRecord:
         key_id = key_id or self.new_key_id()
-        if not KEY_ID_RE.match(key_id) or key_id in self._keys:
-            raise StoreError("bad or duplicate key id")
         record = KeyRecord(
             key_id=key_id,
             arn=self.key_arn(key_id),
@@ -259,10 +341,18 @@ class KeyStore:
             state=ENABLED,
             creation_date=time.time(),
             tags=tags,
+            multi_region=key_id.startswith("mrk-"),
         )
-        with self._lock:
-            self._keys[key_id] = record
-            self._save()
+        return self.insert(record)
+
+    def insert(self, record: KeyRecord) -> KeyRecord:
+        """Add a new key record (a created key, or a replica); its id must be new here."""
+        if not KEY_ID_RE.match(record.key_id) or record.arn != self.key_arn(record.key_id):
+            raise StoreError("bad key id or ARN for this region")
+        with self._changing():
+            if record.key_id in self._keys:
+                raise StoreError("duplicate key id")
+            self._keys[record.key_id] = record
         return record
 
     def resolve(self, key_ref: str) -> KeyRecord | None:
@@ -277,60 +367,80 @@ class KeyStore:
             return None  # another partition, account or region
         else:
             ref = key_ref
-        with self._lock:
+        with self._reading():
             if ref.startswith("alias/"):
                 key_id = self._aliases.get(ref)
                 return None if key_id is None else self._keys.get(key_id)
             return self._keys.get(ref)
 
     def get(self, key_id: str) -> KeyRecord | None:
-        with self._lock:
+        with self._reading():
             return self._keys.get(key_id)
 
     def list_keys(self) -> list[KeyRecord]:
-        with self._lock:
+        with self._reading():
             return sorted(self._keys.values(), key=lambda r: (r.creation_date, r.key_id))
 
     def update(self, record: KeyRecord, **changes: Any) -> KeyRecord:
-        with self._lock:
+        with self._changing():
             current = self._keys.get(record.key_id)
             if current is None:
                 raise StoreError("key vanished")
             updated = replace(current, **changes)
             self._keys[record.key_id] = updated
-            self._save()
             return updated
 
     def create_alias(self, alias: str, key_id: str) -> bool:
         """False if the alias exists already."""
-        with self._lock:
+        with self._changing():
             if alias in self._aliases:
                 return False
             self._aliases[alias] = key_id
-            self._save()
             return True
 
     def update_alias(self, alias: str, key_id: str) -> bool:
         """Point an existing alias at another key; False if the alias does not exist."""
-        with self._lock:
+        with self._changing():
             if alias not in self._aliases or key_id not in self._keys:
                 return False
             self._aliases[alias] = key_id
-            self._save()
             return True
 
     def delete_alias(self, alias: str) -> str | None:
         """Remove an alias; the key id it pointed to, or None if it did not exist."""
-        with self._lock:
-            key_id = self._aliases.pop(alias, None)
-            if key_id is not None:
-                self._save()
-            return key_id
+        with self._changing():
+            return self._aliases.pop(alias, None)
 
     def alias_target(self, alias: str) -> str | None:
-        with self._lock:
+        with self._reading():
             return self._aliases.get(alias)
 
     def aliases(self) -> list[tuple[str, str]]:
-        with self._lock:
+        with self._reading():
             return sorted(self._aliases.items())
+
+
+class RegionalStores:
+    """The stores of every region of one simulated account, opened on demand."""
+
+    def __init__(self, kms_dir: Path, account_id: str, home_region: str) -> None:
+        self.kms_dir = Path(kms_dir)
+        self.account_id = account_id
+        self.home_region = home_region
+        self._lock = threading.Lock()
+        self._stores: dict[str, KeyStore] = {}
+
+    def directory(self, region: str) -> Path:
+        if not REGION_RE.match(region):
+            raise StoreError(f"{region!r} is not a region name")
+        if region == self.home_region:
+            return self.kms_dir
+        return self.kms_dir / "regions" / region
+
+    def store(self, region: str) -> KeyStore:
+        with self._lock:
+            store = self._stores.get(region)
+            if store is None:
+                store = KeyStore(self.directory(region), self.account_id, region)
+                self._stores[region] = store
+            return store
