@@ -22,7 +22,9 @@ the key is unlocked, and the unlock then authenticates them (AES-GCM, envelope v
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -40,6 +42,7 @@ from enclave_app.auth.stamps import StampVerifier
 from enclave_app.errors import EnclaveError
 from enclave_app.nsm import Nsm
 from enclave_app.policy import (
+    PRINCIPAL_SCOPES,
     AccountFacts,
     Decision,
     Op,
@@ -63,6 +66,26 @@ class Gate:
     engine: PolicyEngine
     authenticator: Authenticator
     receipts: ReceiptChain
+    denials: Counter[str] = field(default_factory=Counter, compare=False)
+    """Policy refusals per deciding rule since boot (a bounded set: the policy's rule and
+    limit names and the built-in ones), for ``health`` and the relay's metrics."""
+    _denials_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+    def count_denial(self, rule: str) -> None:
+        with self._denials_lock:
+            self.denials[rule] += 1
+
+    def describe(self) -> dict[str, object]:
+        """The policy's identity and its refusals so far (``health``'s ``policy``)."""
+        with self._denials_lock:
+            denials = dict(sorted(self.denials.items()))
+        policy = self.engine.policy
+        return {
+            "sha256": policy.sha256,
+            "rules": len(policy.rules),
+            "limits": len(policy.limits),
+            "denials": denials,
+        }
 
     @classmethod
     def boot(cls, policy: Policy, nsm: Nsm, clock: Callable[[], float] = time.monotonic) -> Gate:
@@ -100,6 +123,7 @@ class Gate:
         try:
             frame.principal = self._principal(result)
         except EnclaveError as exc:
+            self.count_denial(PRINCIPAL_SCOPES)
             frame.refuse_all(exc)
             frame.close()
             raise
@@ -186,6 +210,9 @@ class Pass:
             permit.release()
         if index not in self._recorded:
             self._recorded.add(index)
+            decision = _policy_decision(error)
+            if decision is not None:
+                self.gate.count_denial(decision.rule)
             self.audit.record(_refusal(self.items[index], error, self.principal_name, self.auth))
 
     def refuse_all(self, error: EnclaveError) -> None:
@@ -215,7 +242,7 @@ class Pass:
 def _refusal(
     item: OpItem, error: EnclaveError, principal: str | None, auth: AuthResult | None
 ) -> AuditDecision:
-    decision = error.decision if isinstance(error, PolicyDeniedError) else None
+    decision = _policy_decision(error)
     return AuditDecision(
         op=item.op,
         allowed=False,
@@ -228,3 +255,7 @@ def _refusal(
         request_digest=auth.request_digest if auth is not None else None,
         payload_digest=receipt_format.payload_digest(item.op, item.payload),
     )
+
+
+def _policy_decision(error: EnclaveError) -> Decision | None:
+    return error.decision if isinstance(error, PolicyDeniedError) else None

@@ -123,6 +123,7 @@ class Operations:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "capacity": self._capacity,
+            "policy": self._gate.describe(),
         }
 
     def attest(self, params: Mapping[str, Any]) -> dict[str, Any]:
