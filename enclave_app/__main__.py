@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from enclave_app.accounts import AccountVault
+from enclave_app.auth.entropy import MixedEntropy
 from enclave_app.config import ConfigError, EnclaveConfig
 from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     nsm = nsm_from_environment()
-    gate = Gate.boot(policy, nsm)
+    # Key material (account keys and their GCM nonces, the receipt key) mixes the OS
+    # CSPRNG with the NSM's random source; either failing refuses to generate.
+    entropy = MixedEntropy(nsm.get_random)
+    gate = Gate.boot(policy, nsm, entropy=entropy)
     log.info(
         "signing policy sha256 %s: %d rules, %d velocity limits",
         policy.sha256,
@@ -83,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     cache: KeyCache[SigningKey] = KeyCache(
         config.key_cache_max_entries, config.key_cache_ttl_seconds
     )
-    vault = AccountVault(kms, cache, max_parallel_unlocks=config.kms_max_concurrent_calls)
+    vault = AccountVault(
+        kms,
+        cache,
+        max_parallel_unlocks=config.kms_max_concurrent_calls,
+        random=entropy.random_bytes,
+    )
     limits = server_limits(config, allow_descriptors(config.max_connections + RESERVED_DESCRIPTORS))
     operations = Operations(
         nsm,

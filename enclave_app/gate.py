@@ -88,13 +88,20 @@ class Gate:
         }
 
     @classmethod
-    def boot(cls, policy: Policy, nsm: Nsm, clock: Callable[[], float] = time.monotonic) -> Gate:
+    def boot(
+        cls,
+        policy: Policy,
+        nsm: Nsm,
+        clock: Callable[[], float] = time.monotonic,
+        entropy: MixedEntropy | None = None,
+    ) -> Gate:
         """The enclave's gate at start: the policy's engine (velocity windows used up, on
-        ``clock``), fresh replay memories, and a new receipt segment attested by the NSM."""
+        ``clock``), fresh replay memories, and a new receipt segment attested by the NSM
+        (its key drawn from ``entropy``: the OS and NSM sources mixed)."""
         return cls(
             PolicyEngine(policy, clock),
             Authenticator(StampVerifier(ReplayMemory()), ApprovalVerifier(ReplayMemory())),
-            ReceiptChain.boot(nsm, MixedEntropy(nsm.get_random)),
+            ReceiptChain.boot(nsm, entropy or MixedEntropy(nsm.get_random)),
         )
 
     def open(
