@@ -21,6 +21,7 @@ from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms
 from enclave_app.kms_forwarder import KmsForwarder
+from enclave_app.kms_probe import KmsProber
 from enclave_app.measurements import describe_measurements
 from enclave_app.nsm import nsm_from_environment
 from enclave_app.ops import Operations
@@ -28,6 +29,7 @@ from enclave_app.policy import PolicyDocumentError, load_policy
 from enclave_app.recipient_keys import RecipientKeyPool
 from enclave_app.server import EnclaveServer, ServerLimits
 from enclave_app.signing.keys import SigningKey
+from enclave_app.stats import EnclaveStats
 
 log = logging.getLogger("enclave_app")
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("refusing to start: signing policy: %s", exc)
         return 2
 
+    stats = EnclaveStats()
     nsm = nsm_from_environment()
     # Key material (account keys and their GCM nonces, the receipt key) mixes the OS
     # CSPRNG with the NSM's random source; either failing refuses to generate.
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         describe_measurements=describe_measurements,
         max_concurrent_calls=config.kms_max_concurrent_calls,
         recipient_keys=recipient_keys,
+        stats=stats,
     )
     cache: KeyCache[SigningKey] = KeyCache(
         config.key_cache_max_entries, config.key_cache_ttl_seconds
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         kms,
         cache,
         max_parallel_unlocks=config.kms_max_concurrent_calls,
+        stats=stats,
         random=entropy.random_bytes,
     )
     limits = server_limits(config, allow_descriptors(config.max_connections + RESERVED_DESCRIPTORS))
@@ -101,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         allow_pre_eip155=config.allow_pre_eip155,
         record_cache_entries=config.key_cache_max_entries,
         capacity=limits.capacity(),
+        stats=stats,
+        prober=KmsProber(kms, config.kms_probe_interval_seconds),
     )
     listener = config.transport.listen(config.listen_cid, config.port, backlog=LISTEN_BACKLOG)
-    server = EnclaveServer(listener, operations, limits, housekeeping=cache.purge_expired)
+    server = EnclaveServer(
+        listener, operations, limits, housekeeping=cache.purge_expired, stats=stats
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

@@ -30,6 +30,7 @@ from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.key_cache import CacheKey, KeyCache
 from enclave_app.kms import AttestedKms, AwsCredentials
 from enclave_app.signing.keys import SigningKey, generate_private_key
+from enclave_app.stats import EnclaveStats
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ class AccountVault:
         cache: KeyCache[SigningKey],
         *,
         max_parallel_unlocks: int = 8,
+        stats: EnclaveStats | None = None,
         random: RandomSource = os_random,
     ) -> None:
         if max_parallel_unlocks < 1:
             raise ValueError("max_parallel_unlocks must be at least 1")
         self._kms = kms
         self._cache = cache
+        self._lookups = (stats or EnclaveStats()).key_cache_lookups
         self._random = random
         self._inflight: dict[CacheKey, Future[SigningKey]] = {}
         self._inflight_lock = threading.Lock()
@@ -116,12 +119,26 @@ class AccountVault:
         self._cache.put(account.cache_key, signing_key)
         return account
 
+    @property
+    def kms(self) -> AttestedKms:
+        return self._kms
+
+    def cache_level(self) -> dict[str, object]:
+        """For the stats op: entries, bound and evictions of the key cache."""
+        return {
+            "entries": len(self._cache),
+            "max_entries": self._cache.max_entries,
+            "evictions": self._cache.evictions(),
+        }
+
     def unlock(self, account: SealedAccount, credentials: AwsCredentials) -> SigningKey:
         """The account's key, from the cache or through attested KMS Decrypt."""
         additional_data_for(account)  # a v1 record claiming metadata is refused, warm too
         cached = self._cache.get(account.cache_key)
         if cached is not None:
+            self._lookups.add("hit")
             return cached
+        self._lookups.add("miss")
         return self._unlock_once(account, credentials)
 
     def unlock_many(
@@ -136,6 +153,10 @@ class AccountVault:
             self._cache.get(account.cache_key) for account in accounts
         ]
         cold = [i for i, result in enumerate(results) if result is None]
+        if len(cold) < len(results):
+            self._lookups.add("hit", amount=len(results) - len(cold))
+        if cold:
+            self._lookups.add("miss", amount=len(cold))
         if len(cold) == 1:
             results[cold[0]] = self._unlock_or_error(accounts[cold[0]], credentials)
         elif cold:
@@ -153,8 +174,9 @@ class AccountVault:
     def _unlock_or_error(
         self, account: SealedAccount, credentials: AwsCredentials
     ) -> SigningKey | EnclaveError:
+        """A cold account's key (its lookup was counted as a miss) or the refusal."""
         try:
-            return self.unlock(account, credentials)
+            return self._unlock_once(account, credentials)
         except EnclaveError as exc:
             return exc
         except Exception as exc:  # one account's surprise must not sink the others

@@ -1,7 +1,10 @@
 """Enclave configuration: ``enclave.toml`` baked into the image (so measured by PCR0),
 plus the simulator seams taken from the environment.
 
-Nothing the parent sends at run time can change these values. On hardware the
+Nothing the parent sends at run time can change these values. The KMS settings must
+agree on one region: the pinned key ARNs and a public KMS endpoint host name all carry
+it (an enclave in a disaster-recovery region pins its region's replica of the
+multi-Region key, see ``enclave_app.key_ids``). On hardware the
 environment is the image's own; under the simulator, ``nitro-cli run-enclave`` sets
 exactly two variables: ``NITRO_SIM_VSOCK_DIR`` and ``NITRO_SIM_NSM_SOCKET``.
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enclave_app.key_ids import REGION_RE, KeyArn, endpoint_region
 from enclave_app.transport import Transport
 
 VSOCK_DIR_ENV = "NITRO_SIM_VSOCK_DIR"
@@ -43,6 +47,7 @@ _SECTIONS: dict[str, set[str]] = {
         "timeout_seconds",
         "max_concurrent_calls",
         "recipient_key_pool",
+        "probe_interval_seconds",
     },
     "key_cache": {"max_entries", "ttl_seconds"},
     "signing": {"allow_pre_eip155"},
@@ -84,6 +89,9 @@ class EnclaveConfig:
     kms_max_concurrent_calls: int = 8
     #: Pre-generated ephemeral RSA keys for KMS Recipient (0: generate per call).
     kms_recipient_key_pool: int = 8
+    #: The kms_probe op's answer is reused for this long: however often the relay asks,
+    #: each pinned key gets at most one probe (an attested GenerateDataKey) per interval.
+    kms_probe_interval_seconds: int = 30
     key_cache_max_entries: int = 20_000
     key_cache_ttl_seconds: int = 900
     allow_pre_eip155: bool = False
@@ -120,6 +128,7 @@ class EnclaveConfig:
         vsock_dir = environ.get(VSOCK_DIR_ENV)
         defaults = cls()
         max_frame_bytes = _int(server, "max_frame_bytes", defaults.max_frame_bytes, 1024, 16 * MIB)
+        region = _str(kms, "region", defaults.region)
         config = cls(
             port=_int(server, "port", defaults.port, 1, 2**32 - 1),
             max_frame_bytes=max_frame_bytes,
@@ -139,9 +148,10 @@ class EnclaveConfig:
                 max_frame_bytes,
                 4096 * MIB,
             ),
-            region=_str(kms, "region", defaults.region),
+            region=region,
             kms_endpoint_scheme=_str(kms, "endpoint_scheme", defaults.kms_endpoint_scheme),
-            kms_endpoint_host=_str(kms, "endpoint_host", defaults.kms_endpoint_host),
+            # The region's public endpoint unless told otherwise (a VPC endpoint, the simulator).
+            kms_endpoint_host=_str(kms, "endpoint_host", f"kms.{region}.amazonaws.com"),
             kms_proxy_port=_int(kms, "proxy_port", defaults.kms_proxy_port, 1, 2**32 - 1),
             kms_timeout_seconds=_int(kms, "timeout_seconds", defaults.kms_timeout_seconds, 1, 120),
             allowed_key_ids=_str_list(kms, "allowed_key_ids"),
@@ -150,6 +160,9 @@ class EnclaveConfig:
             ),
             kms_recipient_key_pool=_int(
                 kms, "recipient_key_pool", defaults.kms_recipient_key_pool, 0, 256
+            ),
+            kms_probe_interval_seconds=_int(
+                kms, "probe_interval_seconds", defaults.kms_probe_interval_seconds, 1, 3600
             ),
             key_cache_max_entries=_int(
                 cache, "max_entries", defaults.key_cache_max_entries, 0, 1_000_000
@@ -165,12 +178,36 @@ class EnclaveConfig:
             raise ConfigError("kms.endpoint_scheme must be https (AWS) or http (simulator)")
         if not config.allowed_key_ids:
             raise ConfigError("kms.allowed_key_ids is empty: the enclave would trust any key")
+        _check_one_region(config)
         return config
 
     @property
     def kms_endpoint_url_template(self) -> str:
         """Endpoint with a ``{port}`` placeholder for the in-enclave forwarder's port."""
         return f"{self.kms_endpoint_scheme}://{self.kms_endpoint_host}:{{port}}"
+
+
+def _check_one_region(config: EnclaveConfig) -> None:
+    """Refuse KMS settings that name different regions: the enclave signs its requests
+    for ``kms.region`` and calls one regional endpoint, which serves only its region's
+    keys. A pin of another region's ARN is a mistake (pin the replica of this region)."""
+    region = config.region
+    if not REGION_RE.fullmatch(region):
+        raise ConfigError(f"kms.region {region!r} is not an AWS region name")
+    for key_id in config.allowed_key_ids:
+        arn = KeyArn.parse(key_id)
+        if arn is not None and arn.region != region:
+            raise ConfigError(
+                f"kms.allowed_key_ids: {key_id} is a key of {arn.region}, but kms.region is "
+                f"{region}; pin the key's ARN in {region} (for a multi-Region key: its replica "
+                "there)"
+            )
+    served = endpoint_region(config.kms_endpoint_host)
+    if served is not None and served != region:
+        raise ConfigError(
+            f"kms.endpoint_host {config.kms_endpoint_host} serves {served}, but kms.region "
+            f"is {region}"
+        )
 
 
 def _cid(value: str | None) -> int:

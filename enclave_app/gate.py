@@ -68,7 +68,7 @@ class Gate:
     receipts: ReceiptChain
     denials: Counter[str] = field(default_factory=Counter, compare=False)
     """Policy refusals per deciding rule since boot (a bounded set: the policy's rule and
-    limit names and the built-in ones), for ``health`` and the relay's metrics."""
+    limit names and the built-in ones), for ``stats`` and the relay's metrics."""
     _denials_lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
     def count_denial(self, rule: str) -> None:
@@ -76,7 +76,7 @@ class Gate:
             self.denials[rule] += 1
 
     def describe(self) -> dict[str, object]:
-        """The policy's identity and its refusals so far (``health``'s ``policy``)."""
+        """The policy's identity and its refusals so far (``stats``' ``policy``)."""
         with self._denials_lock:
             denials = dict(sorted(self.denials.items()))
         policy = self.engine.policy

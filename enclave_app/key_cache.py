@@ -11,6 +11,9 @@ is full, expired entries are dropped on access, on insert and by :meth:`purge_ex
 (the server calls it periodically, so an idle enclave forgets its keys on time too),
 each in constant time per entry.
 
+Evictions are counted by reason (``capacity``: the oldest made room for a new entry;
+``ttl``: expired) for the enclave's ``stats`` op.
+
 The cached value is the prepared key object (``signing.SigningKey``), not the 32
 bytes: building it costs more than a signature.
 """
@@ -71,6 +74,7 @@ class KeyCache(Generic[V]):
         self._clock = clock
         self._entries: OrderedDict[CacheKey, tuple[float, V]] = OrderedDict()
         self._lock = threading.Lock()
+        self._evicted = {"capacity": 0, "ttl": 0}
 
     @property
     def max_entries(self) -> int:
@@ -84,6 +88,7 @@ class KeyCache(Generic[V]):
             expires, secret = entry
             if self._clock() >= expires:
                 del self._entries[key]
+                self._evicted["ttl"] += 1
                 return None
             return secret
 
@@ -100,6 +105,11 @@ class KeyCache(Generic[V]):
         with self._lock:
             self._evict(self._clock())
 
+    def evictions(self) -> dict[str, int]:
+        """Entries dropped so far, by reason (``capacity`` or ``ttl``)."""
+        with self._lock:
+            return dict(self._evicted)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
@@ -114,3 +124,4 @@ class KeyCache(Generic[V]):
             if expires > now and len(self._entries) <= self._max_entries:
                 return
             del self._entries[oldest]
+            self._evicted["ttl" if expires <= now else "capacity"] += 1

@@ -11,11 +11,17 @@ At most ``max_concurrent_calls`` KMS requests are in flight at once; a call that
 cannot get a slot within the KMS timeout fails with ``server_busy``. Each boto3
 client keeps that many HTTP connections alive, so calls reuse their TLS sessions
 through the in-enclave forwarder and the parent's vsock-proxy.
+
+Only pinned keys are used (``enclave_app.key_ids``): GenerateDataKey takes a pinned key
+as named; Decrypt of a record made in another region goes through this region's
+replica of its multi-Region key when that replica is pinned. Every request is counted
+by operation and outcome, with its latency, in ``enclave_app.stats``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,20 +29,29 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave_app.cms import CmsError, decrypt_enveloped_data
 from enclave_app.errors import EnclaveError, ErrorCode
+from enclave_app.key_ids import PinnedKeys
 from enclave_app.nsm import Nsm
 from enclave_app.recipient_keys import RecipientKeyPool
+from enclave_app.stats import EnclaveStats, kms_outcome
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
     from mypy_boto3_kms.type_defs import RecipientInfoTypeDef
 
 _CLIENT_CACHE_SIZE = 4
+GENERATE_DATA_KEY = "GenerateDataKey"
+DECRYPT = "Decrypt"
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,15 @@ class DataKey:
     key_arn: str
 
 
+class KmsCallError(EnclaveError):
+    """A KMS request that failed; ``outcome`` is the counted label (the KMS error code,
+    ``other``, ``timeout`` or ``unreachable``)."""
+
+    def __init__(self, code: ErrorCode, message: str, outcome: str) -> None:
+        super().__init__(code, message)
+        self.outcome = outcome
+
+
 class AttestedKms:
     def __init__(
         self,
@@ -65,13 +89,16 @@ class AttestedKms:
         *,
         max_concurrent_calls: int = 8,
         recipient_keys: RecipientKeyPool | None = None,
+        stats: EnclaveStats | None = None,
     ) -> None:
         if max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be at least 1")
         self._nsm = nsm
         self._endpoint_url = endpoint_url
         self._region = region
-        self._allowed = frozenset(allowed_key_ids)
+        self._key_ids = tuple(dict.fromkeys(allowed_key_ids))
+        self._pinned = PinnedKeys(self._key_ids, region)
+        self._stats = stats or EnclaveStats()
         self._describe = describe_measurements
         self._timeout = timeout_seconds
         self._config = Config(
@@ -87,8 +114,20 @@ class AttestedKms:
         self._clients_lock = threading.Lock()
         self._client_creation = threading.Lock()
 
+    @property
+    def region(self) -> str:
+        return self._region
+
+    @property
+    def key_ids(self) -> tuple[str, ...]:
+        """The pinned key ids, in configuration order."""
+        return self._key_ids
+
+    def recipient_key_level(self) -> dict[str, int]:
+        return self._recipient_keys.level()
+
     def check_key_allowed(self, key_id: str) -> None:
-        if key_id not in self._allowed:
+        if key_id not in self._pinned:
             raise EnclaveError(
                 ErrorCode.KMS_KEY_NOT_ALLOWED,
                 "this enclave image only uses the KMS keys it was built with; "
@@ -101,6 +140,7 @@ class AttestedKms:
         self.check_key_allowed(key_id)
         private_key, document = self._attested_recipient()
         response = self._call(
+            GENERATE_DATA_KEY,
             credentials,
             document,
             lambda client, recipient: client.generate_data_key(
@@ -124,14 +164,17 @@ class AttestedKms:
         context: Mapping[str, str],
         credentials: AwsCredentials,
     ) -> bytes:
-        self.check_key_allowed(key_id)
+        """The data key of ``ciphertext_blob``, made under ``key_id`` (the record's key:
+        a multi-Region key of another region is called through its pinned replica here)."""
+        regional_key_id = self._pinned.resolve(key_id)
         private_key, document = self._attested_recipient()
         response = self._call(
+            DECRYPT,
             credentials,
             document,
             lambda client, recipient: client.decrypt(
                 CiphertextBlob=ciphertext_blob,
-                KeyId=key_id,
+                KeyId=regional_key_id,
                 EncryptionContext=dict(context),
                 Recipient=recipient,
             ),
@@ -149,6 +192,7 @@ class AttestedKms:
 
     def _call(
         self,
+        operation_name: str,
         credentials: AwsCredentials,
         document: bytes,
         operation: Callable[[KMSClient, RecipientInfoTypeDef], Mapping[str, Any]],
@@ -162,41 +206,50 @@ class AttestedKms:
             raise EnclaveError(
                 ErrorCode.SERVER_BUSY, "every KMS call slot stayed busy; retry later"
             )
+        outcome = "ok"
+        started = time.monotonic()
         try:
             return operation(client, recipient)
         except ClientError as exc:
-            raise self._translate(exc, document) from None
+            error = self._translate(exc, document)
+            outcome = error.outcome
+            raise error from None
         except BotoCoreError as exc:
-            raise EnclaveError(
-                ErrorCode.KMS_UNAVAILABLE, f"KMS unreachable: {type(exc).__name__}"
+            timed_out = isinstance(exc, ConnectTimeoutError | ReadTimeoutError)
+            outcome = "timeout" if timed_out else "unreachable"
+            raise KmsCallError(
+                ErrorCode.KMS_UNAVAILABLE, f"KMS unreachable: {type(exc).__name__}", outcome
             ) from None
         finally:
             self._slots.release()
+            self._stats.kms_requests.add(operation_name, outcome)
+            self._stats.kms_latency.observe(operation_name, time.monotonic() - started)
 
-    def _translate(self, exc: ClientError, document: bytes) -> EnclaveError:
+    def _translate(self, exc: ClientError, document: bytes) -> KmsCallError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", "Unknown"))
+        outcome = kms_outcome(code)
         if code == "AccessDeniedException":
             measured = f" ({self._describe(document)})" if self._describe else ""
-            return EnclaveError(
+            return KmsCallError(
                 ErrorCode.KMS_ATTESTATION_DENIED,
                 "KMS denied the attested request: the key policy does not allow this "
                 f"enclave's attestation{measured}",
+                outcome,
             )
         if code in {"InvalidCiphertextException", "IncorrectKeyException"}:
-            return EnclaveError(
+            return KmsCallError(
                 ErrorCode.CIPHERTEXT_INVALID,
                 f"KMS refused the data key for this account ({code})",
+                outcome,
             )
-        return EnclaveError(ErrorCode.KMS_UNAVAILABLE, f"KMS call failed: {code}")
+        return KmsCallError(ErrorCode.KMS_UNAVAILABLE, f"KMS call failed: {code}", outcome)
 
     def _returned_key(self, response: Mapping[str, Any]) -> str:
         key_arn = response.get("KeyId")
         if not isinstance(key_arn, str) or not key_arn:
             raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS response names no key")
-        if key_arn not in self._allowed and not any(
-            key_arn.endswith(f":key/{allowed}") for allowed in self._allowed
-        ):
+        if not self._pinned.answered(key_arn):
             raise EnclaveError(
                 ErrorCode.KMS_BAD_RESPONSE, "KMS answered with a key this enclave does not use"
             )

@@ -7,6 +7,10 @@ is validated in full, and judged by the signing policy, before any KMS call
 (``enclave_app.gate``). ``sign_batch`` signs up to 100 payloads for up to 100 accounts
 in one frame: it authenticates the frame once, judges each item, unlocks each distinct
 account once (the cold ones in parallel) and answers per item.
+
+Two ops serve the relay's readiness and metrics: ``kms_probe`` (can this image still
+unlock keys? see ``enclave_app.kms_probe``) and ``stats`` (the enclave's counters, see
+``enclave_app.stats``).
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ from enclave_app.accounts import AccountVault, SealedAccount
 from enclave_app.auth.intents import OpItem
 from enclave_app.auth.keys import StampKeyEntry
 from enclave_app.auth.receipts import audit_head_op, audit_receipts_op
+from enclave_app.config import EnclaveConfig
 from enclave_app.errors import EnclaveError, ErrorCode, invalid
 from enclave_app.gate import Gate, Pass
 from enclave_app.kms import AwsCredentials
+from enclave_app.kms_probe import KmsProber
 from enclave_app.nsm import Nsm
 from enclave_app.policy import Op, Permit, PolicyDeniedError, typed_data_facts
 from enclave_app.policy.conditions import Payload
 from enclave_app.signing import messages, transactions, typed_data
 from enclave_app.signing.keys import SigningKey
 from enclave_app.signing.messages import SignedMessage
+from enclave_app.stats import EnclaveStats
 from enclave_app.wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
@@ -84,8 +91,12 @@ class Operations:
         allow_pre_eip155: bool,
         record_cache_entries: int = DEFAULT_RECORD_CACHE_ENTRIES,
         capacity: Mapping[str, int] | None = None,
+        stats: EnclaveStats | None = None,
+        prober: KmsProber | None = None,
     ) -> None:
         self._nsm = nsm
+        self._stats = stats or EnclaveStats()
+        self._prober = prober or KmsProber(vault.kms, EnclaveConfig.kms_probe_interval_seconds)
         # The server's bounds, reported by health so the relay can size its pool.
         self._capacity = dict(capacity or {})
         self._vault = vault
@@ -106,6 +117,8 @@ class Operations:
             "sign_batch": self.sign_batch,
             "audit_receipts": functools.partial(audit_receipts_op, gate.receipts),
             "audit_head": functools.partial(audit_head_op, gate.receipts),
+            "kms_probe": self.kms_probe,
+            "stats": self.stats,
         }
         for op in _SIGNING_OPS:
             self.handlers[op] = functools.partial(self._sign_one, op)
@@ -123,6 +136,32 @@ class Operations:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "capacity": self._capacity,
+            "policy_sha256": self._gate.engine.policy.sha256,
+        }
+
+    def kms_probe(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Whether each pinned key still releases data keys to this image (cached)."""
+        validation.check_params(params, {"credentials"}, set())
+        return self._prober.probe(self._credentials(params["credentials"]))
+
+    def stats(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The enclave's counters and gauges, for the relay's /metrics."""
+        validation.check_params(params, set(), set())
+        stats = self._stats
+        lookups = stats.key_cache_lookups
+        return {
+            "boot_id": stats.boot_id,
+            "start_time_ms": round(stats.start_time * 1000),
+            "uptime_ms": round(stats.uptime() * 1000),
+            "kms": stats.kms_snapshot(),
+            "key_cache": {
+                "hits": lookups.get("hit"),
+                "misses": lookups.get("miss"),
+                **self._vault.cache_level(),
+            },
+            "recipient_keys": self._vault.kms.recipient_key_level(),
+            "server": stats.server_snapshot(),
+            "kms_probe": self._prober.report(),
             "policy": self._gate.describe(),
         }
 

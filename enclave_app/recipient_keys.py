@@ -48,6 +48,7 @@ class RecipientKeyPool:
         self._changed = threading.Condition()
         self._closed = False
         self._refiller: threading.Thread | None = None
+        self._generated_inline = 0  # takes that found the pool empty
 
     def start(self) -> RecipientKeyPool:
         """Start the refiller (nothing to do for a pool of size 0)."""
@@ -70,6 +71,8 @@ class RecipientKeyPool:
         """A key no one else has or will get: from the pool, or generated now."""
         with self._changed:
             key = self._keys.popleft() if self._keys else None
+            if key is None:
+                self._generated_inline += 1
             self._changed.notify_all()  # the refiller
         return key if key is not None else self._generate()
 
@@ -77,6 +80,16 @@ class RecipientKeyPool:
         """Keys waiting in the pool."""
         with self._changed:
             return len(self._keys)
+
+    def level(self) -> dict[str, int]:
+        """For the stats op: keys ready, the pool's size, and the takes that found it empty
+        (each paid for a key generation in the request's own thread)."""
+        with self._changed:
+            return {
+                "ready": len(self._keys),
+                "size": self._size,
+                "generated_inline": self._generated_inline,
+            }
 
     def wait_full(self, timeout: float) -> bool:
         """Block until the pool holds ``size`` keys (tests, warm-up); False on timeout."""

@@ -25,6 +25,8 @@ Rules (each one has a test in tests/test_enclave_server.py):
   ``idle_timeout_seconds`` without traffic, and so is one whose peer stops reading.
 - At ``max_connections``, the connection idle the longest is closed to admit the new
   one; when none is idle, the new connection gets ``server_busy`` and is closed.
+- Admissions and refusals are counted (``enclave_app.stats``, reported by the ``stats``
+  op with the current connections and requests in flight).
 - Every request gets an answer. Unexpected exceptions become ``internal_error`` with
   no details (the console log gets the exception type only: messages may carry data).
 """
@@ -45,6 +47,7 @@ from enclave_app import wire
 from enclave_app.config import EnclaveConfig
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.ops import Operations
+from enclave_app.stats import EnclaveStats
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,7 @@ class EnclaveServer:
         limits: ServerLimits | None = None,
         *,
         housekeeping: Callable[[], None] | None = None,
+        stats: EnclaveStats | None = None,
     ) -> None:
         self._listener = listener
         self._operations = operations
@@ -180,6 +184,9 @@ class EnclaveServer:
             threading.Thread(target=self._work, name=f"enclave-worker-{i}", daemon=True)
             for i in range(self._limits.workers)
         ]
+        self._counts = (stats or EnclaveStats()).server
+        if stats is not None:
+            stats.watch_server(self.load)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -214,6 +221,11 @@ class EnclaveServer:
     def connection_count(self) -> int:
         with self._lock:
             return len(self._connections)
+
+    def load(self) -> dict[str, int]:
+        """Open connections and requests queued or executing, now."""
+        with self._lock:
+            return {"connections": len(self._connections), "in_flight": self._admitted}
 
     def _shutdown(self) -> None:
         for conn in list(self._connections.values()):
@@ -265,6 +277,7 @@ class EnclaveServer:
             sock.setblocking(False)
             full = len(self._connections) >= self._limits.max_connections
             if full and not self._close_longest_idle():
+                self._counts.add("busy_connections")
                 _refuse(sock, "the enclave is at its connection limit; retry later")
                 continue
             conn = _Connection(sock, now)
@@ -438,6 +451,7 @@ class EnclaveServer:
         del conn.inbuf[: wire.HEADER.size]
         if self._buffered + length > limits.max_buffered_bytes:
             conn.discard = length  # skipped as it arrives, never buffered
+            self._counts.add("busy_memory")
             self._send(conn, _BUSY_MEMORY)
         else:
             self._buffered += length
@@ -453,8 +467,10 @@ class EnclaveServer:
         conn.frame_started = now if conn.inbuf else 0.0
         if self._admitted >= self._capacity:
             self._buffered -= length
+            self._counts.add("busy_workers")
             self._send(conn, _BUSY_WORKERS)
             return
+        self._counts.add("admitted")
         self._admitted += 1
         conn.busy = True
         self._jobs.put((conn, body, length))

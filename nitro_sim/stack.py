@@ -17,6 +17,14 @@ production: the EIF is signed with the stack's own release certificate (made onc
 applied once with the lockout safety check bypassed; later starts find it in place and
 leave it alone, and every image the stack signs (changed code included) keeps access.
 ``pcr0`` mode builds unsigned images and pins their PCR0, as before.
+
+A second region (disaster recovery): the primary stack makes its key multi-Region
+(``multi_region``) and replicates it into ``replica_regions`` with the same policy
+rendering, before the policy is applied (a sealed policy denies ReplicateKey). A stack
+with ``shared_account_root`` is a host in another region of the same AWS account: it
+shares the primary's principals, KMS state and Nitro root of trust (and release
+certificate), runs its own KMS endpoint (``--region``), enclave, vsock-proxy and relay,
+and uses ``key_arn``, its region's replica: the enclave pins it, the relay names it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from botocore.exceptions import ClientError
 
 from nitro_sim.release import ReleaseSigner, load_or_create_release_signer
 from nitro_wallet.key_policy import PCR0, SEALED, render_key_policy, validate_key_policy
+from nitro_wallet.kms_replicas import ensure_replica
 
 if TYPE_CHECKING:
     from mypy_boto3_kms.client import KMSClient
@@ -94,6 +103,9 @@ class LocalStack:
     # The relay's default chain (anvil's and hardhat's local chain id) and optional node.
     chain_id: int = 31337
     upstream_rpc_url: str | None = None
+    multi_region: bool = False
+    replica_regions: tuple[str, ...] = ()
+    shared_account_root: Path | None = None
     _processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key_arn: str = ""
     measurements: Measurements | None = None
@@ -138,6 +150,8 @@ class LocalStack:
     def start(self) -> LocalStack:
         for directory in (self.root, self.sim_dir, self.log_dir, self.relay_db.parent):
             directory.mkdir(parents=True, exist_ok=True)
+        if self.shared_account_root is not None:
+            self._share_account(self.shared_account_root)
         try:
             self._run(["-m", "nitro_sim", "init", "--state-dir", str(self.sim_dir)])
             self._spawn(
@@ -152,6 +166,8 @@ class LocalStack:
                     "127.0.0.1",
                     "--port",
                     str(self.kms_port),
+                    "--region",
+                    self.region,
                 ],
             )
             self._spawn(
@@ -176,7 +192,10 @@ class LocalStack:
                 )
             self.key_arn = self.ensure_key()
             self.measurements = self.build_eif("nitro-wallet")
-            self.apply_policy(() if self.sealed else [self.measurements.pcr0])
+            pcr0s = () if self.sealed else [self.measurements.pcr0]
+            for region in self.replica_regions:
+                self.replicate_key(region, pcr0s)
+            self.apply_policy(pcr0s)
             self.start_vsock_proxy()
             self.run_enclave(self.measurements.eif)
             self.start_relay()
@@ -233,10 +252,14 @@ class LocalStack:
     # ------------------------------------------------------------------ KMS
     def ensure_key(self) -> str:
         kms = self.kms_client()
+        if self.key_arn:  # given, e.g. this region's replica of a multi-Region key
+            return kms.describe_key(KeyId=self.key_arn)["KeyMetadata"]["Arn"]
         for alias in kms.list_aliases()["Aliases"]:
             if alias.get("AliasName") == KEY_ALIAS and alias.get("TargetKeyId"):
                 return kms.describe_key(KeyId=alias["TargetKeyId"])["KeyMetadata"]["Arn"]
-        key = kms.create_key(Description="nitro-wallet data keys (simulator)")["KeyMetadata"]
+        key = kms.create_key(
+            Description="nitro-wallet data keys (simulator)", MultiRegion=self.multi_region
+        )["KeyMetadata"]
         kms.create_alias(AliasName=KEY_ALIAS, TargetKeyId=key["KeyId"])
         return key["Arn"]
 
@@ -254,18 +277,7 @@ class LocalStack:
         not carry exactly this policy already (after that nobody can change it).
         pcr0: pins ``pcr0s``.
         """
-        policy = render_key_policy(
-            mode=self.key_policy_mode,
-            admin_arns=[self.admin_arn],
-            enclave_arns=[self.role_arn],
-            pcr0s=pcr0s,
-            pcr8s=([self.release_signer.pcr8] if pcr8s is None else pcr8s) if self.sealed else (),
-        )
-        validate_key_policy(
-            policy,
-            allow_debug=self.allow_debug if allow_debug is None else allow_debug,
-            mode=self.key_policy_mode,
-        )
+        policy = self.key_policy(pcr0s, pcr8s=pcr8s, allow_debug=allow_debug)
         (self.root / "kms-key-policy.json").write_text(json.dumps(policy, indent=2) + "\n")
         kms = self.kms_client()
         current = json.loads(kms.get_key_policy(KeyId=self.key_arn, PolicyName="default")["Policy"])
@@ -287,6 +299,57 @@ class LocalStack:
                 f"changed?): nobody can change a sealed policy; remove {self.root} to start "
                 "over with a new key"
             ) from exc
+
+    def key_policy(
+        self,
+        pcr0s: Iterable[str] = (),
+        *,
+        pcr8s: Iterable[str] | None = None,
+        allow_debug: bool | None = None,
+    ) -> dict[str, Any]:
+        """The key policy in the stack's mode, rendered and validated (see apply_policy)."""
+        policy = render_key_policy(
+            mode=self.key_policy_mode,
+            admin_arns=[self.admin_arn],
+            enclave_arns=[self.role_arn],
+            pcr0s=pcr0s,
+            pcr8s=([self.release_signer.pcr8] if pcr8s is None else pcr8s) if self.sealed else (),
+        )
+        validate_key_policy(
+            policy,
+            allow_debug=self.allow_debug if allow_debug is None else allow_debug,
+            mode=self.key_policy_mode,
+        )
+        return policy
+
+    # --------------------------------------------------------- second region
+    def replicate_key(self, region: str, pcr0s: Iterable[str] = ()) -> str:
+        """The ARN of the key's replica in ``region``, made (once) with the same policy
+        rendering as the key itself: before the policy is applied, since a sealed policy
+        denies ReplicateKey to everyone."""
+        policy = json.dumps(self.key_policy(pcr0s))
+        return ensure_replica(self.kms_client(), self.key_arn, region, policy, self.sealed)
+
+    def _share_account(self, primary_root: Path) -> None:
+        """Be a host of ``primary_root``'s AWS account in another region: the account's
+        principals and KMS state, the Nitro root of trust and the release certificate are
+        the primary's; vsock, enclaves, relay and logs are this host's own."""
+        links = {
+            self.sim_dir / "principals.json": primary_root / "sim" / "principals.json",
+            self.sim_dir / "ca": primary_root / "sim" / "ca",
+            self.sim_dir / "kms": primary_root / "sim" / "kms",
+            self.root / "release": primary_root / "release",  # made in sealed mode only
+        }
+        for link, target in links.items():
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
+            if not target.exists():
+                if target.name == "release":
+                    continue
+                raise StackError(f"{target} does not exist: start the primary stack first")
+            if link.exists() or link.is_symlink():
+                raise StackError(f"{link} exists: this state directory has an account of its own")
+            link.symlink_to(target.resolve())
 
     # -------------------------------------------------------------- enclave
     def stage_enclave_context(
@@ -339,6 +402,7 @@ class LocalStack:
             "enclave_kms_key_ids": [self.key_arn],
             "enclave_kms_max_concurrent_calls": 8,
             "enclave_kms_recipient_key_pool": 8,
+            "enclave_kms_probe_interval_seconds": 30,
             "enclave_key_cache_max_entries": 20000,
             "enclave_key_cache_ttl_seconds": 900,
             "enclave_allow_pre_eip155": False,
@@ -463,6 +527,10 @@ class LocalStack:
     def restart_relay(self) -> None:
         self._stop_process("relay")
         self.start_relay()
+
+    def stop_relay(self) -> None:
+        """Stop the relay only (``start_relay`` brings it back), e.g. for a restore."""
+        self._stop_process("relay")
 
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"

@@ -12,7 +12,8 @@ address needs ``allow_non_loopback = true``: the relay is loopback-only by defau
                   upstream_rpc_url (optional http(s) node: eth_sendTransaction and
                   forwarding), upstream_timeout_seconds
     [enclave]     transport ("vsock" | "unix:DIR"), cid, port, timeout_seconds, max_frame_bytes
-    [kms]         key_id (required), region
+    [kms]         key_id (required), region (a key ARN must be in it: the enclave of this
+                  region pins its regional key, e.g. the replica of a multi-Region key)
     [storage]     backend ("sqlite" | "dynamodb");
                   sqlite: sqlite_path;
                   dynamodb: table_name (required), region (default [kms].region),
@@ -41,6 +42,7 @@ MAX_CONFIG_BYTES = 64 * 1024
 _REGION_RE = re.compile(r"\A[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\Z")
 MAX_CHAIN_ID = 2**64 - 1
 _KEY_ID_RE = re.compile(r"\A[A-Za-z0-9:/_+=,.@-]{1,2048}\Z")
+_KEY_ARN_REGION_RE = re.compile(r"\Aarn:aws(?:-[a-z]+)*:kms:(?P<region>[^:]*):")
 _TABLE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.-]{3,255}\Z")
 STORAGE_BACKENDS = ("sqlite", "dynamodb")
 
@@ -293,6 +295,13 @@ def _kms(section: _Section) -> KmsSettings:
     region = section.string("region", KmsSettings.region)
     if not _REGION_RE.match(region):
         raise ConfigError(f"kms.region {region!r} is not an AWS region name")
+    arn = _KEY_ARN_REGION_RE.match(key_id)
+    if arn is not None and arn["region"] != region:
+        raise ConfigError(
+            f"kms.key_id {key_id} is a key of {arn['region']!r}, but kms.region is {region!r}: "
+            "new accounts are made under the key of the relay's own region (in a "
+            "disaster-recovery region, the replica of the multi-Region key)"
+        )
     section.done()
     return KmsSettings(key_id=key_id, region=region)
 

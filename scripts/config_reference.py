@@ -88,16 +88,19 @@ ENCLAVE_DESCRIPTIONS: dict[str, str] = {
     "server.frame_timeout_seconds": "A frame must arrive whole within this long.",
     "server.max_buffered_bytes": "Request bytes held at once across connections.",
     "kms.endpoint_scheme": "https on AWS; http only for the simulator.",
-    "kms.endpoint_host": "KMS host name, reached through the parent's vsock-proxy.",
+    "kms.endpoint_host": (
+        "KMS host name, reached through the parent's vsock-proxy (its region must be kms.region)."
+    ),
     "kms.proxy_port": "vsock port of the parent's KMS vsock-proxy.",
     "kms.allowed_key_ids": "KMS keys the enclave accepts (required, non-empty).",
     "kms.timeout_seconds": "Timeout of one KMS call.",
     "kms.max_concurrent_calls": "KMS requests in flight at once (match the vsock-proxy workers).",
     "kms.recipient_key_pool": "Pre-generated RSA keys for KMS Recipient (0: one per call).",
+    "kms.probe_interval_seconds": "kms_probe answers are reused this long (one KMS call per key).",
     "key_cache.max_entries": "Unlocked keys kept in enclave memory (0: no cache).",
     "key_cache.ttl_seconds": "How long an unlocked key stays cached.",
     "signing.allow_pre_eip155": "Sign legacy transactions without a chain id (replayable).",
-    "kms.region": "Region of the KMS endpoint the enclave calls.",
+    "kms.region": "Region of the KMS endpoint the enclave calls (pinned ARNs must be in it).",
 }
 DESCRIPTIONS = {"relay.toml": RELAY_DESCRIPTIONS, "enclave.toml": ENCLAVE_DESCRIPTIONS}
 

@@ -19,14 +19,17 @@ receipt chain. ``request_frame`` (so ``call``) adds ``auth`` as the relay would 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,14 @@ from enclave_app.errors import EnclaveError
 from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms
+from enclave_app.kms_probe import KmsProber
 from enclave_app.nsm import SocketNsm
 from enclave_app.ops import Operations
 from enclave_app.policy import parse_policy
 from enclave_app.recipient_keys import RecipientKeyPool
 from enclave_app.server import EnclaveServer, ServerLimits
 from enclave_app.signing.keys import SigningKey
+from enclave_app.stats import EnclaveStats
 from enclave_app.transport import Transport
 from nitro_sim.ca import SimCa
 from nitro_sim.kms import KmsServer, serve_kms
@@ -139,10 +144,13 @@ class EnclaveRig:
         kms_concurrency: int = 8,
         recipient_pool: int = 0,
         cache_entries: int = 1024,
+        kms_timeout: int = 20,
+        probe_interval: float = 30,
         signing_policy: dict[str, Any] | None = None,
         policy_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
+        self.stats = EnclaveStats()
         self.limits = limits or ServerLimits()
         state = root / "state"
         self.kms = serve_kms(state)
@@ -162,6 +170,7 @@ class EnclaveRig:
             aws_secret_access_key=admin.secret_access_key,
             aws_session_token=admin.session_token,
         )
+        self.admin_kms = admin_kms  # the key administrator: policy, disable, enable
         self.key_arn: str = admin_kms.create_key(Description="rig")["KeyMetadata"]["Arn"]
         policy = render_key_policy(
             mode=PCR0,
@@ -183,12 +192,15 @@ class EnclaveRig:
             endpoint_url=self.kms.url,
             region=principals.region,
             allowed_key_ids=(self.key_arn,),
-            timeout_seconds=20,
+            timeout_seconds=kms_timeout,
             max_concurrent_calls=kms_concurrency,
             recipient_keys=self.recipient_keys,
+            stats=self.stats,
         )
         self.cache: KeyCache[SigningKey] = KeyCache(cache_entries, 900)
-        self.vault = AccountVault(self.kms_client, self.cache, max_parallel_unlocks=kms_concurrency)
+        self.vault = AccountVault(
+            self.kms_client, self.cache, max_parallel_unlocks=kms_concurrency, stats=self.stats
+        )
         self.policy = parse_policy(RIG_POLICY if signing_policy is None else signing_policy)
         self.enclave_gate = Gate.boot(self.policy, SocketNsm(root / "nsm.sock"), policy_clock)
         self.operations = Operations(
@@ -198,12 +210,15 @@ class EnclaveRig:
             allow_pre_eip155=False,
             record_cache_entries=cache_entries,
             capacity=self.limits.capacity(),
+            stats=self.stats,
+            prober=KmsProber(self.kms_client, probe_interval),
         )
         self.server = EnclaveServer(
             self.transport.listen(ENCLAVE_CID, ENCLAVE_PORT, backlog=1024),
             self.operations,
             self.limits,
             housekeeping=self.cache.purge_expired,
+            stats=self.stats,
         )
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -262,6 +277,18 @@ class EnclaveRig:
     def forget_keys(self) -> None:
         """An enclave restart, as far as its memory goes: every key is cold again."""
         self.cache.clear()
+
+
+@contextlib.contextmanager
+def running_rig(**options: Any) -> Iterator[EnclaveRig]:
+    """A started rig in a short /tmp directory (unix socket paths are limited to 107
+    bytes), removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="nwrig-", dir="/tmp"))
+    try:
+        with EnclaveRig(root, **options) as rig:
+            yield rig
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def request_frame(op: str, params: dict[str, Any], request_id: str = "r") -> bytes:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from eth_account import Account
 
 from enclave_app import envelope
 from enclave_app.account_metadata import parse_metadata
@@ -20,6 +24,20 @@ from nitro_sim.nsm import SimulatedNsm
 from nitro_sim.stack import LocalStack, http_json
 
 CHAIN_ID = 11155111
+REPO = Path(__file__).resolve().parent.parent
+
+
+def nitro_wallet(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator CLI as its own process, in the stack's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "nitro_wallet", *args],
+        cwd=REPO,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:
@@ -36,6 +54,19 @@ def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:
     }
     tx.update(overrides)
     return tx
+
+
+def assert_every_account_signs(relay_url: str, accounts: Mapping[str, str], nonce: int) -> None:
+    """Each account (id -> address) signs a transaction through the relay at
+    ``relay_url``, and eth-account recovers the account's address from it."""
+    for account_id, address in sorted(accounts.items()):
+        status, body = http_json(
+            "POST",
+            f"{relay_url}/v1/accounts/{account_id}/sign/transaction",
+            {"transaction": eip1559(nonce=nonce)},
+        )
+        assert status == 200, body
+        assert Account.recover_transaction(body["raw_transaction"]) == address
 
 
 def create_account(stack: LocalStack) -> dict[str, Any]:

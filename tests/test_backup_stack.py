@@ -22,27 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 
 from nitro_sim.stack import LocalStack, http_json
-from tests.stack_helpers import eip1559
+from tests.stack_helpers import assert_every_account_signs, eip1559, nitro_wallet
 
 pytestmark = pytest.mark.stack
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"relay listening on [^\s:]+:(\d+)")
-
-
-def nitro_wallet(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nitro_wallet", *args],
-        cwd=REPO,
-        env=stack.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 class Load:
@@ -200,14 +187,7 @@ def test_a_restore_onto_a_fresh_host_signs_for_every_account(
     stack.run_enclave(stack.measurements.eif)  # a new enclave: nothing cached
     process, url = _start_relay(stack, config)
     try:
-        for account_id, address in sorted(accounts.items()):
-            status, body = http_json(
-                "POST",
-                f"{url}/v1/accounts/{account_id}/sign/transaction",
-                {"transaction": eip1559(nonce=7)},
-            )
-            assert status == 200, body
-            assert Account.recover_transaction(body["raw_transaction"]) == address
+        assert_every_account_signs(url, accounts, nonce=7)
         # A second restore onto this store, which now holds accounts, is refused.
         again = nitro_wallet(stack, "restore", "--config", config, "--from", str(backup))
         assert again.returncode == 1

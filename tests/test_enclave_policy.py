@@ -373,10 +373,11 @@ def test_every_decision_leaves_a_receipt_naming_its_rule(rig: EnclaveRig, clock:
     assert decisions[2]["payload"] is not None
 
 
-def test_health_reports_the_policy_hash_and_its_refusals_by_rule(
+def test_stats_report_the_policy_hash_and_its_refusals_by_rule(
     rig: EnclaveRig, clock: Clock
 ) -> None:
-    before = rig.call("health")["policy"]
+    assert rig.call("health")["policy_sha256"] == rig.policy.sha256
+    before = rig.call("stats")["policy"]
     assert before["sha256"] == rig.policy.sha256
     assert (before["rules"], before["limits"]) == (4, 1)
     account = create(rig, labels=["hot"])
@@ -384,6 +385,6 @@ def test_health_reports_the_policy_hash_and_its_refusals_by_rule(
     refusal(lambda: sign(rig, account, tx(to=OTHER), relay()))
     refusal(lambda: sign(rig, account, tx(to=OTHER), relay()))
     refusal(lambda: sign(rig, account, tx(), relay("mallory")))
-    after = rig.call("health")["policy"]["denials"]
+    after = rig.call("stats")["policy"]["denials"]
     assert after["never-to-other"] == before["denials"].get("never-to-other", 0) + 2
     assert after["principal-scopes"] == before["denials"].get("principal-scopes", 0) + 1

@@ -426,8 +426,9 @@ def test_every_request_is_signed_with_the_sources_current_credentials(
 
 
 def _config(storage: dict[str, Any], kms_region: str = "eu-west-1") -> RelayConfig:
+    key_id = KEY_ID.replace(":us-east-1:", f":{kms_region}:")  # a key of the relay's region
     return RelayConfig.from_mapping(
-        {"kms": {"key_id": KEY_ID, "region": kms_region}, "storage": storage}
+        {"kms": {"key_id": key_id, "region": kms_region}, "storage": storage}
     )
 
 

@@ -32,6 +32,7 @@ from nitro_wallet.backup import DEFAULT_TIMEOUT_SECONDS, manifest_path, online_b
 from nitro_wallet.backup import verify_backup as verify
 from nitro_wallet.backup_check import CheckReport
 from nitro_wallet.backup_errors import BackupCode, BackupError
+from nitro_wallet.kms_replicas import same_multi_region_key
 from parent_app.config import ConfigError, RelayConfig
 
 _NAME_FORMAT = "accounts-%Y%m%dT%H%M%SZ.db"
@@ -183,7 +184,13 @@ def _restore(args: argparse.Namespace) -> dict[str, Any]:
     warnings: list[str] = []
 
     def note_key_ids(report: CheckReport) -> None:
-        others = sorted(k for k in report.key_ids if k != config.kms.key_id)
+        # A record of another region's replica of the relay's multi-Region key decrypts
+        # here through the pinned replica (disaster recovery): nothing to warn about.
+        others = sorted(
+            k
+            for k in report.key_ids
+            if k != config.kms.key_id and not same_multi_region_key(k, config.kms.key_id)
+        )
         if others:
             warnings.append(
                 f"records use KMS key(s) {others}, the relay is configured with "
