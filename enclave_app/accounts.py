@@ -18,8 +18,9 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -56,6 +57,15 @@ class SealedAccount:
         )
 
 
+#: ``random(n, purpose)``: key material (``enclave_app.auth.entropy.MixedEntropy``).
+RandomSource = Callable[[int, str], bytes]
+
+
+def os_random(n: int, purpose: str) -> bytes:
+    """The OS CSPRNG alone (tests and tools; the enclave mixes in the NSM's source)."""
+    return secrets.token_bytes(n)
+
+
 class AccountVault:
     def __init__(
         self,
@@ -64,12 +74,14 @@ class AccountVault:
         *,
         max_parallel_unlocks: int = 8,
         stats: EnclaveStats | None = None,
+        random: RandomSource = os_random,
     ) -> None:
         if max_parallel_unlocks < 1:
             raise ValueError("max_parallel_unlocks must be at least 1")
         self._kms = kms
         self._cache = cache
         self._lookups = (stats or EnclaveStats()).key_cache_lookups
+        self._random = random
         self._inflight: dict[CacheKey, Future[SigningKey]] = {}
         self._inflight_lock = threading.Lock()
         self._unlockers = ThreadPoolExecutor(
@@ -84,14 +96,17 @@ class AccountVault:
         metadata: AccountMetadata | None = None,
     ) -> SealedAccount:
         metadata = metadata or AccountMetadata()
+        # Key material first: a failing entropy source refuses before any KMS call.
+        private_key = generate_private_key(lambda n: self._random(n, "secp256k1-private-key"))
+        nonce = self._random(envelope.NONCE_BYTES, "account-key-gcm-nonce")
+        signing_key = SigningKey(private_key)
         context = envelope.encryption_context(account_id)
         data_key = self._kms.generate_data_key(key_id, context, credentials)
-        private_key = generate_private_key()
-        signing_key = SigningKey(private_key)
         sealed_key = envelope.seal(
             data_key.plaintext,
             private_key,
             envelope.additional_data_v2(account_id, signing_key.address, metadata.canonical),
+            nonce,
         )
         account = SealedAccount(
             account_id=account_id,

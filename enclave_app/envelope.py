@@ -62,11 +62,14 @@ def _aad_version(aad: bytes) -> int:
     raise ValueError("additional data must come from additional_data or additional_data_v2")
 
 
-def seal(data_key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """version(1) || nonce(12) || ciphertext || tag(16), with a fresh random nonce; the
-    version is the one ``aad`` was made for."""
+def seal(data_key: bytes, plaintext: bytes, aad: bytes, nonce: bytes | None = None) -> bytes:
+    """version(1) || nonce(12) || ciphertext || tag(16), with a fresh random nonce (the
+    caller's, drawn from its entropy source, or the OS CSPRNG's); the version is the one
+    ``aad`` was made for."""
     _check_key(data_key)
-    nonce = os.urandom(NONCE_BYTES)
+    nonce = os.urandom(NONCE_BYTES) if nonce is None else nonce
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"the nonce must be {NONCE_BYTES} bytes")
     sealed = AESGCM(data_key).encrypt(nonce, plaintext, aad)
     return bytes([_aad_version(aad)]) + nonce + sealed
 

@@ -1,6 +1,7 @@
 """Account labels and bound stamp keys are sealed with the key (envelope version 2): a
 record whose metadata the parent changed does not open, not even from the warm cache,
-and version 1 records keep opening without metadata."""
+and version 1 records keep opening without metadata. New keys and their GCM nonces come
+from the mixed OS + NSM entropy source."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ import pytest
 
 from enclave_app import envelope
 from enclave_app.account_metadata import AccountMetadata, parse_labels, parse_metadata
-from enclave_app.accounts import AccountVault, SealedAccount, additional_data_for
+from enclave_app.accounts import (
+    AccountVault,
+    RandomSource,
+    SealedAccount,
+    additional_data_for,
+    os_random,
+)
+from enclave_app.auth.entropy import MixedEntropy
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AwsCredentials, DataKey
@@ -33,10 +41,12 @@ class KmsDouble:
     def __init__(self) -> None:
         self.data_key = os.urandom(32)
         self.decrypts = 0
+        self.generates = 0
 
     def generate_data_key(
         self, key_id: str, context: Mapping[str, str], credentials: AwsCredentials
     ) -> DataKey:
+        self.generates += 1
         return DataKey(
             self.data_key, b"blob:" + context[envelope.ENCRYPTION_CONTEXT_KEY].encode(), key_id
         )
@@ -48,9 +58,9 @@ class KmsDouble:
         return self.data_key
 
 
-def vault() -> tuple[AccountVault, KmsDouble]:
+def vault(random: RandomSource = os_random) -> tuple[AccountVault, KmsDouble]:
     kms = KmsDouble()
-    return AccountVault(kms, KeyCache(16, 600)), kms  # type: ignore[arg-type]
+    return AccountVault(kms, KeyCache(16, 600), random=random), kms  # type: ignore[arg-type]
 
 
 def metadata(**record: Any) -> AccountMetadata:
@@ -205,3 +215,34 @@ def test_bound_keys_are_sorted_and_normalised() -> None:
     assert parsed.stamp_key("z").scopes == {Scope.SIGN, Scope.READ}  # type: ignore[union-attr]
     assert parsed.to_record()["stamp_keys"][0]["public_key"] == public_pem("p256", 1)  # type: ignore[index]
     assert parse_labels("labels", []) == frozenset()
+
+
+# -- key material ---------------------------------------------------------------------------
+def _constant(n: int) -> bytes:
+    return b"\x07" * n
+
+
+def _broken(n: int) -> bytes:
+    raise OSError("the NSM device is gone")
+
+
+@pytest.mark.parametrize(
+    "entropy",
+    [MixedEntropy(nsm_random=_constant), MixedEntropy(nsm_random=os.urandom, os_random=_constant)],
+    ids=["NSM source stuck", "OS source stuck"],
+)
+def test_keys_and_nonces_still_differ_when_one_source_is_constant(entropy: MixedEntropy) -> None:
+    accounts, _ = vault(entropy.random_bytes)
+    first = accounts.generate(ACCOUNT_ID, "key", CREDENTIALS)
+    second = accounts.generate(ACCOUNT_ID, "key", CREDENTIALS)
+    assert first.address != second.address
+    nonce = slice(1, 1 + envelope.NONCE_BYTES)
+    assert first.encrypted_private_key[nonce] != second.encrypted_private_key[nonce]
+
+
+def test_no_key_is_generated_while_a_source_fails() -> None:
+    accounts, kms = vault(MixedEntropy(nsm_random=_broken).random_bytes)
+    with pytest.raises(EnclaveError) as error:
+        accounts.generate(ACCOUNT_ID, "key", CREDENTIALS)
+    assert error.value.code is ErrorCode.ENTROPY_UNAVAILABLE
+    assert kms.generates == 0  # refused before any KMS call
