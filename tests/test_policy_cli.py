@@ -175,6 +175,7 @@ def test_the_dev_policy_template_grants_the_dev_key_and_token_everything() -> No
     }
 
 
+@pytest.mark.process
 def test_the_console_script_runs_as_a_process(tmp_path: Path) -> None:
     output = tmp_path / "policy.json"
     result = subprocess.run(
