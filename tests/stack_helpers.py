@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from eth_account import Account
 
 from enclave_app import envelope
+from enclave_app.account_metadata import parse_metadata
+from enclave_app.accounts import SealedAccount, additional_data_for
 from enclave_app.cms import decrypt_enveloped_data
 from nitro_sim.ca import SimCa
 from nitro_sim.nsm import SimulatedNsm
@@ -136,10 +138,16 @@ def unlock_as_measured_enclave(stack: LocalStack, record: dict[str, Any]) -> tup
         Recipient={"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": document},
     )
     data_key = decrypt_enveloped_data(response["CiphertextForRecipient"], ephemeral)
+    account = SealedAccount(
+        account_id=record["account_id"],
+        address=record["address"],
+        key_id=record["key_id"],
+        encrypted_private_key=record["encrypted_private_key"],
+        encrypted_data_key=record["encrypted_data_key"],
+        metadata=parse_metadata(record),
+    )
     private_key = envelope.open_sealed(
-        data_key,
-        record["encrypted_private_key"],
-        envelope.additional_data(record["account_id"], record["address"]),
+        data_key, record["encrypted_private_key"], additional_data_for(account)
     )
     return private_key, data_key
 
