@@ -57,9 +57,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 #: Refusals of a body that was not read: the connection closes (after a bounded drain)
-#: rather than receive a body nobody wants. Other answers keep the connection; the
-#: server discards an unread body within the request deadline.
-_CLOSE_STATUSES = frozenset({400, 411, 413, 415})
+#: rather than receive a body nobody wants (an unauthenticated one included). Other
+#: answers keep the connection; the server discards an unread body within the request
+#: deadline.
+_CLOSE_STATUSES = frozenset({400, 401, 411, 413, 415})
 
 
 class ClientGoneError(Exception):

@@ -71,6 +71,8 @@ _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 #: the header ``http_call`` sends by default.
 TEST_TOKEN_ID, TEST_TOKEN = new_token()
 TEST_PRINCIPAL = "test-client"
+#: The header line carrying ``TEST_TOKEN``, for tests that write raw HTTP.
+AUTH_LINE = f"Authorization: Bearer {TEST_TOKEN}\r\n".encode()
 
 
 def short_tempdir() -> Path:
@@ -150,7 +152,7 @@ class FakeEnclave:
     cid: int = 16
     port: int = 5000
     allowed_key_ids: tuple[str, ...] = (KEY_ID,)
-    max_frame_bytes: int = 1 << 20  # the enclave's default frame cap
+    max_frame_bytes: int = 4 << 20  # the enclave's default frame cap
     # Misbehaviour knobs, read on every request.
     generate_overrides: dict[str, Any] = field(default_factory=dict)
     # merged into the results of sign_* and attest

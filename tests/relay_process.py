@@ -84,7 +84,7 @@ def write_config(
     """relay.toml on a free port against the fakes; the database in ``db_dir``."""
     config = tmp_path / "relay.toml"
     state = db_dir or tmp_path / "db"
-    sections = auth_sections(state)
+    sections = auth_sections(tmp_path / "relay-auth")
     config.write_text(
         '[relay]\nlisten_host = "127.0.0.1"\nlisten_port = 0\nlog_level = "DEBUG"\n'
         f'[enclave]\ntransport = "{enclave.transport_spec}"\ncid = 16\nport = 5000\n'
