@@ -21,7 +21,7 @@ dev: venv
 	$(PY) -m nitro_sim.dev $(DEV_ARGS)
 
 ## The appliance end to end: Ansible provisions a simulated Nitro host (podman,
-## systemd) with playbooks/site.yml, then a curl walk-through against its relay.
+## systemd) with playbooks/local_site.yml, then a curl walk-through against its relay.
 demo: venv
 	bash scripts/demo.sh
 

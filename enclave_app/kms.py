@@ -12,6 +12,14 @@ cannot get a slot within the KMS timeout fails with ``server_busy``. Each boto3
 client keeps that many HTTP connections alive, so calls reuse their TLS sessions
 through the in-enclave forwarder and the parent's vsock-proxy.
 
+An answer is used only when it arrived whole and has the operation's fields: botocore
+reads a body without checking it against ``Content-Length`` and parses an empty one
+as ``{}``, so a KMS endpoint (or a proxy hop) that goes away after its headers would
+look like a success with nothing in it. A cut or malformed answer is KMS being
+unavailable (``kms_unavailable``: the caller retries); ``kms_bad_response`` is kept
+for a whole, well-formed answer that is wrong (a key this enclave does not use, a
+plaintext key, an envelope it cannot open).
+
 Only pinned keys are used (``enclave_app.key_ids``): GenerateDataKey takes a pinned key
 as named; Decrypt of a record made in another region goes through this region's
 replica of its multi-Region key when that replica is pinned. Every request is counted
@@ -20,6 +28,7 @@ by operation and outcome, with its latency, in ``enclave_app.stats``.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +41,7 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    ConnectionClosedError,
     ConnectTimeoutError,
     ReadTimeoutError,
 )
@@ -143,6 +153,7 @@ class AttestedKms:
             GENERATE_DATA_KEY,
             credentials,
             document,
+            ("KeyId", "CiphertextForRecipient", "CiphertextBlob"),
             lambda client, recipient: client.generate_data_key(
                 KeyId=key_id,
                 KeySpec="AES_256",
@@ -152,10 +163,9 @@ class AttestedKms:
         )
         key_arn = self._returned_key(response)
         plaintext = self._unwrap(response, private_key)
-        blob = response.get("CiphertextBlob")
-        if not isinstance(blob, bytes) or not blob:
-            raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS returned no CiphertextBlob")
-        return DataKey(plaintext=plaintext, ciphertext_blob=blob, key_arn=key_arn)
+        return DataKey(
+            plaintext=plaintext, ciphertext_blob=response["CiphertextBlob"], key_arn=key_arn
+        )
 
     def decrypt(
         self,
@@ -172,6 +182,7 @@ class AttestedKms:
             DECRYPT,
             credentials,
             document,
+            ("KeyId", "CiphertextForRecipient"),
             lambda client, recipient: client.decrypt(
                 CiphertextBlob=ciphertext_blob,
                 KeyId=regional_key_id,
@@ -195,8 +206,11 @@ class AttestedKms:
         operation_name: str,
         credentials: AwsCredentials,
         document: bytes,
+        answered: tuple[str, ...],
         operation: Callable[[KMSClient, RecipientInfoTypeDef], Mapping[str, Any]],
     ) -> Mapping[str, Any]:
+        """``operation``'s answer, which has every field of ``answered`` (a key ARN,
+        CiphertextBlob and CiphertextForRecipient: non-empty, of their type)."""
         recipient: RecipientInfoTypeDef = {
             "KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256",
             "AttestationDocument": document,
@@ -209,7 +223,19 @@ class AttestedKms:
         outcome = "ok"
         started = time.monotonic()
         try:
-            return operation(client, recipient)
+            response = operation(client, recipient)
+            if response.get("Plaintext"):  # whole and well-formed, and wrong
+                raise KmsCallError(
+                    ErrorCode.KMS_BAD_RESPONSE,
+                    "KMS sent a plaintext key to an attested request",
+                    outcome,
+                )
+            for name in answered:
+                _answered(response, name)
+            return response
+        except KmsCallError as exc:
+            outcome = exc.outcome
+            raise
         except ClientError as exc:
             error = self._translate(exc, document)
             outcome = error.outcome
@@ -219,6 +245,11 @@ class AttestedKms:
             outcome = "timeout" if timed_out else "unreachable"
             raise KmsCallError(
                 ErrorCode.KMS_UNAVAILABLE, f"KMS unreachable: {type(exc).__name__}", outcome
+            ) from None
+        except (TypeError, ValueError) as exc:  # botocore could not parse the answer's fields
+            outcome = "unreachable"
+            raise KmsCallError(
+                ErrorCode.KMS_UNAVAILABLE, f"KMS answer malformed: {type(exc).__name__}", outcome
             ) from None
         finally:
             self._slots.release()
@@ -246,9 +277,7 @@ class AttestedKms:
         return KmsCallError(ErrorCode.KMS_UNAVAILABLE, f"KMS call failed: {code}", outcome)
 
     def _returned_key(self, response: Mapping[str, Any]) -> str:
-        key_arn = response.get("KeyId")
-        if not isinstance(key_arn, str) or not key_arn:
-            raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS response names no key")
+        key_arn: str = response["KeyId"]
         if not self._pinned.answered(key_arn):
             raise EnclaveError(
                 ErrorCode.KMS_BAD_RESPONSE, "KMS answered with a key this enclave does not use"
@@ -257,13 +286,7 @@ class AttestedKms:
 
     @staticmethod
     def _unwrap(response: Mapping[str, Any], private_key: rsa.RSAPrivateKey) -> bytes:
-        if response.get("Plaintext"):
-            raise EnclaveError(
-                ErrorCode.KMS_BAD_RESPONSE, "KMS sent a plaintext key to an attested request"
-            )
-        envelope = response.get("CiphertextForRecipient")
-        if not isinstance(envelope, bytes) or not envelope:
-            raise EnclaveError(ErrorCode.KMS_BAD_RESPONSE, "KMS returned no CiphertextForRecipient")
+        envelope: bytes = response["CiphertextForRecipient"]
         try:
             return decrypt_enveloped_data(envelope, private_key)
         except CmsError as exc:
@@ -298,6 +321,9 @@ class AttestedKms:
                 aws_session_token=credentials.session_token,
                 config=self._config,
             )
+            client.meta.events.register(
+                "before-parse.kms", functools.partial(_refuse_cut_answers, self._endpoint_url)
+            )
             with self._clients_lock:
                 self._clients[cache_key] = client
                 evicted = []
@@ -307,3 +333,33 @@ class AttestedKms:
                 # Free its kept-alive connections (and the vsock-proxy workers behind them).
                 old.close()
             return client
+
+
+#: The type of each field an answer must carry (``_answered``).
+_FIELD_TYPES: dict[str, type] = {
+    "KeyId": str,
+    "CiphertextBlob": bytes,
+    "CiphertextForRecipient": bytes,
+}
+
+
+def _answered(response: Mapping[str, Any], name: str) -> None:
+    """A field the operation always answers: absent, empty or mistyped, the answer is
+    malformed, which is KMS being unavailable, never a wrong answer."""
+    value = response.get(name)
+    if not isinstance(value, _FIELD_TYPES[name]) or not value:
+        raise KmsCallError(
+            ErrorCode.KMS_UNAVAILABLE, f"KMS answer malformed: no {name}", "unreachable"
+        )
+
+
+def _refuse_cut_answers(endpoint_url: str, response_dict: Mapping[str, Any], **_: Any) -> None:
+    """botocore's ``before-parse`` hook: an answer whose body is not exactly its
+    ``Content-Length`` long was cut in transit (urllib3 checks chunked framing itself,
+    and botocore asks it not to check the length)."""
+    headers = response_dict["headers"]
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return
+    length = headers.get("content-length", "")
+    if not length.isdigit() or int(length) != len(response_dict["body"]):
+        raise ConnectionClosedError(endpoint_url=endpoint_url)

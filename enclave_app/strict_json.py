@@ -27,32 +27,40 @@ class FloatNotAllowedError(StrictJsonError):
     pass
 
 
+#: Every byte but the four brackets (``bytes.translate`` deletes them at C speed).
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_OPENERS = frozenset(b"[{")
+
+
 def check_depth(text: str, max_depth: int) -> None:
-    """Raise if arrays/objects nest deeper than ``max_depth`` (strings are skipped).
+    r"""Raise if arrays/objects nest deeper than ``max_depth`` (strings are skipped).
 
     A document with at most ``max_depth`` opening brackets (strings included) cannot
-    nest deeper than that: two C-speed counts settle it without the character scan.
+    nest deeper than that: two C-speed counts settle it. Otherwise the strings are cut
+    out and the nesting is counted over the brackets alone, so the one Python loop runs
+    over bracket characters, never over the text (a batch of 50 transactions: about
+    100 brackets in 15 KB).
+
+    Strings are cut the way a JSON parser reads them, up to the parser's first error:
+    ``\\`` and ``\"`` are removed first (inside strings they are escapes; outside
+    strings a backslash is already an error, and nothing after an error is parsed),
+    then every ``"..."`` (the even pieces of a split on quotes are outside strings).
+    What remains outside strings holds every structural bracket the parser reaches.
     """
     if text.count("[") + text.count("{") <= max_depth:
         return
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[::2])
+    brackets = outside.encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
+    if brackets.count(b"[") + brackets.count(b"{") <= max_depth:
+        return
     depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
+    for byte in brackets:
+        if byte in _OPENERS:
             depth += 1
             if depth > max_depth:
                 raise StrictJsonError(f"nested more than {max_depth} levels deep")
-        elif char in "]}":
+        else:
             depth -= 1
 
 
@@ -68,11 +76,13 @@ def _refuse_constant(text: str) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise StrictJsonError(f"duplicate key {key[:64]!r}")
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):  # C-speed on the common path; find the culprit
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise StrictJsonError(f"duplicate key {key[:64]!r}")
+            seen.add(key)
     return result
 
 

@@ -39,8 +39,13 @@ class BackgroundHttpServer:
         return f"http://{host}:{self.port}{self.url_suffix}"
 
     def close(self) -> None:
+        """Stop accepting, let the requests in progress finish (a server that can
+        ``drain``), close."""
         self._httpd.shutdown()
         self._httpd.server_close()
+        drain = getattr(self._httpd, "drain", None)
+        if drain is not None:
+            drain()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> Self:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nitro_sim.background import BackgroundHttpServer, parse_service_args, serve_until_signalled
-from nitro_sim.httpserver import BoundedThreadingHTTPServer
+from nitro_sim.httpserver import BoundedThreadingHTTPServer, WholeAnswers
 from nitro_sim.principals import Principals, PrincipalsError
 
 TOKEN_HEADER = "X-aws-ec2-metadata-token"  # noqa: S105 - a header name
@@ -88,7 +88,7 @@ class _HttpServer(BoundedThreadingHTTPServer):
         super().__init__(address, _Handler, MAX_CONNECTIONS)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(WholeAnswers, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "EC2ws"
     sys_version = ""

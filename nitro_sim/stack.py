@@ -145,6 +145,11 @@ class LocalStack:
     on_event: Callable[[str], None] | None = None
     multi_region: bool = False
     replica_regions: tuple[str, ...] = ()
+    # Extra relay.toml keys by section ({"enclave": {"pool_size": 4}}) and enclave.toml.j2
+    # variables ({"enclave_workers": 2}), e.g. for capacity tests; keys the stack sets
+    # itself cannot be given here.
+    relay_settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    enclave_settings: Mapping[str, Any] = field(default_factory=dict)
     shared_account_root: Path | None = None
     key_arn: str = ""
     # The signing policy (YAML, a Jinja2 template over the dev key and token names):
@@ -470,7 +475,7 @@ class LocalStack:
         )
         with tarfile.open(archive) as packed:
             packed.extractall(context, filter="data")
-        (context / "enclave.toml").write_text(self.render_enclave_config())
+        (context / "enclave.toml").write_text(self.render_enclave_config(**self.enclave_settings))
         shutil.copyfile(self._dev_auth.policy_file, context / "policy.json")
         if mutate is not None:
             mutate(context)
@@ -666,6 +671,9 @@ class LocalStack:
 
     # ---------------------------------------------------------------- relay
     def relay_config(self) -> str:
+        return _with_settings(self._relay_base_config(), self.relay_settings)
+
+    def _relay_base_config(self) -> str:
         upstream = self.upstream_rpc_url
         upstream_line = f"upstream_rpc_url = {json.dumps(upstream)}\n" if upstream else ""
         return (
@@ -841,6 +849,22 @@ class LocalStack:
                 f"{completed.stderr.decode(errors='replace').strip()}"
             )
         return completed.stdout.decode()
+
+
+def _with_settings(config: str, settings: Mapping[str, Mapping[str, Any]]) -> str:
+    """``config`` (TOML) with ``settings``' keys added to their sections."""
+    for section, values in settings.items():
+        header = f"[{section}]\n"
+        if header not in config:
+            raise StackError(f"the relay configuration has no [{section}] section")
+        body = config.split(header, 1)[1].split("\n[", 1)[0]
+        lines = ""
+        for key, value in values.items():
+            if re.search(rf"^{re.escape(key)} =", body, re.MULTILINE):
+                raise StackError(f"[{section}] {key} is set by the stack itself")
+            lines += f"{key} = {json.dumps(value)}\n"
+        config = config.replace(header, header + lines, 1)
+    return config
 
 
 def wait_until(

@@ -25,6 +25,7 @@ from parent_app.errors import RelayError, StorageError
 from parent_app.http_server import RelayServer
 from parent_app.metrics import RelayMetrics
 from parent_app.policy_keys import PolicyKeysError, PolicyStampKey, load_stamp_keys
+from parent_app.record_cache import CachedStorage
 from parent_app.routes import RelayApi
 from parent_app.service import WalletService
 from parent_app.storage import SqliteStorage, Storage
@@ -44,7 +45,7 @@ def build_relay(config: RelayConfig, credentials: CredentialSource | None = None
         config.credentials.imds_endpoint, config.credentials.imds_timeout_seconds
     )
     auth = build_auth(config.auth)
-    storage = open_storage(config, source)
+    storage = CachedStorage(open_storage(config, source))  # records never change
     try:
         enclave = EnclaveClient(
             config.enclave.transport,
@@ -124,6 +125,12 @@ def configure_logging(level: str) -> None:
     # botocore's metadata fetcher logs IMDS response bodies (credentials) at DEBUG.
     for noisy in ("botocore", "urllib3", "boto3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The format above uses none of these: skip gathering them for every record (the
+    # access log writes one per request). The logging HOWTO's "Optimization" section.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # no caller lookup (file, line, function) per record
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,11 @@ any server). This adapter:
   them, and chunked bodies (411); ``Expect: 100-continue`` is answered only once both
   checks pass (the server sends "100 Continue" on the first read);
 - runs the handler in a bounded thread pool (the service layer blocks on the enclave
-  and storage), so the event loop keeps parsing other connections;
+  and storage), so the event loop keeps parsing other connections. A request takes
+  one of ``max_concurrent_requests`` slots only once it arrived whole (head and body),
+  and holds it until its handler returns; with none free it is answered 503
+  ``server_busy`` at once. Clients still sending (a slow or drip-feeding one) hold a
+  connection and the request deadline's timer, never a slot;
 - answers every error as JSON, with the request id, and records each request once.
 
 Answers that refuse a body the client may still be sending carry ``Connection:
@@ -26,8 +30,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import Executor
 from typing import Any
 
+from prometheus_client import Gauge
+
 from parent_app.config import RelaySettings
-from parent_app.errors import RelayError, internal_error, invalid_request
+from parent_app.errors import RelayError, internal_error, invalid_request, server_busy
 from parent_app.http_envelope import (
     Recorder,
     announces_body,
@@ -67,6 +73,25 @@ class ClientGoneError(Exception):
     """The connection ended (or its deadline passed) before the request was read."""
 
 
+class ExecutionSlots:
+    """Requests being answered (their handler runs), at most ``limit``; used on the
+    event loop's thread only. ``gauge`` shows how many."""
+
+    def __init__(self, limit: int, gauge: Gauge) -> None:
+        self.limit = limit
+        self.active = 0
+        # Read when /metrics is scraped, not written twice per request.
+        gauge.set_function(lambda: self.active)
+
+    def take(self) -> None:
+        if self.active >= self.limit:
+            raise server_busy("too many concurrent requests; retry shortly")
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+
+
 class RelayAsgiApp:
     def __init__(
         self,
@@ -74,11 +99,13 @@ class RelayAsgiApp:
         settings: RelaySettings,
         executor: Executor,
         recorder: Recorder,
+        slots: ExecutionSlots,
     ) -> None:
         self.api = api
         self.settings = settings
         self.executor = executor
         self.recorder = recorder
+        self.slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,10 +145,13 @@ class RelayAsgiApp:
                 path=path,
                 query_string=query_string,
             )
-            loop = asyncio.get_running_loop()
-            response = await loop.run_in_executor(
-                self.executor, _answer, match.endpoint.handler, call, route, rid
-            )
+            self.slots.take()
+            try:
+                response = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, _answer, match.endpoint.handler, call, route, rid
+                )
+            finally:
+                self.slots.release()
         except ClientGoneError:
             return  # nobody to answer; the protocol recorded the refusal if it made one
         except MethodNotAllowedError as exc:

@@ -148,6 +148,9 @@ ENCLAVE_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.KMS_UNAVAILABLE: 503,
     ErrorCode.NSM_UNAVAILABLE: 503,
     ErrorCode.SERVER_BUSY: 503,
+    # KMS answered, whole and well-formed, something wrong (a cut or malformed answer is
+    # kms_unavailable): an upstream's bad answer, as enclave_bad_response is.
+    ErrorCode.KMS_BAD_RESPONSE: 502,
     # Caller authentication and approvals (enclave_app.auth): the enclave's verdicts.
     ErrorCode.UNAUTHENTICATED: 401,
     ErrorCode.STAMP_MALFORMED: 401,
@@ -169,7 +172,6 @@ ENCLAVE_STATUS: Mapping[ErrorCode, int] = {
     ErrorCode.CIPHERTEXT_INVALID: 500,
     ErrorCode.ADDRESS_MISMATCH: 500,
     ErrorCode.KMS_KEY_NOT_ALLOWED: 500,
-    ErrorCode.KMS_BAD_RESPONSE: 500,
     ErrorCode.UNSUPPORTED_VERSION: 500,
     ErrorCode.UNKNOWN_OP: 500,
     ErrorCode.INTERNAL: 500,

@@ -164,6 +164,8 @@ class Recorder:
     ) -> None:
         label = method if method in KNOWN_METHODS else "other"
         self.metrics.observe_request(route, label, status, seconds)
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # the line is not built when nobody reads it
         access_log.info(
             "%s %s %d %.1fms request_id=%s",
             _UNSAFE_LOG_CHARS.sub("?", method or "-")[:16],

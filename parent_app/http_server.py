@@ -6,14 +6,15 @@ extension point):
 - keep-alive: an idle connection is closed after ``keep_alive_timeout_seconds``,
   including a fresh connection that never sends a byte;
 - the listen backlog is ``listen_backlog`` (at least 1,024);
-- at most ``max_concurrent_requests`` requests are being received or answered at once
-  and at most ``max_connections`` connections are open; beyond either bound the client
-  gets 503 ``server_busy`` with ``Retry-After``, as JSON;
+- at most ``max_connections`` connections are open, beyond it the client gets 503
+  ``server_busy`` with ``Retry-After``, as JSON; at most ``max_concurrent_requests``
+  requests are answered at once (``asgi_app.ExecutionSlots``: a request takes a slot
+  only once it arrived whole, so clients still sending hold a connection, never a slot);
 - a request must arrive whole (request line, headers and body) within
   ``request_deadline_seconds`` of its first byte (blank lines before a request line
   count), or it gets 408 and the connection closes: a client that drips bytes
-  (slowloris) loses its slot when the deadline passes. uvicorn itself has no
-  header-read timeout; this is it;
+  (slowloris) is cut off when the deadline passes, and never held anything but its
+  connection meanwhile. uvicorn itself has no header-read timeout; this is it;
 - the request line and headers are capped at ``MAX_HEAD_BYTES`` (431 beyond);
 - malformed requests get JSON errors (400, 501 for unknown methods), never plain text;
 - an answer sent before the request body was read (413, 411, 415, 408, 503) is
@@ -40,7 +41,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from parent_app.asgi_app import RelayAsgiApp
+from parent_app.asgi_app import ExecutionSlots, RelayAsgiApp
 from parent_app.config import RelaySettings
 from parent_app.errors import RelayCode, RelayError, invalid_request, server_busy
 from parent_app.http_envelope import Recorder, new_request_id, response_headers
@@ -63,22 +64,6 @@ class FrontState:
     def __init__(self, settings: RelaySettings, recorder: Recorder) -> None:
         self.settings = settings
         self.recorder = recorder
-        self.active = 0  # requests holding a slot
-
-    def take_slot(self) -> bool:
-        if self.active >= self.settings.max_concurrent_requests:
-            return False
-        self.active += 1
-        self.recorder.metrics.in_flight.set(self.active)
-        return True
-
-    def release_slot(self) -> None:
-        self.active -= 1
-        self.recorder.metrics.in_flight.set(self.active)
-
-
-class _StopParsingError(Exception):
-    """Raised from a parser callback once the request has been refused."""
 
 
 class _LingeringTransport:
@@ -110,7 +95,6 @@ class RelayProtocol(HttpToolsProtocol):
         self._refused = False
         self._in_message = False
         self._headers_done = False
-        self._slots_held = 0  # one per request received and not yet answered (pipelining)
         self._deadline: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._linger_budget = 0
@@ -136,7 +120,6 @@ class RelayProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
-        self._release_slots()
         super().connection_lost(exc)
 
     def close_connection(self) -> None:
@@ -181,10 +164,6 @@ class RelayProtocol(HttpToolsProtocol):
         self._headers_done = False
         self._method = ""
         self._path = ""
-        if not self.front.take_slot():
-            self._refuse(server_busy("too many concurrent requests; retry shortly"))
-            raise _StopParsingError
-        self._slots_held += 1
         if self._deadline is None:  # a pipelined request begins in the same chunk
             self._start_deadline()
         super().on_message_begin()
@@ -202,10 +181,6 @@ class RelayProtocol(HttpToolsProtocol):
         self._head_tail = b""
         self._cancel_deadline()
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        self._release_slot()
-        super().on_response_complete()
 
     # -- refusals -------------------------------------------------------------------------
 
@@ -270,7 +245,6 @@ class RelayProtocol(HttpToolsProtocol):
     def _refuse(self, error: RelayError, *, linger_seconds: float = LINGER_SECONDS) -> None:
         """Answer before (or instead of) the application, then close with a linger."""
         self._refused = True
-        self._release_slots()
         response = error_response(error)
         request_id = new_request_id()
         head = [STATUS_LINE[response.status]]
@@ -311,17 +285,6 @@ class RelayProtocol(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _release_slot(self) -> None:
-        """The oldest request of this connection was answered."""
-        if self._slots_held:
-            self._slots_held -= 1
-            self.front.release_slot()
-
-    def _release_slots(self) -> None:
-        """The connection ends (or refuses): every request it held is done."""
-        while self._slots_held:
-            self._release_slot()
-
 
 class _Server(uvicorn.Server):
     """uvicorn's server without its signal handling: the relay's entry point owns the
@@ -347,8 +310,9 @@ class RelayServer:
         protocol = type(
             "BoundRelayProtocol", (RelayProtocol,), {"front": FrontState(settings, recorder)}
         )
+        slots = ExecutionSlots(settings.max_concurrent_requests, api.metrics.in_flight)
         config = uvicorn.Config(
-            RelayAsgiApp(api, settings, self._executor, recorder),
+            RelayAsgiApp(api, settings, self._executor, recorder, slots),
             http=protocol,
             loop="uvloop",
             lifespan="off",

@@ -17,17 +17,26 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class LabelledCounter:
-    """A counter addressed by positional label values: ``inc("sign_transaction")``."""
+    """A counter addressed by positional label values: ``inc("sign_transaction")``.
+
+    Each label combination's child is looked up once and kept (label sets are bounded):
+    ``prometheus_client``'s ``labels()`` validates and locks on every call."""
 
     def __init__(
         self, registry: CollectorRegistry, name: str, help_text: str, labels: Sequence[str]
     ) -> None:
         self._counter = Counter(name, help_text, tuple(labels), registry=registry)
         self._labelled = bool(labels)
+        self._children: dict[tuple[str, ...], Counter] = {}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        target = self._counter.labels(*labels) if self._labelled else self._counter
-        target.inc(amount)
+        if not self._labelled:
+            self._counter.inc(amount)
+            return
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children.setdefault(labels, self._counter.labels(*labels))
+        child.inc(amount)
 
 
 class RelayMetrics:
@@ -46,9 +55,11 @@ class RelayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency_by_route: dict[str, Histogram] = {}
         self.in_flight = Gauge(
             "nitro_wallet_relay_http_requests_in_flight",
-            "HTTP requests being received or answered (bounded by max_concurrent_requests).",
+            "HTTP requests being answered: arrived whole, handler running (at most "
+            "max_concurrent_requests).",
             registry=self.registry,
         )
         self.draining = Gauge(
@@ -91,7 +102,10 @@ class RelayMetrics:
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.inc(route, method, str(status))
-        self.latency.labels(route).observe(seconds)
+        histogram = self._latency_by_route.get(route)
+        if histogram is None:
+            histogram = self._latency_by_route.setdefault(route, self.latency.labels(route))
+        histogram.observe(seconds)
 
     def expose(self) -> bytes:
         return generate_latest(self.registry)

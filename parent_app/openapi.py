@@ -377,7 +377,7 @@ def build_openapi() -> dict[str, Any]:
             "TooLarge": "body_too_large, frame_too_large",
             "UnsupportedMediaType": "unsupported_media_type: send application/json",
             "InternalError": "internal_error, storage_error and enclave-side failures",
-            "BadGateway": "enclave_bad_response",
+            "BadGateway": "enclave_bad_response, kms_bad_response",
             "Unavailable": "enclave_unavailable, credentials_unavailable, kms_unavailable, "
             "nsm_unavailable, server_busy, draining, storage_unavailable; always with a "
             "Retry-After header",

@@ -10,8 +10,10 @@ IMAGE_REPO=localhost/nitro-wallet-testhost
 IMAGE_TAG=bookworm
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-# systemd as PID 1, python for Ansible and the venvs, curl and procps for debugging and tests.
-INCLUDE=systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,ca-certificates,curl,procps
+# systemd as PID 1, python for Ansible and the venvs, curl and procps for debugging and tests,
+# openssh-server for molecule's SSH connection (several times faster than podman exec; it is
+# started only by the scenarios' prepare step, on a loopback port of their choosing).
+INCLUDE=systemd,systemd-sysv,dbus,python3,python3-venv,iproute2,ca-certificates,curl,procps,openssh-server
 
 force=0
 [[ ${1:-} == "--force" ]] && force=1
@@ -42,8 +44,11 @@ rootfs="${workdir}/rootfs"
 debootstrap --variant=minbase --include="${INCLUDE}" "${SUITE}" "${rootfs}" "${MIRROR}" >"${workdir}/debootstrap.log" 2>&1 \
     || { tail -n 30 "${workdir}/debootstrap.log" >&2; exit 1; }
 # A container needs no getty, and systemd-networkd/resolved would fight the host network.
+# sshd must not take port 22 of the shared host network at boot.
 rm -f "${rootfs}"/etc/systemd/system/getty.target.wants/* \
-      "${rootfs}"/etc/systemd/system/multi-user.target.wants/systemd-networkd.service
+      "${rootfs}"/etc/systemd/system/multi-user.target.wants/systemd-networkd.service \
+      "${rootfs}"/etc/systemd/system/multi-user.target.wants/ssh.service \
+      "${rootfs}"/etc/systemd/system/sockets.target.wants/ssh.socket
 echo "nitro-testhost" >"${rootfs}/etc/hostname"
 if compgen -G "${EXTRA_CA_DIR}/*.crt" >/dev/null; then
     cp "${EXTRA_CA_DIR}"/*.crt "${rootfs}/usr/local/share/ca-certificates/"

@@ -51,7 +51,8 @@ RELAY_DESCRIPTIONS: dict[str, str] = {
     "relay.max_body_bytes": "Largest request body; larger ones get 413 body_too_large.",
     "relay.log_level": "Log level of the relay.",
     "relay.allow_non_loopback": "Allow a non-loopback listen_host (put authentication in front).",
-    "relay.max_concurrent_requests": "Requests handled at once; beyond, 503 server_busy.",
+    "relay.max_concurrent_requests": "Requests answered at once (counted once a request "
+    "arrived whole); beyond, 503 server_busy.",
     "relay.max_connections": "Open connections, idle keep-alive ones included; beyond, 503.",
     "relay.request_deadline_seconds": "From a request's first byte to its last body byte (408).",
     "relay.keep_alive_timeout_seconds": "Idle keep-alive connections are closed after this.",

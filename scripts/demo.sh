@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: the appliance as users run it. Ansible provisions a simulated Nitro host
 # (a podman container running systemd, inventory/local) with the production roles and
-# playbooks/site.yml, then we walk through it with curl like an operator on the host:
+# playbooks/local_site.yml (site.yml with a release built and trusted on this controller),
+# then we walk through it with curl like an operator on the host:
 # create an account, sign an EIP-1559 transaction, and check with independent code
 # (eth-account) that the signature recovers to the account.
 #
@@ -33,15 +34,15 @@ own_ports() {  # own_ports [--held]
 }
 own_ports
 
-step "ansible-playbook -i inventory/local playbooks/local_host.yml playbooks/site.yml"
-ansible-playbook -i inventory/local playbooks/local_host.yml playbooks/site.yml
+step "ansible-playbook -i inventory/local playbooks/local_host.yml playbooks/local_site.yml"
+ansible-playbook -i inventory/local playbooks/local_host.yml playbooks/local_site.yml
 own_ports --held   # what answers on $RELAY is the demo host's relay
 
 step "podman exec nitro-wallet-local nitro-cli describe-enclaves"
 podman exec nitro-wallet-local nitro-cli describe-enclaves
 step "podman exec nitro-wallet-local cat /etc/nitro-wallet/pcrs.json"
 podman exec nitro-wallet-local cat /etc/nitro-wallet/pcrs.json; echo
-step "cat artifacts/kms-key-policy*.json   (rendered from the gathered PCR0, validated, applied)"
+step "cat artifacts/kms-key-policy*.json   (rendered from the pinned PCR0, validated, applied)"
 ls artifacts/ 2>/dev/null || true
 
 scripts/walkthrough.sh "$RELAY"

@@ -1,9 +1,13 @@
 """The Python helpers shipped inside the roles, run for real: the enclave build context
-packer, the simulated allocator check and the enclave supervisor (against a stand-in
-nitro-cli script). The key policy filter plugin is tested in test_key_policy.py."""
+packer (with the hash-pinned wheels and rendered enclave.toml of a release), the simulated
+allocator (its check and its hugepage counters), the enclave supervisor (against a stand-in
+nitro-cli script) and the canary's signer filter (against eth-account signatures). The key
+policy filter plugin is tested in test_key_policy.py."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -13,6 +17,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -33,17 +39,106 @@ def _make_repo(root: Path) -> None:
     (root / "requirements/enclave.txt").write_text("cbor2==6.2.1 --hash=sha256:00\n")
 
 
-def _pack(root: Path, output: Path) -> dict[str, str]:
+def _pack(root: Path, output: Path, *extra: str) -> dict[str, Any]:
     script = ROLES / "enclave/files/build_context.py"
     result = subprocess.run(
-        [sys.executable, str(script), "--repo-root", str(root), "--output", str(output)],
+        [sys.executable, str(script), "--repo-root", str(root), "--output", str(output), *extra],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
     )
-    info: dict[str, str] = json.loads(result.stdout)
+    info: dict[str, Any] = json.loads(result.stdout)
     return info
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _repo_with_wheels(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository whose lock pins two wheels by hash, and a cache holding them and more."""
+    repo = tmp_path / "repo"
+    _make_repo(repo)
+    cache = tmp_path / "wheels"
+    cache.mkdir()
+    wheels = {}
+    for name in ("alpha-1.0-py3-none-any.whl", "beta-2.0-cp311-abi3-manylinux2014_x86_64.whl"):
+        (cache / name).write_bytes(name.encode() * 3)
+        wheels[name] = hashlib.sha256(name.encode() * 3).hexdigest()
+    (cache / "beta-2.0-cp311-abi3-win_amd64.whl").write_bytes(b"not pinned")
+    (repo / "requirements/enclave.txt").write_text(
+        "alpha==1.0 \\\n"
+        f"    --hash=sha256:{wheels['alpha-1.0-py3-none-any.whl']}\n"
+        "    # via enclave\n"
+        "beta==2.0 \\\n"
+        f"    --hash=sha256:{'0' * 64} \\\n"
+        f"    --hash=sha256:{wheels['beta-2.0-cp311-abi3-manylinux2014_x86_64.whl']}\n"
+    )
+    return repo, cache
+
+
+@pytest.mark.process
+def test_build_context_carries_exactly_the_pinned_wheels_and_the_rendered_toml(
+    tmp_path: Path,
+) -> None:
+    repo, cache = _repo_with_wheels(tmp_path)
+    toml = tmp_path / "enclave.toml"
+    toml.write_text("[server]\nport = 5000\n")
+    policy = tmp_path / "policy.json"
+    policy.write_text("{}\n")
+    info = _pack(
+        repo,
+        tmp_path / "ctx.tar.gz",
+        "--enclave-toml",
+        str(toml),
+        "--wheel-dir",
+        str(cache),
+        "--extra",
+        f"{policy}=policy.json",
+    )
+    assert info["wheels"] == [
+        "alpha-1.0-py3-none-any.whl",
+        "beta-2.0-cp311-abi3-manylinux2014_x86_64.whl",
+    ]
+    with tarfile.open(tmp_path / "ctx.tar.gz") as archive:
+        names = set(archive.getnames())
+        member = archive.extractfile("enclave.toml")
+        assert member is not None
+        assert member.read() == toml.read_bytes()
+    assert {"enclave.toml", "policy.json", "wheels/alpha-1.0-py3-none-any.whl"} <= names
+    assert "wheels/beta-2.0-cp311-abi3-win_amd64.whl" not in names
+
+
+@pytest.mark.process
+def test_build_context_refuses_a_pin_without_a_matching_wheel(tmp_path: Path) -> None:
+    repo, cache = _repo_with_wheels(tmp_path)
+    (cache / "alpha-1.0-py3-none-any.whl").write_bytes(b"tampered")
+    script = ROLES / "enclave/files/build_context.py"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--repo-root",
+            str(repo),
+            "--output",
+            str(tmp_path / "x.tar.gz"),
+            "--wheel-dir",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "no wheel in" in result.stderr
+    assert "alpha==1.0" in result.stderr
 
 
 @pytest.mark.process
@@ -200,3 +295,58 @@ def test_supervisor_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
         notify.close()
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("memory_mib", "pools"),
+    [
+        (1024, {1048576: 1, 2048: 0}),
+        (1536, {1048576: 1, 2048: 256}),
+        (512, {1048576: 0, 2048: 256}),
+    ],
+)
+def test_simulated_allocator_reserves_gib_pages_first(
+    tmp_path: Path, memory_mib: int, pools: dict[int, int]
+) -> None:
+    pytest.importorskip("yaml")
+    config = tmp_path / "allocator.yaml"
+    config.write_text(f"memory_mib: {memory_mib}\ncpu_count: 4\n")
+    sysfs = tmp_path / "sys"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROLES / "nitro_simulator/files/allocator_check.py"),
+            str(config),
+            "--sysfs-root",
+            str(sysfs),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for size_kb, pages in pools.items():
+        counter = sysfs / f"kernel/mm/hugepages/hugepages-{size_kb}kB/nr_hugepages"
+        assert int(counter.read_text()) == pages
+
+
+@pytest.fixture(scope="module")
+def signatures() -> ModuleType:
+    pytest.importorskip("ansible")
+    return _load("nw_signature_filters", ROLES / "parent_relay/filter_plugins/signatures.py")
+
+
+def test_message_signer_filter_recovers_the_eth_account_signer(signatures: ModuleType) -> None:
+    from eth_account import Account
+    from eth_account.messages import encode_defunct
+
+    account = Account.create()
+    message = "nitro-wallet canary nitro-host-1 2026-11-30T00:00:00+00:00"
+    signed = Account.sign_message(encode_defunct(text=message), account.key)
+    signature = "0x" + signed.signature.hex().removeprefix("0x")
+    assert signatures.message_signer(signature, message) == account.address
+    assert signatures.message_signer(signature, message + "!") != account.address
+    with pytest.raises(Exception, match="not a valid signature"):
+        signatures.message_signer("0x1234", message)

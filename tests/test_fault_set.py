@@ -41,13 +41,6 @@ def test_the_enclave_killed_under_load(stack: LocalStack, warm: list[dict[str, A
     assert load.answers["503 enclave_unavailable"] > 0  # the outage was seen, and typed
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="finding, intermittent since the enclave keeps its KMS connections alive: a "
-    "request caught by the KMS stop answers 500 kms_bad_response ('KMS response names no "
-    "key') instead of 503 kms_unavailable; remove once the enclave or the simulated KMS "
-    "is fixed",
-)
 def test_kms_stopped_under_load(stack: LocalStack, warm: list[dict[str, Any]]) -> None:
     load = under_load(stack, warm, "KMS stopped")
     assert load.answers["200"] > 0  # warm signing goes on without KMS

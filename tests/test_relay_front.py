@@ -154,29 +154,40 @@ def test_connections_beyond_the_bound_get_503_json(tmp_path: Path) -> None:
             time.sleep(0.05)
 
 
+def _slow_signatures(
+    stack: FakeStack, count: int, while_running: Callable[[], None] = lambda: None
+) -> list[Any]:
+    """``count`` signing requests at once, each taking the enclave 1 s;
+    ``while_running`` runs 0.3 s after they started."""
+    account_id = stack.create()["account_id"]
+    stack.enclave.delay_seconds = 1.0
+    answers: list[Any] = []
+
+    def sign() -> None:
+        answers.append(
+            stack.call(
+                "POST",
+                f"/v1/accounts/{account_id}/sign/transaction",
+                {"transaction": {"nonce": 1}},
+            )
+        )
+
+    threads = [threading.Thread(target=sign) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    while_running()
+    for thread in threads:
+        thread.join()
+    stack.enclave.delay_seconds = 0
+    return answers
+
+
 def test_enclave_pool_exhausted_gives_503_server_busy_with_retry_after(tmp_path: Path) -> None:
     with fake_stack(
         tmp_path, enclave={"pool_size": 1, "pool_wait_seconds": 0.2}, enclave_timeout=5
     ) as stack:
-        account_id = stack.create()["account_id"]
-        stack.enclave.delay_seconds = 1.0
-        answers: list[Any] = []
-
-        def sign() -> None:
-            answers.append(
-                stack.call(
-                    "POST",
-                    f"/v1/accounts/{account_id}/sign/transaction",
-                    {"transaction": {"nonce": 1}},
-                )
-            )
-
-        threads = [threading.Thread(target=sign) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        stack.enclave.delay_seconds = 0
+        answers = _slow_signatures(stack, 3)
         statuses = sorted(answer.status for answer in answers)
         assert statuses[0] == 200
         busy = [answer for answer in answers if answer.status == 503]
@@ -196,7 +207,9 @@ def _drip(port: int, head: bytes, body: bytes, interval: float, budget: float) -
 
 
 @pytest.mark.parametrize("phase", ["headers", "body"])
-def test_a_drip_feeding_client_loses_its_slot_at_the_deadline(tmp_path: Path, phase: str) -> None:
+def test_a_drip_feeding_client_holds_no_slot_and_is_cut_off_at_the_deadline(
+    tmp_path: Path, phase: str
+) -> None:
     with fake_stack(tmp_path, max_concurrent_requests=1, request_deadline_seconds=1.0) as stack:
         body = json.dumps({"account_id": str(uuid.uuid4())}).encode()
         head = (
@@ -222,9 +235,7 @@ def test_a_drip_feeding_client_loses_its_slot_at_the_deadline(tmp_path: Path, ph
         started = time.monotonic()
         dripper.start()
         time.sleep(0.3)
-        busy = stack.call("GET", "/healthz")  # the dripper holds the only slot
-        assert busy.status == 503
-        assert busy.error_code == "server_busy"
+        assert stack.call("GET", "/healthz").status == 200  # the only slot is not its
         dripper.join(6)
         elapsed = time.monotonic() - started
         assert outcome, "the dripper never finished"
@@ -232,8 +243,23 @@ def test_a_drip_feeding_client_loses_its_slot_at_the_deadline(tmp_path: Path, ph
         assert status == 408
         assert answer["error"]["code"] == "request_timeout"
         assert 0.9 < elapsed < 3.5  # cut at the deadline, not when the drip ended
-        assert stack.call("GET", "/healthz").status == 200  # the slot is free again
         assert "generate_account" not in stack.enclave.ops()
+
+
+def test_requests_beyond_the_execution_slots_get_503_at_once(tmp_path: Path) -> None:
+    with fake_stack(tmp_path, max_concurrent_requests=2) as stack:
+        during: list[Any] = []
+        answers = _slow_signatures(  # two handlers run: no slot left
+            stack, 4, while_running=lambda: during.append(stack.call("GET", "/healthz"))
+        )
+        (busy,) = during
+        assert (busy.status, busy.error_code, busy.headers["Retry-After"]) == (
+            503,
+            "server_busy",
+            "1",
+        )
+        assert sorted(answer.status for answer in answers) == [200, 200, 503, 503]
+        assert stack.call("GET", "/healthz").status == 200
 
 
 def test_blank_lines_dripped_before_a_request_line_hit_the_deadline(tmp_path: Path) -> None:

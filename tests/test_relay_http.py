@@ -331,7 +331,7 @@ def test_deeply_nested_json_is_refused_and_the_relay_stays_up(stack: Stack) -> N
         ("ciphertext_invalid", 500),
         ("address_mismatch", 500),
         ("kms_key_not_allowed", 500),
-        ("kms_bad_response", 500),
+        ("kms_bad_response", 502),
         ("internal_error", 500),
     ],
 )
@@ -728,27 +728,20 @@ def _read_until_closed(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
-def test_requests_in_progress_are_bounded(tmp_path: Path) -> None:
+def test_requests_still_arriving_hold_no_execution_slot(tmp_path: Path) -> None:
     stack = _start_stack(tmp_path, max_concurrent_requests=2, request_deadline_seconds=5)
-    # Two clients that began a request and stall: each holds a slot.
-    stalled = [socket.create_connection(("127.0.0.1", stack.port), timeout=5) for _ in range(2)]
+    # Clients that began a request and stall hold a connection, not one of the two
+    # slots (tests/test_relay_front.py: beyond the slots, 503 server_busy).
+    stalled = [socket.create_connection(("127.0.0.1", stack.port), timeout=5) for _ in range(4)]
     try:
         for sock in stalled:
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-        time.sleep(0.3)  # both read by the server and holding a slot
-        answer = stack.call("GET", "/healthz")
-        assert answer.status == 503
-        assert answer.error_code == "server_busy"
-        assert answer.headers["Retry-After"] == "1"
+        time.sleep(0.3)  # all read by the server
+        for _ in range(3):
+            assert stack.call("GET", "/healthz").status == 200
     finally:
         for sock in stalled:
             sock.close()
-    try:
-        deadline = time.monotonic() + 5
-        while stack.call("GET", "/healthz").status != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
         _stop_stack(stack)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from enclave_app import wire
 from enclave_app.errors import EnclaveError, ErrorCode
@@ -161,3 +164,67 @@ def test_depth_bound_is_exact_with_and_without_the_bracket_count_shortcut(bound:
     # Many shallow siblings: count far above the bound, depth 2.
     siblings = "[" + ",".join(["[]"] * (bound * 3)) + "]"
     assert len(strict_json.loads(siblings, max_depth=2)) == bound * 3
+
+
+def _reference_depth(text: str) -> int:
+    """The deepest nesting outside strings, one character at a time (the oracle)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+_JSON_TEXT = st.text(alphabet='[]{}"\\ab', max_size=12)
+_JSON_VALUES = st.recursive(
+    st.none() | st.integers() | _JSON_TEXT,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(_JSON_TEXT, children, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@given(value=_JSON_VALUES, bound=st.integers(min_value=0, max_value=8))
+def test_the_depth_check_agrees_with_a_scan_on_documents(value: object, bound: int) -> None:
+    """Strings full of brackets, quotes and backslashes: the depth check refuses exactly
+    the documents that nest deeper than the bound."""
+    from enclave_app import strict_json
+
+    text = json.dumps(value)
+    if _reference_depth(text) > bound:
+        with pytest.raises(strict_json.StrictJsonError, match="nested"):
+            strict_json.check_depth(text, bound)
+    else:
+        strict_json.check_depth(text, bound)
+
+
+@given(text=st.text(alphabet='[]{}"\\ a,:0', max_size=80), bound=st.integers(0, 6))
+def test_the_depth_check_covers_everything_the_parser_reaches(text: str, bound: int) -> None:
+    """Any text, valid or not: what the check lets through never nests deeper than the
+    bound up to the point where the parser stops (the end, or its first error)."""
+    from enclave_app import strict_json
+
+    try:
+        strict_json.check_depth(text, bound)
+    except strict_json.StrictJsonError:
+        return
+    try:
+        json.loads(text)
+        reached = len(text)
+    except json.JSONDecodeError as exc:
+        reached = exc.pos + 1
+    assert _reference_depth(text[:reached]) <= bound

@@ -22,7 +22,7 @@ from typing import Any
 from enclave_app import strict_json
 from nitro_sim.background import BackgroundHttpServer, parse_service_args, serve_until_signalled
 from nitro_sim.ca import CaError, SimCa
-from nitro_sim.httpserver import BoundedThreadingHTTPServer
+from nitro_sim.httpserver import BoundedThreadingHTTPServer, WholeAnswers
 from nitro_sim.kms.params import KmsError, Params
 from nitro_sim.kms.service import AuditEntry, KmsService
 from nitro_sim.kms.sigv4 import AuthError, SignedRequest, authenticate
@@ -44,7 +44,7 @@ class _HttpServer(BoundedThreadingHTTPServer):
         super().__init__(address, _Handler, MAX_CONNECTIONS)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(WholeAnswers, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "nitro-sim-kms"
     sys_version = ""

@@ -1,14 +1,17 @@
 """Verify the whole appliance on the simulated host (molecule scenario `default`).
 
 Runs on the controller with testinfra (the `host` fixture reaches the podman host). The
-relay is reached from inside the host with curl; the signature is checked on the
-controller with eth-account.
+relay is reached from inside the host with curl; signatures are checked on the controller
+with eth-account. The last test runs the converge playbook again in check mode.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,8 @@ SERVICES = (
     "nitro-wallet-enclave.service",
     "nitro-wallet-relay.service",
 )
+RELAY_VENV = "/opt/nitro-wallet/relay/venv"
+RELEASES = "/opt/nitro-wallet/releases"
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +58,43 @@ def _quote(part: str) -> str:
 @pytest.mark.parametrize("name", SERVICES)
 def test_service_running_and_enabled(host: Any, name: str) -> None:
     service = host.service(name)
-    assert service.is_running or name == "nitro-enclaves-allocator.service"
-    assert service.is_enabled
-    assert host.run(f"systemctl is-active {name}").stdout.strip() == "active"
+    journal = host.run(f"journalctl -u {name} -n 40 --no-pager").stdout
+    assert service.is_running or name == "nitro-enclaves-allocator.service", journal
+    assert service.is_enabled, journal
+    assert service.systemd_properties["ActiveState"] == "active", journal
 
 
-def test_allocator_config(host: Any) -> None:
+def test_allocator_config_leaves_room_for_the_probe_enclave(host: Any) -> None:
     allocator = host.file("/etc/nitro_enclaves/allocator.yaml")
-    assert allocator.user == "root"
-    assert allocator.mode == 0o644
+    assert (allocator.user, allocator.mode) == ("root", 0o644)
     content = allocator.content_string
     assert "memory_mib: 1024" in content
-    assert "cpu_count: 2" in content
+    assert "cpu_count: 4" in content
     assert "cpu_pool" not in content
 
 
-def test_vsock_proxy_allowlist_holds_the_local_kms(host: Any) -> None:
+def test_hugepages_left_to_the_allocator(host: Any) -> None:
+    """The role sets no vm.nr_hugepages; the allocator's reservation (1 GiB pages first)
+    shows in the hugepage counters, which the simulator keeps under its sysfs root."""
+    assert not host.file("/etc/sysctl.d/99-nitro-enclaves.conf").exists
+    pools = "/var/lib/nitro-sim/sysfs/kernel/mm/hugepages"
+    gib = host.file(f"{pools}/hugepages-1048576kB/nr_hugepages").content_string.strip()
+    mib2 = host.file(f"{pools}/hugepages-2048kB/nr_hugepages").content_string.strip()
+    assert (int(gib), int(mib2)) == (1, 0)
+
+
+def test_vsock_proxy_runs_unprivileged_with_the_kms_concurrency_as_workers(host: Any) -> None:
     allowlist = host.file("/etc/nitro_enclaves/vsock-proxy.yaml").content_string
     assert 'allowlist:\n  - {address: "127.0.0.1", port: 14566}' in allowlist
     env = host.file("/etc/nitro_enclaves/vsock-proxy.d/kms.env").content_string
     assert "VSOCK_PROXY_LOCAL_PORT=8000" in env
+    assert "VSOCK_PROXY_WORKERS=8" in env
+    properties = host.service("vsock-proxy@kms.service").systemd_properties
+    assert properties["User"] == "vsock-proxy"
+    assert properties["NoNewPrivileges"] == "yes"
+    proxy = host.process.get(user="vsock-proxy", comm="nitro-sim")
+    assert "--num_workers" in proxy.args
+    assert proxy.args.split()[-1] == "8"
 
 
 def test_relay_config_file_is_private(host: Any, relay_config: dict[str, Any]) -> None:
@@ -130,11 +152,7 @@ def test_the_relay_user_reaches_the_enclave_but_not_its_nsm_or_the_ca_keys(host:
 
 
 def test_relay_unit_is_hardened(host: Any) -> None:
-    shown = host.run(
-        "systemctl show nitro-wallet-relay.service "
-        "-p User -p NoNewPrivileges -p ProtectSystem -p PrivateTmp -p ReadWritePaths"
-    ).stdout
-    properties = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    properties = host.service("nitro-wallet-relay.service").systemd_properties
     assert properties["User"] == "nitro-wallet"
     assert properties["NoNewPrivileges"] == "yes"
     assert properties["ProtectSystem"] == "strict"
@@ -144,14 +162,50 @@ def test_relay_unit_is_hardened(host: Any) -> None:
 
 def test_relay_listens_on_loopback_only(host: Any, relay_config: dict[str, Any]) -> None:
     port = relay_config["relay"]["listen_port"]
-    listeners = host.run(f"ss -Hltn 'sport = :{port}'").stdout.split("\n")
-    local_addresses = [line.split()[3] for line in listeners if line.strip()]
-    assert local_addresses == [f"127.0.0.1:{port}"]
+    assert host.socket(f"tcp://127.0.0.1:{port}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    assert not host.socket(f"tcp://:::{port}").is_listening
 
 
-def test_enclave_runs_with_the_pcr0_of_the_facts(host: Any) -> None:
+def test_production_relay_install_holds_no_simulator(host: Any) -> None:
+    """The relay's virtualenv has the nitro-wallet-relay wheel only: no nitro_sim module, no
+    stand-in nitro-cli or vsock-proxy, no operator package; the simulator lives elsewhere."""
+    probe = host.run(
+        f"{RELAY_VENV}/bin/python -c "
+        "'import importlib.util as u, json; "
+        "print(json.dumps({m: u.find_spec(m) is not None for m in "
+        '["parent_app", "nitro_sim", "nitro_wallet", "enclave_app.ops"]}))\''
+    )
+    assert probe.rc == 0, probe.stderr
+    assert json.loads(probe.stdout) == {
+        "parent_app": True,
+        "nitro_sim": False,
+        "nitro_wallet": False,
+        "enclave_app.ops": False,
+    }
+    leftovers = host.run(f"find {RELAY_VENV} -path '*nitro_sim*' -print").stdout.split()
+    assert leftovers == []
+    for script in ("nitro-cli", "vsock-proxy", "nitro-sim", "nitro-wallet"):
+        assert not host.file(f"{RELAY_VENV}/bin/{script}").exists
+    assert host.file("/opt/nitro-sim/venv/bin/nitro-sim").exists
+
+
+def test_host_fetched_the_release_and_never_built(host: Any) -> None:
+    """enclave_build_does_not_run_on_signing_hosts: no build context, no Docker."""
+    current = host.file(f"{RELEASES}/current")
+    assert current.is_symlink
+    assert current.linked_to == f"{RELEASES}/local"
+    release = json.loads(host.file(f"{RELEASES}/local/release.json").content_string)
+    eif = host.file(f"{RELEASES}/local/nitro-wallet.eif")
+    assert eif.sha256sum == release["eif_sha256"]
+    assert not host.file("/opt/nitro-wallet/enclave/build").exists
+    assert not host.exists("docker")
+
+
+def test_enclave_runs_the_trusted_release(host: Any) -> None:
     pcrs = json.loads(host.file("/etc/nitro-wallet/pcrs.json").content_string)
-    assert len(pcrs["PCR0"]) == 96
+    release = json.loads(host.file(f"{RELEASES}/local/release.json").content_string)
+    assert pcrs["PCR0"] == release["measurements"]["PCR0"]
     enclaves = json.loads(host.check_output("nitro-cli describe-enclaves"))
     running = [e for e in enclaves if e["EnclaveName"] == "nitro-wallet"]
     assert len(running) == 1
@@ -159,9 +213,28 @@ def test_enclave_runs_with_the_pcr0_of_the_facts(host: Any) -> None:
     assert running[0]["EnclaveCID"] == 16
     assert running[0]["Flags"] == "NONE"  # not debug mode
     assert running[0]["Measurements"]["PCR0"].lower() == pcrs["PCR0"]
-    eif = "/opt/nitro-wallet/enclave/nitro-wallet.eif"
-    described = json.loads(host.check_output(f"nitro-cli describe-eif --eif-path {eif}"))
+    described = json.loads(
+        host.check_output(f"nitro-cli describe-eif --eif-path {RELEASES}/current/nitro-wallet.eif")
+    )
     assert described["Measurements"]["PCR0"].lower() == pcrs["PCR0"]
+
+
+def test_sealed_policy_pins_the_release_certificate(host: Any) -> None:
+    """The release is signed (PCR8) and the policy on the key is sealed: it pins that PCR8
+    and leaves no principal able to put another policy (applied once, lockout check
+    bypassed on purpose)."""
+    from nitro_wallet.key_policy import validate_key_policy  # noqa: PLC0415 - controller
+
+    release = json.loads(host.file(f"{RELEASES}/local/release.json").content_string)
+    assert release["signed"] is True
+    pcr8 = release["measurements"]["PCR8"]
+    policy_file = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "artifacts/kms-key-policy.json"
+    summary = validate_key_policy(json.loads(policy_file.read_text()), allow_debug=False)
+    assert summary.mode == "sealed"
+    assert summary.pcr8s == [pcr8]
+    assert summary.to_json()["policy_holders"] == []
+    enclaves = json.loads(host.check_output("nitro-cli describe-enclaves"))
+    assert [e["Measurements"]["PCR8"].lower() for e in enclaves] == [pcr8]
 
 
 def test_readyz(host: Any, relay_url: str) -> None:
@@ -199,3 +272,45 @@ def test_account_creation_and_eip1559_signature_recover_to_the_address(
     raw = signed["raw_transaction"]
     assert raw.startswith("0x02")  # EIP-1559 envelope
     assert Account.recover_transaction(raw) == address
+
+
+def test_check_mode_on_a_converged_host_changes_nothing() -> None:
+    """check_mode_fails: `ansible-playbook --check` of the converge playbook on this converged
+    host reports no change and no failure (read-only commands run, restarts are skipped)."""
+    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+    ephemeral = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": os.environ.get("ANSIBLE_CONFIG", str(ephemeral / "ansible.cfg")),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    result = subprocess.run(
+        [
+            "ansible-playbook",
+            "--check",
+            "--inventory",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            f"--extra-vars=kms_key_policy_artifact_dir={ephemeral}/artifacts",
+            f"--extra-vars=enclave_release_root={ephemeral}/releases",
+            str(scenario / "converge.yml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert "{" in result.stdout, (result.stdout + result.stderr)[-4000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    changed = {
+        (play["play"]["name"], task["task"]["name"], name)
+        for play in report["plays"]
+        for task in play["tasks"]
+        for name, outcome in task["hosts"].items()
+        if outcome.get("changed")
+    }
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert changed == set()
+    assert all(stats["failures"] == 0 for stats in report["stats"].values())
+    assert all(stats["changed"] == 0 for stats in report["stats"].values())

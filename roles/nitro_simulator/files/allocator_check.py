@@ -1,6 +1,11 @@
-"""Validate a Nitro Enclaves allocator.yaml as the real allocator would read it.
+"""Validate a Nitro Enclaves allocator.yaml as the real allocator would read it, and
+reserve its memory as hugepages the way nitro-enclaves-allocator does.
 
-Usage: allocator_check.py /etc/nitro_enclaves/allocator.yaml
+Usage: allocator_check.py /etc/nitro_enclaves/allocator.yaml [--sysfs-root DIR]
+
+With ``--sysfs-root`` it writes ``DIR/kernel/mm/hugepages/hugepages-<size>kB/nr_hugepages``
+as the real allocator leaves ``/sys`` after its reservation: 1 GiB pages first for whole
+GiB, then 2 MiB pages for the rest (nothing is reserved for real: this is a simulator).
 Exit 0 and one summary line when valid; exit 1 with the reason otherwise.
 """
 
@@ -45,15 +50,46 @@ def check(path: Path) -> str:
     return f"allocator config ok: memory_mib={memory} {cpus} (simulated: nothing reserved)"
 
 
+GIB_PAGE_KB = 1024 * 1024
+MIB2_PAGE_KB = 2048
+
+
+def hugepages_for(memory_mib: int) -> dict[int, int]:
+    """Pages per size (kB) the allocator reserves for ``memory_mib``: 1 GiB first, then 2 MiB."""
+    gib_pages, rest_mib = divmod(memory_mib, 1024)
+    return {GIB_PAGE_KB: gib_pages, MIB2_PAGE_KB: -(-rest_mib // 2)}
+
+
+def reserve(sysfs_root: Path, memory_mib: int) -> str:
+    pools = sysfs_root / "kernel" / "mm" / "hugepages"
+    for size_kb, pages in sorted(hugepages_for(memory_mib).items()):
+        pool = pools / f"hugepages-{size_kb}kB"
+        pool.mkdir(parents=True, exist_ok=True)
+        (pool / "nr_hugepages").write_text(f"{pages}\n", encoding="ascii")
+    return " ".join(f"{kb}kB={n}" for kb, n in sorted(hugepages_for(memory_mib).items()))
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: allocator_check.py ALLOCATOR_YAML", file=sys.stderr)
+    args = argv[1:]
+    sysfs_root: Path | None = None
+    if len(args) == 3 and args[1] == "--sysfs-root":
+        sysfs_root = Path(args[2])
+        args = args[:1]
+    if len(args) != 1:
+        print("usage: allocator_check.py ALLOCATOR_YAML [--sysfs-root DIR]", file=sys.stderr)
         return 2
     try:
-        print(check(Path(argv[1])))
+        summary = check(Path(args[0]))
+        if sysfs_root is not None:
+            memory = yaml.safe_load(Path(args[0]).read_text(encoding="utf-8"))["memory_mib"]
+            summary += f"; hugepages reserved: {reserve(sysfs_root, memory)}"
     except ValueError as exc:
         print(f"allocator config refused: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"allocator: cannot write the hugepage counters: {exc}", file=sys.stderr)
+        return 1
+    print(summary)
     return 0
 
 
