@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave_app.transport import Transport
-from parent_app.asgi_app import RelayAsgiApp
+from parent_app.asgi_app import ExecutionSlots, RelayAsgiApp
 from parent_app.config import RelaySettings
 from parent_app.credentials import CredentialSource
 from parent_app.enclave_client import EnclaveClient
@@ -68,7 +68,8 @@ def asgi_app() -> RelayAsgiApp:
     api = _api()
     settings = RelaySettings()
     executor = ThreadPoolExecutor(settings.max_concurrent_requests)
-    return RelayAsgiApp(api, settings, executor, Recorder(api.metrics))
+    slots = ExecutionSlots(settings.max_concurrent_requests, api.metrics.in_flight)
+    return RelayAsgiApp(api, settings, executor, Recorder(api.metrics), slots)
 
 
 def wsgi_app() -> Callable[..., Iterable[bytes]]:

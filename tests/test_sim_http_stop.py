@@ -52,7 +52,7 @@ def test_a_stopping_kms_finishes_the_answer_in_progress_and_closes_idle_ones(
         time.sleep(1.0)
         return inner(*args)
 
-    kms.service.call = slow_call  # type: ignore[method-assign]
+    kms.service.call = slow_call  # type: ignore[method-assign,assignment]
     admin = Principals.load(tmp_path / "state").admin_credentials()
     client = boto3.session.Session().client(
         "kms",
