@@ -927,7 +927,10 @@ def http_json(
     for key, value in (headers or {}).items():
         request.add_header(key, value)
     own = {name.lower() for name in headers or {}} & {"authorization", "x-stamp"}
-    token = next((t for base, t in _RELAY_TOKENS.items() if url.startswith(base + "/")), None)
+    token = next(
+        (t for base, t in _RELAY_TOKENS.items() if url == base or url.startswith(base + "/")),
+        None,
+    )
     if credentials and token is not None and not own:
         request.add_header("Authorization", f"Bearer {token}")
     try:
