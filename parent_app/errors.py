@@ -232,7 +232,6 @@ JSONRPC_SERVER_CODES: Mapping[str, int] = {
             ErrorCode.APPROVAL_EXPIRED,
             ErrorCode.APPROVAL_DUPLICATE,
             ErrorCode.APPROVAL_REPLAYED,
-            "scope_denied",
         ),
         JsonRpcCode.TRANSACTION_REJECTED,
     ),

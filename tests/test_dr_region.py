@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -279,6 +280,7 @@ def test_the_runbooks_check_passes_on_the_dr_relay(recovered: Recovered) -> None
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "NITRO_WALLET_TOKEN": recovered.dr.api_token},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "every account signs"
