@@ -19,9 +19,12 @@ pass its own policy YAML (``policy_text``): it is rendered with the same variabl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +39,6 @@ from nitro_wallet.stamping import (
     public_key_pem,
     write_key_file,
 )
-from parent_app.tokens import SCOPES, TokenFileError, add_token, check_token, read_records
 
 __all__ = ["DEV_KEY_ID", "DEV_TOKEN_NAME", "DevAuth", "prepare_dev_auth"]
 
@@ -44,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_POLICY_TEMPLATE = REPO_ROOT / "policy" / "dev.yaml.j2"
 DEV_KEY_ID = "dev-api-key"
 DEV_TOKEN_NAME = "dev-token"  # noqa: S105 - the token's principal name, not a token
-ALL_SCOPES = frozenset(SCOPES)
+ALL_SCOPES = ("create", "sign", "read")
 
 
 @dataclass(frozen=True)
@@ -109,17 +111,44 @@ def _api_key(path: Path) -> KeyFile:
 
 
 def _api_token(token_path: Path, tokens_file: Path) -> str:
-    """The dev token, kept in ``token_path``; a new one if it no longer opens the file."""
+    """The dev token, kept in ``token_path``; a new one (``nitro-wallet token add``, as an
+    operator makes one) unless the kept one still opens the file with every scope."""
     tokens_file.parent.mkdir(parents=True, exist_ok=True)
     try:
         token = token_path.read_text().strip()
-        identity = check_token(read_records(tokens_file), token)
-        if identity is not None and identity.scopes == ALL_SCOPES:
+        if _opens(token, json.loads(tokens_file.read_bytes())):
             return token
-    except (OSError, TokenFileError):
+    except (OSError, ValueError):
         pass
-    _, token = add_token(tokens_file, DEV_TOKEN_NAME, ALL_SCOPES)
+    added = subprocess.run(
+        [
+            *(sys.executable, "-m", "nitro_wallet", "token", "add"),
+            *("--file", str(tokens_file), "--name", DEV_TOKEN_NAME),
+            *("--scopes", ",".join(ALL_SCOPES)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    if added.returncode != 0:
+        raise RuntimeError(f"nitro-wallet token add failed: {added.stderr.strip()}")
+    token = added.stdout.strip()
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
     return token
+
+
+def _opens(token: str, document: object) -> bool:
+    """Whether the token file (``{"version": 1, "tokens": [...]}``) holds ``token``'s
+    digest under the dev name with every scope."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    records = document.get("tokens") if isinstance(document, dict) else None
+    return any(
+        isinstance(record, dict)
+        and record.get("sha256") == digest
+        and record.get("name") == DEV_TOKEN_NAME
+        and sorted(record.get("scopes") or ()) == sorted(ALL_SCOPES)
+        for record in records or ()
+    )
