@@ -67,14 +67,19 @@ def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:
     return tx
 
 
-def assert_every_account_signs(relay_url: str, accounts: Mapping[str, str], nonce: int) -> None:
+def assert_every_account_signs(
+    relay_url: str, accounts: Mapping[str, str], nonce: int, token: str | None = None
+) -> None:
     """Each account (id -> address) signs a transaction through the relay at
-    ``relay_url``, and eth-account recovers the account's address from it."""
+    ``relay_url``, and eth-account recovers the account's address from it. ``token``:
+    the bearer token, for a relay that no stack of this process started."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
     for account_id, address in sorted(accounts.items()):
         status, body = http_json(
             "POST",
             f"{relay_url}/v1/accounts/{account_id}/sign/transaction",
             {"transaction": eip1559(nonce=nonce)},
+            headers,
         )
         assert status == 200, body
         assert Account.recover_transaction(body["raw_transaction"]) == address
