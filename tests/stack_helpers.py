@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 import subprocess
 import sys
@@ -98,15 +99,19 @@ def sign(stack: LocalStack, account_id: str, tx: dict[str, Any]) -> tuple[int, d
 
 
 def stored_record(stack: LocalStack, account_id: str) -> dict[str, Any]:
+    """The account's record as the relay sends it to the enclave: the stored columns and
+    the sealed metadata fields (``labels``, ``stamp_keys``, ``created_by``)."""
     with closing(sqlite3.connect(stack.relay_db)) as db:
         row = db.execute(
-            "SELECT account_id, address, key_id, encrypted_private_key, encrypted_data_key "
-            "FROM accounts WHERE account_id = ?",
+            "SELECT account_id, address, key_id, encrypted_private_key, encrypted_data_key, "
+            "metadata FROM accounts WHERE account_id = ?",
             (account_id,),
         ).fetchone()
     assert row is not None
     keys = ("account_id", "address", "key_id", "encrypted_private_key", "encrypted_data_key")
-    return dict(zip(keys, row, strict=True))
+    record = dict(zip(keys, row[:5], strict=True))
+    record.update(json.loads(row[5]) if row[5] else {})
+    return record
 
 
 def overwrite_ciphertexts(
