@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         len(policy.limits),
     )
     forwarder = KmsForwarder(config.transport, config.kms_proxy_port).start()
-    recipient_keys = RecipientKeyPool(config.kms_recipient_key_pool).start()
+    recipient_keys = RecipientKeyPool(
+        config.kms_recipient_key_pool,
+        uses_per_key=config.kms_recipient_key_uses,
+        max_age_seconds=config.kms_recipient_key_max_age_seconds,
+    ).start()
     kms = AttestedKms(
         nsm,
         endpoint_url=config.kms_endpoint_url_template.format(port=forwarder.port),

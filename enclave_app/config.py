@@ -47,6 +47,8 @@ _SECTIONS: dict[str, set[str]] = {
         "timeout_seconds",
         "max_concurrent_calls",
         "recipient_key_pool",
+        "recipient_key_uses",
+        "recipient_key_max_age_seconds",
         "probe_interval_seconds",
     },
     "key_cache": {"max_entries", "ttl_seconds"},
@@ -88,8 +90,12 @@ class EnclaveConfig:
     #: KMS requests in flight at once (also the parallelism of batch unlocks and the
     #: HTTP connections kept to KMS); match the parent's vsock-proxy workers.
     kms_max_concurrent_calls: int = 8
-    #: Pre-generated ephemeral RSA keys for KMS Recipient (0: generate per call).
+    #: Pre-generated ephemeral RSA keys for KMS Recipient (0: generate when needed).
     kms_recipient_key_pool: int = 8
+    #: KMS calls one recipient key serves (each with its own attestation document), and
+    #: the seconds after its first use when it is dropped regardless (docs/performance.md).
+    kms_recipient_key_uses: int = 100
+    kms_recipient_key_max_age_seconds: int = 60
     #: The kms_probe op's answer is reused for this long: however often the relay asks,
     #: each pinned key gets at most one probe (an attested GenerateDataKey) per interval.
     kms_probe_interval_seconds: int = 30
@@ -161,6 +167,16 @@ class EnclaveConfig:
             ),
             kms_recipient_key_pool=_int(
                 kms, "recipient_key_pool", defaults.kms_recipient_key_pool, 0, 256
+            ),
+            kms_recipient_key_uses=_int(
+                kms, "recipient_key_uses", defaults.kms_recipient_key_uses, 1, 1000
+            ),
+            kms_recipient_key_max_age_seconds=_int(
+                kms,
+                "recipient_key_max_age_seconds",
+                defaults.kms_recipient_key_max_age_seconds,
+                1,
+                900,
             ),
             kms_probe_interval_seconds=_int(
                 kms, "probe_interval_seconds", defaults.kms_probe_interval_seconds, 1, 3600

@@ -1,11 +1,13 @@
 """Attested KMS client: data keys released only to this enclave's attestation.
 
-Every call takes a fresh ephemeral RSA-2048 key pair (from the pre-generated pool,
-each key used once), asks the NSM for an attestation document carrying its public
-key, and sends that document as KMS's ``Recipient``. KMS checks the document and the
-key policy's ``kms:RecipientAttestation:*`` conditions, then returns the secret only
-inside ``CiphertextForRecipient`` (CMS EnvelopedData to our ephemeral key), never as
-``Plaintext``. The parent, relaying the TLS stream, sees nothing usable.
+Every call takes an ephemeral RSA-2048 key pair from ``RecipientKeyPool`` (pre-generated;
+one key serves at most ``kms.recipient_key_uses`` calls within
+``kms.recipient_key_max_age_seconds``), asks the NSM for a new attestation document
+carrying its public key, and sends that document as KMS's ``Recipient``. KMS checks
+the document and the key policy's ``kms:RecipientAttestation:*`` conditions, then
+returns the secret only inside ``CiphertextForRecipient`` (CMS EnvelopedData to our
+ephemeral key), never as ``Plaintext``. The parent, relaying the TLS stream, sees
+nothing usable.
 
 At most ``max_concurrent_calls`` KMS requests are in flight at once; a call that
 cannot get a slot within the KMS timeout fails with ``server_busy``. Each boto3

@@ -501,6 +501,8 @@ class LocalStack:
             "enclave_kms_key_ids": [self.key_arn],
             "enclave_kms_max_concurrent_calls": KMS_CONCURRENCY,
             "enclave_kms_recipient_key_pool": 8,
+            "enclave_kms_recipient_key_uses": 100,
+            "enclave_kms_recipient_key_max_age_seconds": 60,
             "enclave_kms_probe_interval_seconds": 30,
             "enclave_key_cache_max_entries": 20000,
             "enclave_key_cache_ttl_seconds": 900,

@@ -3,6 +3,11 @@ process-wide default registry, so two relays in one process, as in tests, never 
 
 Label values are bounded: routes are templates (``/v1/accounts/{account_id}``), never
 raw paths, and enclave error codes come from a closed set.
+
+The relay's own instruments are below; ``watch`` adds what is read at scrape time: the
+readiness state and checks (``parent_app.readiness``) and the enclave's counters
+(``parent_app.enclave_metrics``). The names are listed in docs/operations.md
+("Monitoring and alerts"), and monitoring/alerts.yml alerts on them.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from parent_app.enclave_metrics import EnclaveCollector
+from parent_app.enclave_stats import EnclaveStatsSource
+from parent_app.readiness import ReadinessCollector, ReadinessMonitor
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -42,6 +51,7 @@ class LabelledCounter:
 class RelayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._draining = False
         self.requests = LabelledCounter(
             self.registry,
             "nitro_wallet_relay_http_requests_total",
@@ -99,6 +109,15 @@ class RelayMetrics:
             "(ok or the item's error code).",
             ("op", "outcome"),
         )
+
+    def set_draining(self, draining: bool) -> None:
+        self._draining = draining
+        self.draining.set(1 if draining else 0)
+
+    def watch(self, readiness: ReadinessMonitor, enclave: EnclaveStatsSource) -> None:
+        """Export the readiness gauges and the enclave's counters, read at each scrape."""
+        self.registry.register(ReadinessCollector(readiness, lambda: self._draining))
+        self.registry.register(EnclaveCollector(enclave))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.inc(route, method, str(status))

@@ -10,6 +10,7 @@ from typing import Any
 from enclave_app.errors import ErrorCode
 from parent_app import __version__
 from parent_app.errors import RelayCode
+from parent_app.readiness import OPENAPI_SCHEMA as READINESS_SCHEMA
 
 _UUID = {
     "type": "string",
@@ -359,6 +360,7 @@ def build_openapi() -> dict[str, Any]:
                 "checks": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         },
+        "Readiness": READINESS_SCHEMA,
     }
     responses = {
         name: _json(_ref("Error"), text)
@@ -583,10 +585,12 @@ def build_openapi() -> dict[str, Any]:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "Storage, enclave and credentials answer",
+                "summary": "Storage, enclave, credentials and KMS (attested probe) checked",
                 "responses": {
-                    "200": _json(_ref("Status"), "ready"),
-                    "503": _json(_ref("Status"), "not ready: checks name the failing part"),
+                    "200": _json(_ref("Readiness"), "ready"),
+                    "503": _json(
+                        _ref("Readiness"), "degraded, not_ready or draining; checks say why"
+                    ),
                 },
             }
         },

@@ -30,6 +30,7 @@ from parent_app.errors import RelayCode, RelayError, invalid_request
 from parent_app.jsonrpc import MAX_JSON_DEPTH, JsonRpcApi, SignedTxShape
 from parent_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from parent_app.openapi import build_openapi
+from parent_app.readiness import RETRY_AFTER_SECONDS as READINESS_RETRY_AFTER_SECONDS
 from parent_app.service import CREATE_METADATA, MAX_BATCH_ITEMS, BatchItem, WalletService
 from parent_app.storage import InvalidCursorError
 from parent_app.upstream import UpstreamClient
@@ -351,7 +352,7 @@ class RelayApi:
         """Drain mode (rolling upgrades): new requests except the probes and the metrics
         get 503 ``draining``; requests already admitted finish."""
         self.draining = draining
-        self.metrics.draining.set(1 if draining else 0)
+        self.metrics.set_draining(draining)
 
     def admit(self, route: str) -> None:
         """Raise the 503 a draining relay answers to a request for ``route``."""
@@ -476,14 +477,14 @@ class RelayApi:
         return json_response(200, {"status": "ok"})
 
     def readyz(self, call: Call) -> Response:
-        readiness = self.service.readiness()
+        """200 only when ready; degraded, not ready and draining are 503 (readiness.py)."""
+        report = self.service.readiness()
+        body = report.to_json()
+        status = report.http_status
         if self.draining:
-            payload = {"status": "draining", "checks": readiness.checks}
-            return Response(503, json_response(503, payload).body, headers={"Retry-After": "5"})
-        status = "ready" if readiness.ready else "not_ready"
-        return json_response(
-            200 if readiness.ready else 503, {"status": status, "checks": readiness.checks}
-        )
+            body["status"], status = "draining", 503
+        headers = {} if status == 200 else {"Retry-After": str(READINESS_RETRY_AFTER_SECONDS)}
+        return Response(status, json_response(status, body).body, headers=headers)
 
     def metrics_text(self, call: Call) -> Response:
         return Response(200, self.metrics.expose(), METRICS_CONTENT_TYPE)

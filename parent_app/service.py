@@ -26,6 +26,7 @@ from typing import Any
 from enclave_app.errors import EnclaveError, ErrorCode
 from parent_app.credentials import CredentialSource
 from parent_app.enclave_client import EnclaveClient
+from parent_app.enclave_stats import EnclaveStatsSource
 from parent_app.errors import (
     AccountExists,
     AccountNotFound,
@@ -36,6 +37,7 @@ from parent_app.errors import (
     invalid_request,
 )
 from parent_app.metrics import RelayMetrics
+from parent_app.readiness import ReadinessMonitor, ReadinessReport
 from parent_app.storage import (
     MAX_CIPHERTEXT_BYTES,
     METADATA_FIELDS,
@@ -107,12 +109,6 @@ class BatchOutcome:
     error: RelayError | None = None
 
 
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    checks: dict[str, str]
-
-
 class WalletService:
     def __init__(
         self,
@@ -130,6 +126,11 @@ class WalletService:
         self.metrics = metrics or RelayMetrics()
         #: Called after every op that made a decision (the audit log writer's wake-up).
         self.on_decision = on_decision
+        self.enclave_stats = EnclaveStatsSource(lambda: self._call("stats", {}))
+        self.readiness_monitor = ReadinessMonitor(
+            storage, credentials, self._call, key_id, self.enclave_stats
+        )
+        self.metrics.watch(self.readiness_monitor, self.enclave_stats)
 
     # -- enclave -----------------------------------------------------------------
 
@@ -363,24 +364,9 @@ class WalletService:
 
     # -- health ------------------------------------------------------------------
 
-    def readiness(self) -> Readiness:
-        checks: dict[str, str] = {}
-        try:
-            self.storage.ping()
-            checks["storage"] = "ok"
-        except RelayError as exc:
-            checks["storage"] = exc.code
-        try:
-            health = self._call("health", {})
-            checks["enclave"] = "ok" if health.get("status") == "ok" else "not_ok"
-        except RelayError as exc:
-            checks["enclave"] = exc.code
-        try:
-            self.credentials.get()
-            checks["credentials"] = "ok"
-        except RelayError as exc:
-            checks["credentials"] = exc.code
-        return Readiness(all(v == "ok" for v in checks.values()), checks)
+    def readiness(self) -> ReadinessReport:
+        """Storage, enclave, credentials and the attested KMS probe (parent_app.readiness)."""
+        return self.readiness_monitor.evaluate()
 
 
 def _transaction_result(result: dict[str, Any]) -> dict[str, str]:

@@ -5,15 +5,18 @@ over the real simulated transport (``Transport.unix``), several frames per conne
 and idle connections closed after ``idle_timeout_seconds``, as the enclave does. It
 answers ``health``, ``attest``, ``generate_account``, ``sign_transaction``,
 ``sign_message``, ``sign_typed_data``, ``sign_authorization`` and ``sign_batch`` (the
-BOARD format: per-item results, envelope errors fail the frame), and the audit ops
-(``audit_receipts``: none; ``audit_head``). Like the enclave it requires ``auth`` (the
-caller) on account creation and signing (it checks its shape only: the real enclave
-verifies it), seals the account's metadata (``created_by`` from ``auth``, ``labels``,
-``stamp_keys``) and refuses a record sent back without exactly that metadata. By default the
-answers are deterministic values derived from the inputs (a fake signed transaction
-is structurally valid RLP, so the relay can decode it); with ``real_keys`` every
-account has a real secp256k1 key derived from its id and every signature is made by
-eth-account, so tests can recover signatures to the account's address. It checks
+BOARD format: per-item results, envelope errors fail the frame), the audit ops
+(``audit_receipts``: none; ``audit_head``) and the readiness ops ``kms_probe``
+(``probe_status`` for every allowed key) and ``stats`` (the real answer's shape: a boot
+id drawn at each ``start()``, ``warm_keys`` cached keys, nothing counted). Like the
+enclave it requires ``auth`` (the caller) on account creation and signing (it checks
+its shape only: the real enclave verifies it), seals the account's metadata
+(``created_by`` from ``auth``, ``labels``, ``stamp_keys``) and refuses a record sent
+back without exactly that metadata. By default the answers are deterministic values
+derived from the inputs (a fake signed transaction is structurally valid RLP, so the
+relay can decode it); with ``real_keys`` every account has a real secp256k1 key derived
+from its id and every signature is made by eth-account, so tests can recover signatures
+to the account's address. It checks
 what the relay sends the way the enclave would (uuid, allowed key id, credentials
 shape, record fields), and can be told to misbehave (delays, raw answers, dropped
 requests, a sudden death with ``kill()``). It tests the relay's own behaviour; the
@@ -36,6 +39,8 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -160,6 +165,10 @@ class FakeEnclave:
     raw_answer: bytes | None = None  # answer this frame body verbatim
     delay_seconds: float = 0.0
     health_status: str = "ok"
+    # What kms_probe answers for every allowed key, and how many keys stats says are cached.
+    probe_status: str = "ok"
+    probe_interval_ms: int = 30_000
+    warm_keys: int = 0
     # Read requests of these ops, then close the connection without answering.
     drop_ops: frozenset[str] = frozenset()
     # Read the next N requests (any op), then close their connection without answering.
@@ -180,6 +189,8 @@ class FakeEnclave:
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self.connections_accepted = 0
+        self.boot_id = str(uuid.uuid4())  # a new one at every start()
+        self.started_at = time.time()
 
     def address_for(self, account_id: str) -> str:
         return real_address(account_id) if self.real_keys else fake_address(account_id)
@@ -189,6 +200,8 @@ class FakeEnclave:
         return self.transport.spec
 
     def start(self) -> FakeEnclave:
+        self.boot_id = str(uuid.uuid4())
+        self.started_at = time.time()
         self._stop.clear()
         self._listener = self.transport.listen(self.cid, self.port)
         self._listener.settimeout(0.1)
@@ -300,7 +313,58 @@ class FakeEnclave:
             return {**self._sign(request.op, params), **self.sign_overrides}
         if request.op == "sign_batch":
             return self._sign_batch(params)
-        return _audit(request.op, params)
+        return self._readiness_or_audit_op(request.op, params)
+
+    def _readiness_or_audit_op(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        if op in ("audit_receipts", "audit_head"):
+            return _audit(op, params)
+        if op == "kms_probe":
+            self._check_credentials(params.get("credentials"))
+            return self._kms_probe()
+        if op == "stats":
+            return self._stats()
+        raise EnclaveError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}")
+
+    def _kms_probe(self) -> dict[str, Any]:
+        now_ms = round(time.time() * 1000)
+        ok = self.probe_status == "ok"
+        return {
+            "status": self.probe_status,
+            "region": "us-east-1",
+            "keys": [
+                {"key_id": key_id, "status": self.probe_status, "message": "fake probe", "ms": 1}
+                for key_id in self.allowed_key_ids
+            ],
+            "checked_at_ms": now_ms,
+            "age_ms": 0,
+            "interval_ms": self.probe_interval_ms,
+            "last_ok_at_ms": now_ms if ok else None,
+        }
+
+    def _stats(self) -> dict[str, Any]:
+        with self._lock:
+            admitted, connections = len(self.requests), len(self._connections)
+        return {
+            "boot_id": self.boot_id,
+            "start_time_ms": round(self.started_at * 1000),
+            "uptime_ms": round((time.time() - self.started_at) * 1000),
+            "kms": {"requests": [], "latency_seconds": {}},
+            "key_cache": {
+                "hits": 0,
+                "misses": 0,
+                "entries": self.warm_keys,
+                "max_entries": 20_000,
+                "evictions": {"capacity": 0, "ttl": 0},
+            },
+            "recipient_keys": {"ready": 0, "size": 0, "generated_inline": 0},
+            "server": {
+                "admitted": admitted,
+                "busy": {"workers": 0, "memory": 0, "connections": 0},
+                "connections": connections,
+                "in_flight": 1,
+            },
+            "kms_probe": None,
+        }
 
     def auths(self) -> list[dict[str, Any]]:
         """The ``auth`` params the relay sent, in order."""

@@ -7,11 +7,12 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -25,6 +26,7 @@ from nitro_sim.ca import SimCa
 from nitro_sim.nsm import SimulatedNsm
 from nitro_sim.stack import LocalStack, http_json
 
+T = TypeVar("T")
 CHAIN_ID = 11155111
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,6 +52,28 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def timed_in_parallel(
+    call: Callable[[], T], count: int, timeout: float = 60
+) -> list[tuple[float, T]]:
+    """Run ``call`` in ``count`` threads at once; each result with the seconds it took."""
+    results: list[tuple[float, T]] = []
+    lock = threading.Lock()
+
+    def timed() -> None:
+        started = time.monotonic()
+        result = call()
+        with lock:
+            results.append((time.monotonic() - started, result))
+
+    threads = [threading.Thread(target=timed) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert len(results) == count, "a call did not finish"
+    return results
 
 
 def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:

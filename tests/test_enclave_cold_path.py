@@ -1,5 +1,6 @@
-"""The cold path: pre-generated single-use RSA recipient keys, bounded concurrent KMS
-calls, and one KMS Decrypt per record however many requests want it at once."""
+"""The cold path: pre-generated RSA recipient keys (single-use, or serving a bounded
+number of calls for a bounded time), bounded concurrent KMS calls, and one KMS Decrypt
+per record however many requests want it at once."""
 
 from __future__ import annotations
 
@@ -66,6 +67,53 @@ def test_an_empty_or_disabled_pool_generates_in_the_callers_thread() -> None:
     assert disabled.ready() == 0
     with pytest.raises(ValueError, match="negative"):
         RecipientKeyPool(-1)
+
+
+def test_a_shared_key_serves_its_uses_then_is_never_handed_out_again() -> None:
+    generator = CountingGenerator()
+    pool = RecipientKeyPool(2, generate=generator, uses_per_key=3).start()
+    try:
+        assert pool.wait_full(timeout=30)
+        taken = [pool.take() for _ in range(9)]
+    finally:
+        pool.close()
+    assert [id(key) for key in taken[:3]] == [id(taken[0])] * 3
+    runs = [taken[i : i + 3] for i in range(0, 9, 3)]
+    assert all(len({id(key) for key in run}) == 1 for run in runs)
+    assert len({id(run[0]) for run in runs}) == 3  # a spent key never comes back
+    assert pool.level()["uses_per_key"] == 3
+
+
+def test_concurrent_takers_never_exceed_a_keys_uses() -> None:
+    generator = CountingGenerator()
+    pool = RecipientKeyPool(2, generate=generator, uses_per_key=5).start()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as takers:
+            taken = list(takers.map(lambda _: pool.take(), range(80)))
+    finally:
+        pool.close()
+    uses: dict[int, int] = {}
+    for key in taken:
+        uses[id(key)] = uses.get(id(key), 0) + 1
+    assert max(uses.values()) <= 5
+    assert len(uses) >= 16  # 80 calls at most 5 each
+
+
+def test_a_shared_key_is_dropped_once_its_age_runs_out() -> None:
+    now = [0.0]
+    pool = RecipientKeyPool(0, uses_per_key=100, max_age_seconds=60, clock=lambda: now[0])
+    first = pool.take()
+    now[0] = 59.9
+    assert pool.take() is first
+    now[0] = 60.0
+    second = pool.take()
+    assert second is not first
+    now[0] = 61.0
+    assert pool.take() is second  # the new key's age counts from its own first use
+    with pytest.raises(ValueError, match="at least one"):
+        RecipientKeyPool(1, uses_per_key=0)
+    with pytest.raises(ValueError, match="positive"):
+        RecipientKeyPool(1, max_age_seconds=0)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +232,37 @@ def test_a_kms_call_that_gets_no_slot_in_time_is_server_busy(rig: EnclaveRig) ->
         rig.gate.open.set()
     holder.join()
     assert ErrorCode.SERVER_BUSY in outcomes
+
+
+def test_a_shared_key_gets_a_new_attestation_for_every_kms_call(rig: EnclaveRig) -> None:
+    """KMS accepts one recipient key in several calls, each with its own attestation
+    document, and every answer unwraps to the right data key."""
+    nsm = SocketNsm(rig.root / "nsm.sock")
+    documents: list[bytes] = []
+    attest = nsm.attest
+
+    def recording_attest(**kwargs: Any) -> bytes:
+        document = attest(**kwargs)
+        documents.append(document)
+        return document
+
+    nsm.attest = recording_attest  # type: ignore[method-assign]
+    generator = CountingGenerator()
+    kms = AttestedKms(
+        nsm,
+        endpoint_url=rig.kms.url,
+        region="us-east-1",
+        allowed_key_ids=(rig.key_arn,),
+        recipient_keys=RecipientKeyPool(0, generate=generator, uses_per_key=4),
+    )
+    credentials = validation.credentials(rig.credentials)
+    context = envelope.encryption_context("acct-shared-recipient")
+    made = [kms.generate_data_key(rig.key_arn, context, credentials) for _ in range(2)]
+    unwrapped = [
+        kms.decrypt(key.ciphertext_blob, rig.key_arn, context, credentials) for key in made
+    ]
+    assert unwrapped == [key.plaintext for key in made]
+    assert made[0].plaintext != made[1].plaintext
+    assert len(generator.made) == 1  # four calls, one RSA key
+    assert len(documents) == 4
+    assert len(set(documents)) == 4

@@ -87,8 +87,8 @@ class ManglingProxy:
                 return
             kms.sendall(head + body)
             answer_head, answer_body = _read_message(kms)
+            self.answered += 1  # before the answer leaves: the client may check at once
             client.sendall(self.mangle(answer_head, answer_body))
-            self.answered += 1
             with contextlib.suppress(OSError):
                 client.shutdown(socket.SHUT_WR)
 

@@ -67,6 +67,10 @@ def test_config_defaults_to_vsock_and_takes_the_simulator_seams_from_the_environ
         config_text(max_concurrent_calls="65"),
         config_text(recipient_key_pool="-1"),
         config_text(recipient_key_pool="257"),
+        config_text(recipient_key_uses="0"),
+        config_text(recipient_key_uses="1001"),
+        config_text(recipient_key_max_age_seconds="0"),
+        config_text(recipient_key_max_age_seconds="901"),
     ],
 )
 def test_an_unusable_config_refuses_to_start(tmp_path: Path, text: str) -> None:
@@ -91,13 +95,23 @@ def test_config_defaults_and_every_new_key(tmp_path: Path) -> None:
         "[server]\nworkers = 4\nqueue_depth = 0\nmax_connections = 100\n"
         "idle_timeout_seconds = 5\nframe_timeout_seconds = 2\n"
         "max_frame_bytes = 4096\nmax_buffered_bytes = 8192\n"
-        + config_text(max_concurrent_calls="3", recipient_key_pool="0")
+        + config_text(
+            max_concurrent_calls="3",
+            recipient_key_pool="0",
+            recipient_key_uses="1",
+            recipient_key_max_age_seconds="5",
+        )
     )
     config = EnclaveConfig.load(path, environ={})
     assert (config.workers, config.queue_depth, config.max_connections) == (4, 0, 100)
     assert (config.idle_timeout_seconds, config.frame_timeout_seconds) == (5, 2)
     assert (config.max_frame_bytes, config.max_buffered_bytes) == (4096, 8192)
     assert (config.kms_max_concurrent_calls, config.kms_recipient_key_pool) == (3, 0)
+    assert (config.kms_recipient_key_uses, config.kms_recipient_key_max_age_seconds) == (1, 5)
+    assert (defaults.kms_recipient_key_uses, defaults.kms_recipient_key_max_age_seconds) == (
+        100,
+        60,
+    )
 
 
 def test_envelope_binds_account_and_address() -> None:

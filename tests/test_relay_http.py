@@ -387,10 +387,12 @@ def test_enclave_down_gives_503_and_the_relay_stays_up(stack: Stack) -> None:
     assert signed.status == 503
     ready = stack.call("GET", "/readyz")
     assert ready.status == 503
+    assert ready.json()["status"] == "not_ready"
     assert ready.json()["checks"] == {
         "storage": "ok",
         "enclave": "enclave_unavailable",
         "credentials": "ok",
+        "kms": "not_checked",
     }
     assert stack.call("GET", "/healthz").status == 200
     assert stack.call("GET", f"/v1/accounts/{account_id}").status == 200  # storage still served
@@ -636,10 +638,10 @@ def test_healthz_and_readyz(stack: Stack) -> None:
     assert (health.status, health.json()) == (200, {"status": "ok"})
     ready = stack.call("GET", "/readyz")
     assert ready.status == 200
-    assert ready.json() == {
-        "status": "ready",
-        "checks": {"storage": "ok", "enclave": "ok", "credentials": "ok"},
-    }
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["checks"] == {"storage": "ok", "enclave": "ok", "credentials": "ok", "kms": "ok"}
+    assert body["kms"]["keys"] == [{"key_id": KEY_ID, "status": "ok", "message": "fake probe"}]
     stack.enclave.health_status = "degraded"
     assert stack.call("GET", "/readyz").json()["checks"]["enclave"] == "not_ok"
 

@@ -106,6 +106,81 @@ def test_concurrent_inserts_of_one_id_have_one_winner(store: SqliteStorage) -> N
     assert saved.encrypted_private_key == bytes([int(winners[0].split("-")[1]) + 1])
 
 
+def _insert_all_while_locked(
+    store: SqliteStorage, records: list[AccountRecord]
+) -> tuple[dict[str, str], list[str]]:
+    """Insert ``records`` from one thread each while the store's lock is held, so that
+    they queue, then let them go; the outcome per account id and the COMMITs issued."""
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    outcomes: dict[str, str] = {}
+    done = threading.Lock()
+
+    def insert(candidate: AccountRecord) -> None:
+        try:
+            store.insert(candidate)
+            result = "stored"
+        except AccountExists:
+            result = "exists"
+        except StorageError as exc:
+            result = exc.code
+        with done:
+            outcomes[candidate.encrypted_private_key.hex()] = result
+
+    threads = [threading.Thread(target=insert, args=(r,)) for r in records]
+    with store._lock:
+        for thread in threads:
+            thread.start()
+        while len(store._pending) < len(records):
+            threading.Event().wait(0.01)
+    for thread in threads:
+        thread.join()
+    store._conn.set_trace_callback(None)
+    return outcomes, [s for s in statements if s == "COMMIT"]
+
+
+def test_queued_inserts_share_one_commit_and_a_duplicate_fails_alone(
+    store: SqliteStorage,
+) -> None:
+    existing = record()
+    store.insert(existing)
+    fresh = [record() for _ in range(8)]
+    clash = AccountRecord(
+        existing.account_id, fake_address(str(uuid.uuid4())), KEY_ID, b"clash", b"d", NOW
+    )
+    outcomes, commits = _insert_all_while_locked(store, [*fresh, clash])
+    assert len(commits) == 1
+    assert outcomes.pop(b"clash".hex()) == "exists"
+    assert set(outcomes.values()) == {"stored"}
+    for stored in fresh:
+        assert store.get(stored.account_id) == stored
+    assert store.get(existing.account_id) == existing
+
+
+def test_a_failed_group_commit_fails_every_insert_in_it(store: SqliteStorage) -> None:
+    fresh = [record() for _ in range(4)]
+    # The fourth insert fails with an I/O-like error once the first three are in the
+    # transaction: nothing of the group may be stored, and every insert gets the error.
+
+    def refuse(account_id: str) -> int:
+        if account_id == fresh[3].account_id:
+            raise OSError("refused by the test")
+        return 0
+
+    store._conn.create_function("refuse", 1, refuse)
+    store._conn.execute(
+        "CREATE TEMP TRIGGER refuse_fourth AFTER INSERT ON main.accounts "
+        "BEGIN SELECT refuse(NEW.account_id); END"
+    )
+    outcomes, _ = _insert_all_while_locked(store, fresh)
+    assert set(outcomes.values()) == {"storage_error"}
+    for candidate in fresh:
+        assert store.get(candidate.account_id) is None
+    store._conn.execute("DROP TRIGGER refuse_fourth")
+    store.insert(fresh[0])  # the store goes on
+    assert store.get(fresh[0].account_id) == fresh[0]
+
+
 def test_pages_are_ordered_by_creation_then_id(store: SqliteStorage) -> None:
     same_moment = sorted(str(uuid.uuid4()) for _ in range(3))
     later = str(uuid.uuid4())
