@@ -201,7 +201,10 @@ class EnclaveRig:
         self.vault = AccountVault(
             self.kms_client, self.cache, max_parallel_unlocks=kms_concurrency, stats=self.stats
         )
-        self.policy = parse_policy(RIG_POLICY if signing_policy is None else signing_policy)
+        document = RIG_POLICY if signing_policy is None else signing_policy
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        # As load_policy names a policy: the SHA-256 of its canonical JSON (stats, health).
+        self.policy = parse_policy(document, sha256=hashlib.sha256(canonical).hexdigest())
         self.enclave_gate = Gate.boot(self.policy, SocketNsm(root / "nsm.sock"), policy_clock)
         self.operations = Operations(
             SocketNsm(root / "nsm.sock"),
