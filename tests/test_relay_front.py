@@ -120,6 +120,7 @@ def _somaxconn() -> int:
     return int(Path("/proc/sys/net/core/somaxconn").read_text())
 
 
+@pytest.mark.process  # reads the backlog with ss(8)
 def test_listen_backlog_is_at_least_1024_and_configurable(tmp_path: Path) -> None:
     with fake_stack(tmp_path) as stack:
         assert _listen_backlog(stack.port) == min(1024, _somaxconn())
