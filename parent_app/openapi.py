@@ -10,18 +10,18 @@ from typing import Any
 from enclave_app.errors import ErrorCode
 from parent_app import __version__
 from parent_app.errors import RelayCode
+from parent_app.openapi_transactions import (
+    ADDRESS,
+    HEX,
+    UNSIGNED_AUTHORIZATION,
+    transaction_schemas,
+)
 from parent_app.readiness import OPENAPI_SCHEMA as READINESS_SCHEMA
 
 _UUID = {
     "type": "string",
     "format": "uuid",
     "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-}
-_ADDRESS = {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "description": "EIP-55 checksummed"}
-_HEX = {"type": "string", "pattern": "^0x[0-9a-fA-F]*$"}
-_QUANTITY = {
-    "oneOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^0x[0-9a-fA-F]+$"}],
-    "description": "integer or 0x-hex; never a float or a decimal string",
 }
 
 
@@ -123,6 +123,7 @@ def _secured(paths: dict[str, Any]) -> None:
 def build_openapi() -> dict[str, Any]:
     error_codes = sorted({str(c) for c in RelayCode} | {str(c) for c in ErrorCode})
     schemas: dict[str, Any] = {
+        **transaction_schemas(),
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -145,14 +146,14 @@ def build_openapi() -> dict[str, Any]:
         "CreatedAccount": {
             "type": "object",
             "required": ["account_id", "address"],
-            "properties": {"account_id": _UUID, "address": _ADDRESS},
+            "properties": {"account_id": _UUID, "address": ADDRESS},
         },
         "Account": {
             "type": "object",
             "required": ["account_id", "address", "key_id", "created_at"],
             "properties": {
                 "account_id": _UUID,
-                "address": _ADDRESS,
+                "address": ADDRESS,
                 "key_id": {"type": "string"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "labels": _LABELS,
@@ -187,18 +188,13 @@ def build_openapi() -> dict[str, Any]:
             "additionalProperties": False,
             "required": ["transaction"],
             "properties": {
-                "transaction": {
-                    "type": "object",
-                    "description": "eth_signTransaction fields (legacy/EIP-155, EIP-2930, "
-                    "EIP-1559, EIP-4844, EIP-7702). Quantities are integers or 0x-hex "
-                    "strings, never floats. The enclave validates every field.",
-                }
+                "transaction": _ref("Transaction"),
             },
         },
         "SignedTransaction": {
             "type": "object",
             "required": ["raw_transaction", "hash"],
-            "properties": {"raw_transaction": _HEX, "hash": _HEX},
+            "properties": {"raw_transaction": HEX, "hash": HEX},
         },
         "SignTransactionsRequest": {
             "type": "object",
@@ -209,7 +205,7 @@ def build_openapi() -> dict[str, Any]:
                     "type": "array",
                     "minItems": 1,
                     "maxItems": 100,
-                    "items": {"type": "object"},
+                    "items": _ref("Transaction"),
                     "description": "Transactions as in SignTransactionRequest, all signed by "
                     "the path's account, sent to the enclave as one sign_batch frame.",
                 }
@@ -268,17 +264,7 @@ def build_openapi() -> dict[str, Any]:
             "additionalProperties": False,
             "required": ["authorization"],
             "properties": {
-                "authorization": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["chainId", "address", "nonce"],
-                    "properties": {
-                        "chainId": _QUANTITY,
-                        "address": _ADDRESS,
-                        "nonce": _QUANTITY,
-                    },
-                    "description": "EIP-7702 authorization (chainId 0 = any chain).",
-                }
+                "authorization": UNSIGNED_AUTHORIZATION,
             },
         },
         "SignedAuthorization": {
@@ -289,12 +275,12 @@ def build_openapi() -> dict[str, Any]:
                     "type": "object",
                     "required": ["chainId", "address", "nonce", "yParity", "r", "s"],
                     "properties": {
-                        "chainId": _HEX,
-                        "address": _ADDRESS,
-                        "nonce": _HEX,
-                        "yParity": _HEX,
-                        "r": _HEX,
-                        "s": _HEX,
+                        "chainId": HEX,
+                        "address": ADDRESS,
+                        "nonce": HEX,
+                        "yParity": HEX,
+                        "r": HEX,
+                        "s": HEX,
                     },
                 }
             },

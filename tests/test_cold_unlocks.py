@@ -5,6 +5,11 @@ Every signature needs the account's key from KMS (the enclave was restarted: its
 is empty), all at once, through the vsock-proxy with as many workers as the enclave's
 bounded KMS concurrency. Each must come back signed and verified, none slower than 5 s
 on this project's machine (the issue's figure; a hang, not a speed target).
+
+The 5 s bound holds because one RSA-2048 recipient key serves several KMS calls
+(``kms.recipient_key_uses``); with a fresh key per call and a pool of 8, 92 of the 100
+unlocks right after a restart generated one inline, and the slowest took 10 to 30 s on
+2 cores (docs/reliability.md, "The KMS path under concurrency").
 """
 
 from __future__ import annotations
@@ -28,6 +33,20 @@ BOUND_SECONDS = 5.0
 
 
 @pytest.fixture(scope="module")
+def stack_options() -> dict[str, Any]:
+    """Capacity for 100 clients at once: the relay admits them all and keeps them waiting
+    for a pooled enclave connection (as many as the enclave's workers + queue) rather
+    than refusing them (503 server_busy is the answer beyond capacity; the defaults admit
+    64). This measures the cold KMS path, not admission."""
+    return {
+        "relay_settings": {
+            "relay": {"max_concurrent_requests": 128},
+            "enclave": {"pool_size": 80, "pool_wait_seconds": 30},
+        }
+    }
+
+
+@pytest.fixture(scope="module")
 def accounts(stack: LocalStack) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(8) as pool:
         made = list(pool.map(lambda _: create_account(stack), range(UNLOCKS)))
@@ -36,14 +55,12 @@ def accounts(stack: LocalStack) -> list[dict[str, Any]]:
     return made
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until issue 7 lands: the relay's listen backlog resets connections and the "
-    "enclave answers 500 at its connection limit (docs/reliability.md); remove then",
-)
-def test_100_concurrent_cold_unlocks_all_sign_and_none_hangs(
-    stack: LocalStack, accounts: list[dict[str, Any]]
-) -> None:
+Burst = list[tuple[int, float, dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def burst(stack: LocalStack, accounts: list[dict[str, Any]]) -> Burst:
+    """All 100 signatures at once: (status, seconds, body) per account, in order."""
     start = threading.Barrier(UNLOCKS)
 
     def sign(account: dict[str, Any]) -> tuple[int, float, dict[str, Any]]:
@@ -61,13 +78,24 @@ def test_100_concurrent_cold_unlocks_all_sign_and_none_hangs(
 
     with ThreadPoolExecutor(UNLOCKS) as pool:
         results = list(pool.map(sign, accounts))
-    statuses = sorted({status for status, _, _ in results})
-    slowest = max(took for _, took, _ in results)
     codes = Counter(
         f"{status} {body.get('error', {}).get('code', '')}" for status, _, body in results
     )
-    print(f"{UNLOCKS} cold unlocks: {dict(codes)}, slowest {slowest:.2f}s")
-    assert statuses == [200], [body for status, _, body in results if status != 200][:3]
-    for account, (_, _, body) in zip(accounts, results, strict=True):
+    times = sorted((took for _, took, _ in results), reverse=True)
+    over = sum(took >= BOUND_SECONDS for took in times)
+    print(
+        f"\n{UNLOCKS} cold unlocks: {dict(codes)}, {over} over {BOUND_SECONDS:.0f}s, "
+        f"slowest {', '.join(f'{took:.2f}' for took in times[:5])} s, median {times[50]:.2f} s"
+    )
+    return results
+
+
+def test_100_concurrent_cold_unlocks_all_sign(accounts: list[dict[str, Any]], burst: Burst) -> None:
+    statuses = sorted({status for status, _, _ in burst})
+    assert statuses == [200], [body for status, _, body in burst if status != 200][:3]
+    for account, (_, _, body) in zip(accounts, burst, strict=True):
         assert Account.recover_transaction(body["raw_transaction"]) == account["address"]
-    assert slowest < BOUND_SECONDS
+
+
+def test_no_cold_unlock_takes_over_5_seconds(burst: Burst) -> None:
+    assert max(took for _, took, _ in burst) < BOUND_SECONDS

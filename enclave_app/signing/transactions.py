@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from enclave_app import transaction_fields
 from enclave_app.errors import EnclaveError, ErrorCode, invalid
 from enclave_app.signing import fields, rlp
 from enclave_app.signing.keccak import keccak256
@@ -47,45 +48,29 @@ from enclave_app.signing.keys import (
 
 _T = TypeVar("_T")
 
-LEGACY, ACCESS_LIST, DYNAMIC_FEE, BLOB, SET_CODE = 0, 1, 2, 3, 4
-
+LEGACY, ACCESS_LIST, DYNAMIC_FEE, BLOB, SET_CODE = (
+    transaction_fields.LEGACY,
+    transaction_fields.ACCESS_LIST,
+    transaction_fields.DYNAMIC_FEE,
+    transaction_fields.BLOB,
+    transaction_fields.SET_CODE,
+)
 #: Blobs per transaction (Osaka / EIP-7594 ``MAX_BLOBS_PER_TX``).
-MAX_BLOBS_PER_TX = 6
+MAX_BLOBS_PER_TX = transaction_fields.MAX_BLOBS_PER_TX
+
 #: Version byte of a KZG commitment's versioned hash (EIP-4844).
 VERSIONED_HASH_VERSION_KZG = 0x01
 #: Prefix of the EIP-7702 authorization digest.
 AUTHORIZATION_MAGIC = b"\x05"
 
-_TYPE_FIELDS: dict[int, frozenset[str]] = {
-    LEGACY: frozenset({"gasPrice"}),
-    ACCESS_LIST: frozenset({"gasPrice", "accessList"}),
-    DYNAMIC_FEE: frozenset({"maxFeePerGas", "maxPriorityFeePerGas", "accessList"}),
-    BLOB: frozenset(
-        {
-            "maxFeePerGas",
-            "maxPriorityFeePerGas",
-            "accessList",
-            "maxFeePerBlobGas",
-            "blobVersionedHashes",
-        }
-    ),
-    SET_CODE: frozenset(
-        {"maxFeePerGas", "maxPriorityFeePerGas", "accessList", "authorizationList"}
-    ),
-}
-_COMMON_FIELDS = frozenset(
-    {"type", "chainId", "nonce", "to", "value", "gas", "gasLimit", "data", "input", "from"}
-)
-_ALL_FIELDS = _COMMON_FIELDS.union(*_TYPE_FIELDS.values())
-#: Per type: every field it may carry, and those it must (besides gas or gasLimit).
-_PERMITTED_FIELDS = {t: _COMMON_FIELDS | fields for t, fields in _TYPE_FIELDS.items()}
-_REQUIRED_FIELDS = {
-    t: (fields - {"accessList"}) | {"nonce"} | (set() if t == LEGACY else {"chainId"})
-    for t, fields in _TYPE_FIELDS.items()
-}
+# The field tables are shared with the relay's OpenAPI document.
+_TYPE_FIELDS = transaction_fields.TYPE_FIELDS
+_ALL_FIELDS = transaction_fields.ALL_FIELDS
+_PERMITTED_FIELDS = transaction_fields.PERMITTED_FIELDS
+_REQUIRED_FIELDS = transaction_fields.REQUIRED_FIELDS
 _TYPE_PREFIX = {tx_type: bytes([tx_type]) for tx_type in _TYPE_FIELDS}
-_AUTH_FIELDS = frozenset({"chainId", "address", "nonce", "yParity", "r", "s"})
-_UNSIGNED_AUTH_FIELDS = frozenset({"chainId", "address", "nonce"})
+_AUTH_FIELDS = transaction_fields.AUTHORIZATION_FIELDS
+_UNSIGNED_AUTH_FIELDS = transaction_fields.UNSIGNED_AUTHORIZATION_FIELDS
 
 
 @dataclass(frozen=True)
