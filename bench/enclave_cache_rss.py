@@ -30,11 +30,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 import enclave_app.__main__  # noqa: F401 - everything the enclave imports
 from enclave_app.accounts import AccountVault
+from enclave_app.auth.approvals import ApprovalVerifier
+from enclave_app.auth.authenticate import Authenticator
+from enclave_app.auth.receipts import ReceiptChain
+from enclave_app.auth.replay import ReplayMemory
+from enclave_app.auth.stamps import StampVerifier
+from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms, AwsCredentials
 from enclave_app.ops import Operations
+from enclave_app.policy import PolicyEngine, parse_policy
 from enclave_app.server import EnclaveServer
 from enclave_app.signing.keys import SigningKey, generate_private_key
 from enclave_app.transport import Transport
@@ -57,9 +66,15 @@ def measure(entries: int) -> dict[str, Any]:
     kms = AttestedKms(None, "https://127.0.0.1:1", "us-east-1", (KEY_ID,))  # type: ignore[arg-type]
     kms._client(AwsCredentials("AKIAEXAMPLEEXAMPLE12", "secret"))  # botocore's KMS model loaded
     vault = AccountVault(kms, cache)
+    gate = Gate(  # an empty policy and an unattested receipt chain: only memory matters here
+        PolicyEngine(parse_policy({"version": 1, "principals": {}, "rules": []})),
+        Authenticator(StampVerifier(ReplayMemory()), ApprovalVerifier(ReplayMemory())),
+        ReceiptChain(Ed25519PrivateKey.generate(), secrets.token_bytes(16), b""),
+    )
     operations = Operations(
         None,  # type: ignore[arg-type]
         vault,
+        gate=gate,
         allow_pre_eip155=False,
         record_cache_entries=entries,
     )
@@ -81,6 +96,7 @@ def measure(entries: int) -> dict[str, Any]:
             "encrypted_data_key": base64.b64encode(
                 secrets.token_bytes(CIPHERTEXT_BLOB_BYTES)
             ).decode(),
+            "created_by": "relay:trading-bot",  # sealed metadata, as every new account has
         }
         account = operations._account(record)  # the parsed-record cache, as a request fills it
         cache.put(account.cache_key, key)

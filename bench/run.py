@@ -98,7 +98,13 @@ class Row:
 
 
 class BenchStack(LocalStack):
-    """The dev stack, with an enclave key cache big enough for the whole sweep."""
+    """The dev stack, with an enclave key cache big enough for the whole sweep; the load's
+    requests carry its bearer token (``http_request``)."""
+
+    def start(self) -> LocalStack:
+        started = super().start()
+        _BEARER["token"] = self.api_token
+        return started
 
     def render_enclave_config(self, **overrides: Any) -> str:
         return super().render_enclave_config(
@@ -109,9 +115,16 @@ class BenchStack(LocalStack):
 # -- HTTP load ----------------------------------------------------------------------------
 
 
+#: The bearer token of the running BenchStack (every scope): the relay refuses requests
+#: without credentials, and the bench measures what a token's check costs too.
+_BEARER: dict[str, str] = {}
+
+
 def http_request(method: str, path: str, body: Any = None) -> bytes:
     data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if "token" in _BEARER:
+        head += f"Authorization: Bearer {_BEARER['token']}\r\n"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
     return (head + "\r\n").encode() + data

@@ -33,8 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from enclave_app.auth.replay import ReplayMemory
+from enclave_app.auth.stamps import StampVerifier
 from enclave_app.transport import Transport
 from parent_app.asgi_app import ExecutionSlots, RelayAsgiApp
+from parent_app.auth import RelayAuth
 from parent_app.config import RelaySettings
 from parent_app.credentials import CredentialSource
 from parent_app.enclave_client import EnclaveClient
@@ -43,9 +46,14 @@ from parent_app.metrics import RelayMetrics
 from parent_app.routes import Body, Call, RelayApi, Response, error_response
 from parent_app.service import WalletService
 from parent_app.storage import SqliteStorage
+from parent_app.tokens import TokenFile, add_token
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_ID_BODY = b'{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}'
+#: The relay refuses a call without credentials: main() makes a token file with one
+#: token (read scope) and hands both to the servers it starts through the environment.
+TOKENS_ENV = "NITRO_WALLET_BENCH_TOKENS_FILE"
+TOKEN_ENV = "NITRO_WALLET_BENCH_TOKEN"  # noqa: S105 - a variable name
 CONCURRENCY = (1, 8, 32)
 
 
@@ -55,7 +63,8 @@ def _api() -> RelayApi:
     enclave = EnclaveClient(Transport.unix(tempfile.mkdtemp()), 16, 5000, 1.0)
     credentials: CredentialSource = _NoCredentials()
     service = WalletService(storage, enclave, credentials, "alias/bench", RelayMetrics())
-    return RelayApi(service, chain_id=1)
+    auth = RelayAuth(TokenFile(Path(os.environ[TOKENS_ENV])), {}, StampVerifier(ReplayMemory()))
+    return RelayApi(service, auth, chain_id=1)
 
 
 class _NoCredentials:
@@ -154,6 +163,7 @@ CANDIDATES: dict[str, tuple[str, Callable[[int], list[str]]]] = {
 def _requests() -> dict[str, bytes]:
     post = (
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer " + os.environ[TOKEN_ENV].encode() + b"\r\n"
         b"Content-Length: " + str(len(CHAIN_ID_BODY)).encode() + b"\r\n\r\n" + CHAIN_ID_BODY
     )
     return {"GET /healthz": b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "POST eth_chainId": post}
@@ -200,6 +210,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    tokens_file = Path(tempfile.mkdtemp(prefix="nw-choice-")) / "tokens.json"
+    _, token = add_token(tokens_file, "bench", frozenset({"read"}))
+    os.environ[TOKENS_ENV], os.environ[TOKEN_ENV] = str(tokens_file), token
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     available = {
         name: command

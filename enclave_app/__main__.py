@@ -1,4 +1,8 @@
-"""Enclave entry point: ``python -m enclave_app --config /app/enclave.toml``."""
+"""Enclave entry point: ``python -m enclave_app --config /app/enclave.toml``.
+
+The signing policy is ``policy.json`` in the configuration's directory (``/app``): both
+are built into the image, so PCR0 covers them. Without a valid policy the enclave does
+not start."""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from pathlib import Path
 from types import FrameType
 
 from enclave_app.accounts import AccountVault
+from enclave_app.auth.entropy import MixedEntropy
 from enclave_app.config import ConfigError, EnclaveConfig
+from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms
 from enclave_app.kms_forwarder import KmsForwarder
@@ -19,6 +25,7 @@ from enclave_app.kms_probe import KmsProber
 from enclave_app.measurements import describe_measurements
 from enclave_app.nsm import nsm_from_environment
 from enclave_app.ops import Operations
+from enclave_app.policy import PolicyDocumentError, load_policy
 from enclave_app.recipient_keys import RecipientKeyPool
 from enclave_app.server import EnclaveServer, ServerLimits
 from enclave_app.signing.keys import SigningKey
@@ -28,6 +35,8 @@ log = logging.getLogger("enclave_app")
 
 #: Descriptors kept for everything but client connections (KMS forwarding, NSM, logs).
 RESERVED_DESCRIPTORS = 256
+#: The signing policy, next to enclave.toml in the image.
+POLICY_FILE = "policy.json"
 LISTEN_BACKLOG = 1024
 
 
@@ -48,9 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("refusing to start: %s", exc)
         return 2
+    try:
+        policy = load_policy(args.config.parent / POLICY_FILE)
+    except PolicyDocumentError as exc:
+        log.error("refusing to start: signing policy: %s", exc)
+        return 2
 
     stats = EnclaveStats()
     nsm = nsm_from_environment()
+    # Key material (account keys and their GCM nonces, the receipt key) mixes the OS
+    # CSPRNG with the NSM's random source; either failing refuses to generate.
+    entropy = MixedEntropy(nsm.get_random)
+    gate = Gate.boot(policy, nsm, entropy=entropy)
+    log.info(
+        "signing policy sha256 %s: %d rules, %d velocity limits",
+        policy.sha256,
+        len(policy.rules),
+        len(policy.limits),
+    )
     forwarder = KmsForwarder(config.transport, config.kms_proxy_port).start()
     recipient_keys = RecipientKeyPool(
         config.kms_recipient_key_pool,
@@ -72,12 +96,17 @@ def main(argv: list[str] | None = None) -> int:
         config.key_cache_max_entries, config.key_cache_ttl_seconds
     )
     vault = AccountVault(
-        kms, cache, max_parallel_unlocks=config.kms_max_concurrent_calls, stats=stats
+        kms,
+        cache,
+        max_parallel_unlocks=config.kms_max_concurrent_calls,
+        stats=stats,
+        random=entropy.random_bytes,
     )
     limits = server_limits(config, allow_descriptors(config.max_connections + RESERVED_DESCRIPTORS))
     operations = Operations(
         nsm,
         vault,
+        gate=gate,
         allow_pre_eip155=config.allow_pre_eip155,
         record_cache_entries=config.key_cache_max_entries,
         capacity=limits.capacity(),

@@ -3,7 +3,9 @@
 Generate: the key is born here, sealed under a fresh KMS data key released to this
 enclave's attestation, and only ciphertext leaves. Unlock: the data key comes back
 through the same attested path, the key is opened, and it must derive the address in
-the record before it is used or cached.
+the record before it is used or cached. An account's metadata (labels, bound stamp
+keys, creator) is sealed with its key (envelope version 2): it is trusted only from a
+record that opened, and a warm key answers only for the metadata it was opened with.
 
 Cold unlocks of one record are done once at a time ("single flight"): concurrent
 requests for a record that is being unlocked wait for that unlock instead of each
@@ -16,12 +18,14 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from enclave_app import envelope
+from enclave_app.account_metadata import AccountMetadata
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.key_cache import CacheKey, KeyCache
 from enclave_app.kms import AttestedKms, AwsCredentials
@@ -38,6 +42,7 @@ class SealedAccount:
     key_id: str
     encrypted_private_key: bytes
     encrypted_data_key: bytes
+    metadata: AccountMetadata = field(default_factory=AccountMetadata)
 
     @functools.cached_property
     def cache_key(self) -> CacheKey:
@@ -48,7 +53,17 @@ class SealedAccount:
             self.key_id,
             self.encrypted_private_key,
             self.encrypted_data_key,
+            self.metadata.canonical,
         )
+
+
+#: ``random(n, purpose)``: key material (``enclave_app.auth.entropy.MixedEntropy``).
+RandomSource = Callable[[int, str], bytes]
+
+
+def os_random(n: int, purpose: str) -> bytes:
+    """The OS CSPRNG alone (tests and tools; the enclave mixes in the NSM's source)."""
+    return secrets.token_bytes(n)
 
 
 class AccountVault:
@@ -59,27 +74,39 @@ class AccountVault:
         *,
         max_parallel_unlocks: int = 8,
         stats: EnclaveStats | None = None,
+        random: RandomSource = os_random,
     ) -> None:
         if max_parallel_unlocks < 1:
             raise ValueError("max_parallel_unlocks must be at least 1")
         self._kms = kms
         self._cache = cache
         self._lookups = (stats or EnclaveStats()).key_cache_lookups
+        self._random = random
         self._inflight: dict[CacheKey, Future[SigningKey]] = {}
         self._inflight_lock = threading.Lock()
         self._unlockers = ThreadPoolExecutor(
             max_workers=max_parallel_unlocks, thread_name_prefix="unlock"
         )
 
-    def generate(self, account_id: str, key_id: str, credentials: AwsCredentials) -> SealedAccount:
+    def generate(
+        self,
+        account_id: str,
+        key_id: str,
+        credentials: AwsCredentials,
+        metadata: AccountMetadata | None = None,
+    ) -> SealedAccount:
+        metadata = metadata or AccountMetadata()
+        # Key material first: a failing entropy source refuses before any KMS call.
+        private_key = generate_private_key(lambda n: self._random(n, "secp256k1-private-key"))
+        nonce = self._random(envelope.NONCE_BYTES, "account-key-gcm-nonce")
+        signing_key = SigningKey(private_key)
         context = envelope.encryption_context(account_id)
         data_key = self._kms.generate_data_key(key_id, context, credentials)
-        private_key = generate_private_key()
-        signing_key = SigningKey(private_key)
         sealed_key = envelope.seal(
             data_key.plaintext,
             private_key,
-            envelope.additional_data(account_id, signing_key.address),
+            envelope.additional_data_v2(account_id, signing_key.address, metadata.canonical),
+            nonce,
         )
         account = SealedAccount(
             account_id=account_id,
@@ -87,6 +114,7 @@ class AccountVault:
             key_id=key_id,
             encrypted_private_key=sealed_key,
             encrypted_data_key=data_key.ciphertext_blob,
+            metadata=metadata,
         )
         self._cache.put(account.cache_key, signing_key)
         return account
@@ -105,6 +133,7 @@ class AccountVault:
 
     def unlock(self, account: SealedAccount, credentials: AwsCredentials) -> SigningKey:
         """The account's key, from the cache or through attested KMS Decrypt."""
+        additional_data_for(account)  # a v1 record claiming metadata is refused, warm too
         cached = self._cache.get(account.cache_key)
         if cached is not None:
             self._lookups.add("hit")
@@ -187,9 +216,7 @@ class AccountVault:
             credentials,
         )
         private_key = envelope.open_sealed(
-            data_key,
-            account.encrypted_private_key,
-            envelope.additional_data(account.account_id, account.address),
+            data_key, account.encrypted_private_key, additional_data_for(account)
         )
         signing_key = SigningKey(private_key)
         if not hmac.compare_digest(signing_key.address.lower(), account.address.lower()):
@@ -199,6 +226,20 @@ class AccountVault:
             )
         self._cache.put(account.cache_key, signing_key)
         return signing_key
+
+
+def additional_data_for(account: SealedAccount) -> bytes:
+    """The record's binding; a version 1 record cannot carry metadata (none was sealed)."""
+    if envelope.version_of(account.encrypted_private_key) == envelope.ENVELOPE_V1:
+        if not account.metadata.empty:
+            raise EnclaveError(
+                ErrorCode.CIPHERTEXT_INVALID,
+                "a version 1 account has no sealed labels or stamp keys; the record claims some",
+            )
+        return envelope.additional_data(account.account_id, account.address)
+    return envelope.additional_data_v2(
+        account.account_id, account.address, account.metadata.canonical
+    )
 
 
 def _present(result: SigningKey | EnclaveError | None) -> SigningKey | EnclaveError:

@@ -66,7 +66,8 @@ class EnclaveConfig:
 
     port: int = 5000
     #: Largest request frame; the length prefix is checked before the body is read.
-    max_frame_bytes: int = MIB
+    #: 4 MiB: a stamped request carries its body twice (the relay's cap is 1 MiB).
+    max_frame_bytes: int = 4 * MIB
     #: Open connections (idle ones cost a file descriptor, no thread). At the bound,
     #: the connection idle the longest is closed to admit a new one.
     max_connections: int = 4096

@@ -29,6 +29,14 @@ class ErrorCode(StrEnum):
     SERVER_BUSY = "server_busy"
     # Signing
     SIGNING_POLICY_VIOLATION = "signing_policy_violation"
+    # Signing policy (enclave_app.policy): the message names the deciding rule as
+    # "policy rule '<name>': ...". signing_policy_violation keeps its narrower meaning:
+    # a request refused by the enclave's fixed configuration (pre-EIP-155 legacy).
+    POLICY_DENIED = "policy_denied"
+    APPROVALS_REQUIRED = "approvals_required"
+    VELOCITY_EXCEEDED = "velocity_exceeded"
+    SCOPE_DENIED = "scope_denied"
+    PRINCIPAL_UNKNOWN = "principal_unknown"
     # Caller authentication, approvals, audit, entropy (enclave_app.auth)
     UNAUTHENTICATED = "unauthenticated"
     STAMP_MALFORMED = "stamp_malformed"

@@ -2,8 +2,9 @@
 
 A warm signature costs no KMS call. Entries are keyed by the account id *and* a
 digest of every record field that unlocking depends on (account id, address, KMS key
-id and both ciphertexts), so a record whose ciphertexts change (or a record swapped
-or edited by the parent) never hits a key unlocked from other bytes. Size and age are
+id, both ciphertexts and the sealed metadata), so a record whose ciphertexts or
+metadata change (or a record swapped or edited by the parent) never hits a key
+unlocked from other bytes. Size and age are
 both bounded. Every entry lives ``ttl_seconds`` from its unlock, however often it is
 used, so insertion order is expiry order: the oldest entry goes first when the cache
 is full, expired entries are dropped on access, on insert and by :meth:`purge_expired`
@@ -43,6 +44,7 @@ class CacheKey:
         key_id: str,
         encrypted_private_key: bytes,
         encrypted_data_key: bytes,
+        metadata: bytes = b"",
     ) -> CacheKey:
         digest = hashlib.sha256()
         for part in (
@@ -51,6 +53,7 @@ class CacheKey:
             key_id.encode(),
             encrypted_private_key,
             encrypted_data_key,
+            metadata,
         ):
             digest.update(len(part).to_bytes(4, "big"))
             digest.update(part)

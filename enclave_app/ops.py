@@ -1,10 +1,12 @@
 """The enclave's operations. Each handler validates its own params and returns a
 JSON-ready result; errors are raised as ``EnclaveError`` with a stable code.
 
-Signing ops share one shape: ``account`` (the stored record), ``credentials`` and one
-payload field. Every payload is validated in full before any KMS call. ``sign_batch``
-signs up to 100 payloads for up to 100 accounts in one frame: it unlocks each
-distinct account once (the cold ones in parallel) and answers per item.
+Signing ops share one shape: ``account`` (the stored record), ``credentials``, ``auth``
+(who asks: see ``enclave_app.auth.authenticate``) and one payload field. Every payload
+is validated in full, and judged by the signing policy, before any KMS call
+(``enclave_app.gate``). ``sign_batch`` signs up to 100 payloads for up to 100 accounts
+in one frame: it authenticates the frame once, judges each item, unlocks each distinct
+account once (the cold ones in parallel) and answers per item.
 
 Two ops serve the relay's readiness and metrics: ``kms_probe`` (can this image still
 unlock keys? see ``enclave_app.kms_probe``) and ``stats`` (the enclave's counters, see
@@ -16,16 +18,23 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from enclave_app import __version__, validation
+from enclave_app.account_metadata import parse_metadata
 from enclave_app.accounts import AccountVault, SealedAccount
+from enclave_app.auth.intents import OpItem
+from enclave_app.auth.keys import StampKeyEntry
+from enclave_app.auth.receipts import audit_head_op, audit_receipts_op
 from enclave_app.config import EnclaveConfig
 from enclave_app.errors import EnclaveError, ErrorCode, invalid
+from enclave_app.gate import Gate, Pass
 from enclave_app.kms import AwsCredentials
 from enclave_app.kms_probe import KmsProber
 from enclave_app.nsm import Nsm
+from enclave_app.policy import Op, Permit, PolicyDeniedError, typed_data_facts
+from enclave_app.policy.conditions import Payload
 from enclave_app.signing import messages, transactions, typed_data
 from enclave_app.signing.keys import SigningKey
 from enclave_app.signing.messages import SignedMessage
@@ -49,10 +58,26 @@ Signer = Callable[[SigningKey], dict[str, Any]]
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A validated payload: how to sign it, what the policy judges, and (for digest
+    signatures) the digest the receipt names."""
+
+    sign: Signer
+    facts: Payload
+    digest: bytes | None = None
+
+    def reference(self, result: Mapping[str, Any]) -> str:
+        """What the receipt of the signature names: the tx hash, or the signed digest."""
+        if "hash" in result:
+            return str(result["hash"])
+        return "0x" + (self.digest or b"").hex()
+
+
+@dataclass(frozen=True)
 class _SigningOp:
     payload: str
     """The name of the params field that carries what is signed."""
-    prepare: Callable[[Operations, object, SealedAccount], Signer]
+    prepare: Callable[[Operations, object, SealedAccount], Prepared]
     """Validate the payload for this account (before any KMS call)."""
 
 
@@ -62,6 +87,7 @@ class Operations:
         nsm: Nsm,
         vault: AccountVault,
         *,
+        gate: Gate,
         allow_pre_eip155: bool,
         record_cache_entries: int = DEFAULT_RECORD_CACHE_ENTRIES,
         capacity: Mapping[str, int] | None = None,
@@ -74,6 +100,7 @@ class Operations:
         # The server's bounds, reported by health so the relay can size its pool.
         self._capacity = dict(capacity or {})
         self._vault = vault
+        self._gate = gate
         self._allow_pre_eip155 = allow_pre_eip155
         # Parsing a record is a pure function of its five strings: remember it, keyed
         # by exactly those strings (every byte of the record is in the key).
@@ -88,6 +115,8 @@ class Operations:
             "attest": self.attest,
             "generate_account": self.generate_account,
             "sign_batch": self.sign_batch,
+            "audit_receipts": functools.partial(audit_receipts_op, gate.receipts),
+            "audit_head": functools.partial(audit_head_op, gate.receipts),
             "kms_probe": self.kms_probe,
             "stats": self.stats,
         }
@@ -107,6 +136,7 @@ class Operations:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "capacity": self._capacity,
+            "policy_sha256": self._gate.engine.policy.sha256,
         }
 
     def kms_probe(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,6 +162,7 @@ class Operations:
             "recipient_keys": self._vault.kms.recipient_key_level(),
             "server": stats.server_snapshot(),
             "kms_probe": self._prober.report(),
+            "policy": self._gate.describe(),
         }
 
     def attest(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,18 +173,37 @@ class Operations:
         return {"attestation_document": validation.b64(document)}
 
     def generate_account(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        validation.check_params(params, {"account_id", "key_id", "credentials"}, set())
-        account = self._vault.generate(
-            validation.account_id(params["account_id"]),
-            validation.key_id(params["key_id"]),
-            self._credentials(params["credentials"]),
+        """A new account; ``labels`` and ``stamp_keys`` are sealed with it, and so is the
+        principal that created it (``created_by``)."""
+        validation.check_params(
+            params, {"account_id", "key_id", "credentials", "auth"}, {"labels", "stamp_keys"}
         )
+        account_id = validation.account_id(params["account_id"])
+        key_id = validation.key_id(params["key_id"])
+        credentials = self._credentials(params["credentials"])
+        asked = {name: params[name] for name in ("labels", "stamp_keys") if name in params}
+        item = OpItem("generate_account", account_id, "", asked)
+        with self._gate.open("generate_account", params["auth"], [item]) as frame:
+            try:
+                metadata = parse_metadata(asked, "params")
+            except EnclaveError as exc:
+                frame.failed(0, exc)
+                raise
+            decision = frame.authorize_create([key.scopes for key in metadata.stamp_keys])
+            metadata = replace(metadata, created_by=frame.principal_name)
+            try:
+                account = self._vault.generate(account_id, key_id, credentials, metadata)
+            except EnclaveError as exc:
+                frame.failed(0, exc)
+                raise
+            frame.signed(0, decision.rule, account.address)
         return {
             "account_id": account.account_id,
             "address": account.address,
             "key_id": account.key_id,
             "encrypted_private_key": validation.b64(account.encrypted_private_key),
             "encrypted_data_key": validation.b64(account.encrypted_data_key),
+            **account.metadata.to_record(),
         }
 
     def sign_batch(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,7 +213,7 @@ class Operations:
         op) fail the frame with ``invalid_params``; anything about one item (its
         payload, its account's unlock, its signature) fails that item only.
         """
-        validation.check_params(params, {"credentials", "accounts", "items"}, set())
+        validation.check_params(params, {"credentials", "accounts", "items", "auth"}, set())
         credentials = self._credentials(params["credentials"])
         records = _bounded_list(params, "accounts", MAX_BATCH_ACCOUNTS)
         accounts = [self._batch_account(i, record) for i, record in enumerate(records)]
@@ -171,43 +221,85 @@ class Operations:
             raise invalid("accounts must not repeat an account_id")
         items = _bounded_list(params, "items", MAX_BATCH_ITEMS)
         envelopes = [_batch_envelope(i, item, len(accounts)) for i, item in enumerate(items)]
-        prepared = [
-            self._prepare_item(item, op, accounts[index])
+        op_items = [
+            OpItem(
+                op,
+                accounts[index].account_id,
+                accounts[index].address,
+                item.get(_SIGNING_OPS[op].payload),
+            )
             for item, (op, index) in zip(items, envelopes, strict=True)
         ]
-        needed = sorted(
-            {
-                index
-                for (_, index), ready in zip(envelopes, prepared, strict=True)
-                if not isinstance(ready, EnclaveError)
-            }
-        )
-        unlocked = dict(
-            zip(
-                needed,
-                self._vault.unlock_many([accounts[i] for i in needed], credentials),
-                strict=True,
+        # A key bound to one account stamps for that account only.
+        keys = _account_keys(accounts[0]) if len(accounts) == 1 else None
+        with self._gate.open("sign_batch", params["auth"], op_items, keys) as frame:
+            prepared = [
+                self._prepare_item(item, op, accounts[index])
+                for item, (op, index) in zip(items, envelopes, strict=True)
+            ]
+            permits = [
+                _authorize(frame, i, op, accounts[index], ready)
+                for i, ((op, index), ready) in enumerate(zip(envelopes, prepared, strict=True))
+            ]
+            needed = sorted(
+                {
+                    index
+                    for (_, index), permit in zip(envelopes, permits, strict=True)
+                    if isinstance(permit, Permit)
+                }
             )
-        )
-        results = []
-        for (_, index), ready in zip(envelopes, prepared, strict=True):
-            outcome = (
-                ready if isinstance(ready, EnclaveError) else _sign_item(ready, unlocked[index])
+            unlocked = dict(
+                zip(
+                    needed,
+                    self._vault.unlock_many([accounts[i] for i in needed], credentials),
+                    strict=True,
+                )
             )
-            results.append(_item_result(outcome))
+            results = []
+            for i, ((_, index), ready, permit) in enumerate(
+                zip(envelopes, prepared, permits, strict=True)
+            ):
+                outcome: dict[str, Any] | EnclaveError
+                if isinstance(permit, EnclaveError):
+                    outcome = permit
+                elif isinstance(ready, EnclaveError):  # never: such items have no permit
+                    outcome = ready
+                else:
+                    outcome = _sign_item(ready.sign, unlocked[index])
+                    _settle(frame, i, permit, ready, outcome)
+                results.append(_item_result(outcome))
         return {"results": results}
 
     # -- signing ops ------------------------------------------------------------------
 
     def _sign_one(self, op: str, params: Mapping[str, Any]) -> dict[str, Any]:
         signing_op = _SIGNING_OPS[op]
-        validation.check_params(params, {"account", "credentials", signing_op.payload}, set())
+        validation.check_params(
+            params, {"account", "credentials", "auth", signing_op.payload}, set()
+        )
         account = self._account(params["account"])
         credentials = self._credentials(params["credentials"])
-        signer = signing_op.prepare(self, params[signing_op.payload], account)
-        return signer(self._vault.unlock(account, credentials))
+        payload = params[signing_op.payload]
+        item = OpItem(op, account.account_id, account.address, payload)
+        with self._gate.open(op, params["auth"], [item], _account_keys(account)) as frame:
+            try:
+                ready = signing_op.prepare(self, payload, account)
+            except EnclaveError as exc:
+                frame.failed(0, exc)
+                raise
+            permit = frame.authorize(0, Op(op), account, ready.facts)
+            try:
+                result = ready.sign(self._vault.unlock(account, credentials))
+            except EnclaveError as exc:
+                frame.failed(0, exc, permit)
+                raise
+            except Exception:
+                frame.failed(0, _INTERNAL, permit)
+                raise
+            frame.signed(0, permit.decision.rule, ready.reference(result), permit)
+        return result
 
-    def _prepare_transaction(self, value: object, account: SealedAccount) -> Signer:
+    def _prepare_transaction(self, value: object, account: SealedAccount) -> Prepared:
         tx = transactions.parse_transaction(
             _payload_object(value, "transaction"), allow_pre_eip155=self._allow_pre_eip155
         )
@@ -217,19 +309,20 @@ class Operations:
             signed = transactions.sign_transaction(key, tx)
             return {"raw_transaction": "0x" + signed.raw.hex(), "hash": "0x" + signed.hash.hex()}
 
-        return sign
+        return Prepared(sign, tx)
 
-    def _prepare_message(self, value: object, account: SealedAccount) -> Signer:
+    def _prepare_message(self, value: object, account: SealedAccount) -> Prepared:
         """EIP-191 version 0x45 (personal_sign and eth_sign)."""
-        return _digest_signer(messages.eip191_digest(messages.message_bytes(value)))
+        message = messages.message_bytes(value)
+        return _digest_signer(messages.eip191_digest(message), message)
 
-    def _prepare_typed_data(self, value: object, account: SealedAccount) -> Signer:
+    def _prepare_typed_data(self, value: object, account: SealedAccount) -> Prepared:
         """EIP-712 (eth_signTypedData_v4)."""
-        return _digest_signer(
-            typed_data.hash_typed_data(_payload_object(value, "typed_data")).digest
-        )
+        data = _payload_object(value, "typed_data")
+        digest = typed_data.hash_typed_data(data).digest
+        return _digest_signer(digest, typed_data_facts(data))
 
-    def _prepare_authorization(self, value: object, account: SealedAccount) -> Signer:
+    def _prepare_authorization(self, value: object, account: SealedAccount) -> Prepared:
         """An EIP-7702 authorization tuple {chainId, address, nonce}."""
         authorization = transactions.parse_authorization(
             "authorization", _payload_object(value, "authorization")
@@ -238,7 +331,7 @@ class Operations:
         def sign(key: SigningKey) -> dict[str, Any]:
             return {"authorization": transactions.sign_authorization(key, authorization).to_json()}
 
-        return sign
+        return Prepared(sign, authorization, authorization.digest())
 
     # -- envelope parts ---------------------------------------------------------------
 
@@ -262,7 +355,7 @@ class Operations:
 
     def _prepare_item(
         self, item: Mapping[str, Any], op: str, account: SealedAccount
-    ) -> Signer | EnclaveError:
+    ) -> Prepared | EnclaveError:
         signing_op = _SIGNING_OPS[op]
         try:
             validation.check_params(item, {"op", "account", signing_op.payload}, set())
@@ -279,11 +372,44 @@ _SIGNING_OPS: dict[str, _SigningOp] = {
 }
 
 
-def _digest_signer(digest: bytes) -> Signer:
+_INTERNAL = EnclaveError(ErrorCode.INTERNAL, "internal error in the enclave")
+
+
+def _digest_signer(digest: bytes, facts: Payload) -> Prepared:
     def sign(key: SigningKey) -> dict[str, Any]:
         return _signature(messages.sign_digest_65(key, digest))
 
-    return sign
+    return Prepared(sign, facts, digest)
+
+
+def _account_keys(account: SealedAccount) -> Mapping[str, StampKeyEntry]:
+    return {key.id: key for key in account.metadata.stamp_keys}
+
+
+def _authorize(
+    frame: Pass, index: int, op: str, account: SealedAccount, ready: Prepared | EnclaveError
+) -> Permit | EnclaveError:
+    """The item's permit, or (recorded) the error that refuses it."""
+    if isinstance(ready, EnclaveError):
+        frame.failed(index, ready)
+        return ready
+    try:
+        return frame.authorize(index, Op(op), account, ready.facts)
+    except PolicyDeniedError as exc:
+        return exc
+
+
+def _settle(
+    frame: Pass,
+    index: int,
+    permit: Permit,
+    ready: Prepared,
+    outcome: dict[str, Any] | EnclaveError,
+) -> None:
+    if isinstance(outcome, EnclaveError):
+        frame.failed(index, outcome, permit)
+    else:
+        frame.signed(index, permit.decision.rule, ready.reference(outcome), permit)
 
 
 def _signature(signed: SignedMessage) -> dict[str, Any]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from enclave_app.account_metadata import AccountMetadata, parse_metadata
 from enclave_app.accounts import SealedAccount
 from enclave_app.errors import invalid
 from enclave_app.kms import AwsCredentials
@@ -82,6 +84,8 @@ RECORD_FIELDS = (
     "encrypted_private_key",
     "encrypted_data_key",
 )
+#: Optional record fields sealed with the key (envelope version 2).
+METADATA_FIELDS = ("labels", "stamp_keys", "created_by")
 
 
 def credential_fields(value: object) -> tuple[object, object, object]:
@@ -109,11 +113,14 @@ def credentials(value: object) -> AwsCredentials:
 
 
 def record_fields(value: object, name: str = "account") -> tuple[object, ...]:
-    """A stored record's values in RECORD_FIELDS order (shape checked)."""
+    """A stored record's values in RECORD_FIELDS order (shape checked), then its metadata
+    fields as one compact JSON text ("" when it has none), so the tuple stays hashable."""
     if not isinstance(value, dict):
         raise invalid(f"{name} must be an object")
-    check_params(value, set(RECORD_FIELDS), set())
-    return tuple(value[field] for field in RECORD_FIELDS)
+    check_params(value, set(RECORD_FIELDS), set(METADATA_FIELDS))
+    metadata = {field: value[field] for field in METADATA_FIELDS if field in value}
+    text = json.dumps(metadata, sort_keys=True, separators=(",", ":")) if metadata else ""
+    return (*(value[field] for field in RECORD_FIELDS), text)
 
 
 def sealed_account_from_fields(
@@ -122,7 +129,11 @@ def sealed_account_from_fields(
     key_id_value: object,
     encrypted_private_key: object,
     encrypted_data_key: object,
+    metadata_text: object = "",
 ) -> SealedAccount:
+    if not isinstance(metadata_text, str):
+        raise invalid("account metadata is malformed")
+    metadata = parse_metadata(json.loads(metadata_text)) if metadata_text else AccountMetadata()
     return SealedAccount(
         account_id=account_id(account_id_value, "account.account_id"),
         address=address(address_value, "account.address"),
@@ -133,6 +144,7 @@ def sealed_account_from_fields(
         encrypted_data_key=base64_bytes(
             encrypted_data_key, "account.encrypted_data_key", MAX_CIPHERTEXT_BYTES
         ),
+        metadata=metadata,
     )
 
 

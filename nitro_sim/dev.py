@@ -11,6 +11,12 @@ created in one session still sign in the next. The key policy is ``sealed``
 (production's default): the image is signed with the dev release certificate and the
 policy pins its PCR8, so a changed enclave_app keeps its accounts;
 ``--key-policy-mode pcr0`` pins the image instead.
+
+Callers authenticate (closed by default, as in production): the stack keeps a bearer
+token with every scope in ``.dev-state/api-token``, a stamp key with every scope in
+``.dev-state/api-key.pem``, and builds a signing policy that grants both everything into
+the image (``nitro_sim.dev_auth``); the relay writes the audit log to
+``.dev-state/audit.jsonl``, which verifies against ``.dev-state/sim-root.pem``.
 """
 
 from __future__ import annotations
@@ -71,12 +77,21 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         print(f"dev stack failed: {exc}\nlogs: {stack.log_dir}", file=sys.stderr)
         return 1
-    if stack.measurements is None:  # start() always measures; keeps mypy honest
+    if stack.measurements is None or stack.dev_auth is None:  # start() sets both
         return 1
+    auth = stack.dev_auth
+    state = args.state_dir
     print(
         f"""
 nitro-wallet dev stack is up (Ctrl-C to stop)
-  relay        {stack.relay_url}   (try: curl -s -X POST {stack.relay_url}/v1/accounts)
+  relay        {stack.relay_url}   (try: curl -s -X POST {stack.relay_url}/v1/accounts \\
+                 -H "Authorization: Bearer $(cat {state / auth.token_path.name})")
+  auth         bearer token {state / auth.token_path.name} (identity dev-token) and stamp key
+               {state / auth.key_path.name} (id dev-api-key): the dev signing policy grants
+               BOTH EVERYTHING (create, sign, read; every account). Never deploy it.
+  policy       sha256 {auth.policy_sha256} ({state / auth.policy_file.name})
+  audit log    {state / auth.audit_log.name}   (nitro-wallet audit verify \\
+                 {state / auth.audit_log.name} --root {state / auth.sim_root.name})
   KMS (sim)    {stack.kms_url}   key {stack.key_arn}
   IMDS (sim)   http://127.0.0.1:{stack.imds_port}
   enclave      CID 16 port 5000 over {stack.sim_dir / "vsock"} (supervised: restarted if it dies)

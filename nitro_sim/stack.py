@@ -29,6 +29,12 @@ and uses ``key_arn``, its region's replica: the enclave pins it, the relay names
 
 Every long-running process is a ``nitro_sim.supervisor.Service``: restarted with
 backoff when it dies, as systemd restarts the units on a host.
+
+Callers authenticate as on a host (``nitro_sim.dev_auth``): the stack keeps a stamp key,
+a bearer token with every scope and the signing policy that grants both everything in
+its root, builds the policy into the image, and gives the relay the token file, the
+policy and the audit log. ``http_json`` sends the token of the stack whose relay it
+calls (``credentials=False`` sends none).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import jinja2
 from botocore.exceptions import ClientError
 
 from nitro_sim import ports, statedir
+from nitro_sim.dev_auth import DevAuth, prepare_dev_auth
 from nitro_sim.release import ReleaseSigner, load_or_create_release_signer
 from nitro_sim.supervisor import RestartPolicy, Service, ServiceError
 from nitro_wallet.key_policy import PCR0, SEALED, render_key_policy, validate_key_policy
@@ -145,6 +152,10 @@ class LocalStack:
     enclave_settings: Mapping[str, Any] = field(default_factory=dict)
     shared_account_root: Path | None = None
     key_arn: str = ""
+    # The signing policy (YAML, a Jinja2 template over the dev key and token names):
+    # None builds policy/dev.yaml.j2, which grants the dev key and token everything.
+    policy_text: str | None = None
+    dev_auth: DevAuth | None = None
     measurements: Measurements | None = None
     services: dict[str, Service] = field(default_factory=dict)
     _enclave_eif: Path | None = None
@@ -178,6 +189,31 @@ class LocalStack:
         return self.root / "relay" / "accounts.db"
 
     @property
+    def api_token(self) -> str:
+        """The bearer token with every scope (``.dev-state/api-token``)."""
+        return self._dev_auth.token
+
+    @property
+    def api_key_path(self) -> Path:
+        """The stamp key with every scope (``.dev-state/api-key.pem``)."""
+        return self._dev_auth.key_path
+
+    @property
+    def audit_log(self) -> Path:
+        return self._dev_auth.audit_log
+
+    @property
+    def sim_root(self) -> Path:
+        """The simulator's root certificate (``.dev-state/sim-root.pem``)."""
+        return self._dev_auth.sim_root
+
+    @property
+    def _dev_auth(self) -> DevAuth:
+        if self.dev_auth is None:
+            raise StackError("the stack's credentials exist once start() has begun")
+        return self.dev_auth
+
+    @property
     def release_signer(self) -> ReleaseSigner:
         """The stack's release signing key and certificate, made on first use."""
         return load_or_create_release_signer(self.root / "release", "nitro-wallet dev release")
@@ -202,6 +238,7 @@ class LocalStack:
         try:
             self._check_ports_free()
             self._run(["-m", "nitro_sim", "init", "--state-dir", str(self.sim_dir)])
+            self.dev_auth = prepare_dev_auth(self.root, self.sim_dir, self.policy_text)
             self._start_simulated_aws()
             if self.key_policy_mode not in (SEALED, PCR0):
                 raise StackError(
@@ -439,6 +476,7 @@ class LocalStack:
         with tarfile.open(archive) as packed:
             packed.extractall(context, filter="data")
         (context / "enclave.toml").write_text(self.render_enclave_config(**self.enclave_settings))
+        shutil.copyfile(self._dev_auth.policy_file, context / "policy.json")
         if mutate is not None:
             mutate(context)
         return context
@@ -448,7 +486,7 @@ class LocalStack:
         variables: dict[str, Any] = {
             "ansible_managed": "rendered by nitro_sim.stack (make dev)",
             "enclave_vsock_port": ENCLAVE_PORT,
-            "enclave_max_frame_bytes": 1048576,
+            "enclave_max_frame_bytes": 4 * 1048576,
             "enclave_max_connections": 4096,
             "enclave_workers": 16,
             "enclave_queue_depth": 64,
@@ -653,6 +691,11 @@ class LocalStack:
             f'backend = "sqlite"\nsqlite_path = "{self.relay_db}"\n'
             "[credentials]\n"
             f'source = "imds"\nimds_endpoint = "http://127.0.0.1:{self.imds_port}"\n'
+            "[auth]\n"
+            f"tokens_file = {json.dumps(str(self._dev_auth.tokens_file))}\n"
+            f"policy_file = {json.dumps(str(self._dev_auth.policy_file))}\n"
+            "[audit]\n"
+            f"log_path = {json.dumps(str(self._dev_auth.audit_log))}\n"
         )
 
     def start_relay(self) -> None:
@@ -664,6 +707,7 @@ class LocalStack:
 
         def serving(service: Service) -> None:
             self.relay_port = self._await_port(service, "relay", _RELAY_BANNER, self.relay_port)
+            _RELAY_TOKENS[self.relay_url] = self.api_token
             wait_until(
                 lambda: http_status(f"{self.relay_url}/healthz") == 200,
                 f"{self.relay_url}/healthz",
@@ -861,18 +905,36 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
         return None
 
 
+#: The bearer token of each relay a stack of this process started, by its base URL.
+_RELAY_TOKENS: dict[str, str] = {}
+
+
 def http_json(
     method: str,
     url: str,
     body: Mapping[str, Any] | bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    *,
+    credentials: bool = True,
 ) -> tuple[int, dict[str, Any]]:
-    """A small JSON HTTP client for the demo and tests (status, decoded body)."""
+    """A small JSON HTTP client for the demo and tests (status, decoded body).
+
+    A call to the relay of a stack started in this process carries that stack's bearer
+    token (every scope), unless ``headers`` bring credentials of their own or
+    ``credentials`` is False.
+    """
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - loopback
     request.add_header("Content-Type", "application/json")
     for key, value in (headers or {}).items():
         request.add_header(key, value)
+    own = {name.lower() for name in headers or {}} & {"authorization", "x-stamp"}
+    token = next(
+        (t for base, t in _RELAY_TOKENS.items() if url == base or url.startswith(base + "/")),
+        None,
+    )
+    if credentials and token is not None and not own:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             return int(response.status), json.loads(response.read() or b"{}")

@@ -12,9 +12,18 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from nitro_wallet.commands import attestation, audit, backup, key_policy, keygen, stamp, token
+from nitro_wallet.commands import (
+    attestation,
+    audit,
+    backup,
+    key_policy,
+    keygen,
+    policy,
+    stamp,
+    token,
+)
 
-COMMANDS = (attestation, audit, key_policy, keygen, stamp, token, backup)
+COMMANDS = (attestation, audit, key_policy, keygen, policy, stamp, token, backup)
 
 
 class Parser(argparse.ArgumentParser):

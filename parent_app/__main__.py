@@ -14,17 +14,23 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from parent_app.config import ConfigError, RelayConfig
+from enclave_app.auth.replay import ReplayMemory
+from enclave_app.auth.stamps import StampVerifier
+from parent_app.audit_log import AuditLogError, AuditLogWriter
+from parent_app.auth import RelayAuth
+from parent_app.config import AuthSettings, ConfigError, RelayConfig
 from parent_app.credentials import CredentialSource, ImdsCredentialSource
 from parent_app.enclave_client import EnclaveClient
 from parent_app.errors import RelayError, StorageError
 from parent_app.http_server import RelayServer
 from parent_app.metrics import RelayMetrics
+from parent_app.policy_keys import PolicyKeysError, PolicyStampKey, load_stamp_keys
 from parent_app.record_cache import CachedStorage
 from parent_app.routes import RelayApi
 from parent_app.service import WalletService
 from parent_app.storage import SqliteStorage, Storage
 from parent_app.storage_dynamodb import DynamoDbStorage
+from parent_app.tokens import TokenFile
 from parent_app.upstream import UpstreamClient
 
 log = logging.getLogger("parent_app")
@@ -33,10 +39,12 @@ DEFAULT_CONFIG = "/etc/nitro-wallet/relay.toml"
 
 
 def build_relay(config: RelayConfig, credentials: CredentialSource | None = None) -> RelayServer:
-    """Wire storage, credentials, enclave client, service and API into a bound server."""
+    """Wire storage, credentials, enclave client, service, authentication, the audit log
+    writer and the API into a bound server (the writer runs until ``server_close``)."""
     source = credentials or ImdsCredentialSource(
         config.credentials.imds_endpoint, config.credentials.imds_timeout_seconds
     )
+    auth = build_auth(config.auth)
     storage = CachedStorage(open_storage(config, source))  # records never change
     try:
         enclave = EnclaveClient(
@@ -49,6 +57,10 @@ def build_relay(config: RelayConfig, credentials: CredentialSource | None = None
             pool_wait_seconds=config.enclave.pool_wait_seconds,
         )
         service = WalletService(storage, enclave, source, config.kms.key_id, RelayMetrics())
+        audit = AuditLogWriter(
+            config.audit.log_path, service.audit_receipts, config.audit.pull_interval_seconds
+        )
+        service.on_decision = audit.notify
         upstream = None
         if config.relay.upstream_rpc_url is not None:
             upstream = UpstreamClient(
@@ -56,14 +68,36 @@ def build_relay(config: RelayConfig, credentials: CredentialSource | None = None
             )
         api = RelayApi(
             service,
+            auth,
             chain_id=config.relay.chain_id,
             max_batch_requests=config.relay.max_batch_requests,
             upstream=upstream,
+            audit=audit,
         )
-        return RelayServer(api, config.relay)
+        server = RelayServer(api, config.relay)
+        audit.start()
+        return server
     except BaseException:
         storage.close()
         raise
+
+
+def build_auth(settings: AuthSettings) -> RelayAuth:
+    """Bearer tokens from ``tokens_file`` (none without it) and the policy's stamp keys
+    from ``policy_file`` (no read-only stamp without it): closed by default."""
+    tokens = TokenFile(settings.tokens_file) if settings.tokens_file is not None else None
+    stamp_keys: dict[str, PolicyStampKey] = {}
+    if settings.policy_file is not None:
+        stamp_keys, digest = load_stamp_keys(settings.policy_file)
+        log.info(
+            "signing policy %s (sha256 %s): %d stamp key(s) for read-only stamps",
+            settings.policy_file,
+            digest,
+            len(stamp_keys),
+        )
+    if tokens is None:
+        log.warning("no [auth] tokens_file: bearer tokens are refused")
+    return RelayAuth(tokens, stamp_keys, StampVerifier(ReplayMemory()))
 
 
 def open_storage(config: RelayConfig, credentials: CredentialSource) -> Storage:
@@ -111,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.relay.log_level)
     try:
         server = build_relay(config)
-    except (RelayError, OSError) as exc:
+    except (RelayError, OSError, PolicyKeysError, AuditLogError) as exc:
         log.error("cannot start the relay: %s", exc)
         return 1
 

@@ -3,7 +3,8 @@
 Routing, JSON parsing and the handlers stay in ``parent_app.routes`` (independent of
 any server). This adapter:
 
-- resolves the route first (404/405 before a body byte is read);
+- resolves the route first (404/405 before a body byte is read), and refuses a request
+  to an authenticated route that carries no credentials at all (401);
 - refuses bodies by their announced length (413) and media type (415) before reading
   them, and chunked bodies (411); ``Expect: 100-continue`` is answered only once both
   checks pass (the server sends "100 Continue" on the first read);
@@ -62,9 +63,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 #: Refusals of a body that was not read: the connection closes (after a bounded drain)
-#: rather than receive a body nobody wants. Other answers keep the connection; the
-#: server discards an unread body within the request deadline.
-_CLOSE_STATUSES = frozenset({400, 411, 413, 415})
+#: rather than receive a body nobody wants (an unauthenticated one included). Other
+#: answers keep the connection; the server discards an unread body within the request
+#: deadline.
+_CLOSE_STATUSES = frozenset({400, 401, 411, 413, 415})
 
 
 class ClientGoneError(Exception):
@@ -119,7 +121,9 @@ class RelayAsgiApp:
             match = self.api.router.resolve(method, path)
             route = match.template
             self.api.admit(route)
-            query = parse_query(scope["query_string"].decode("latin-1"), match.endpoint.query)
+            self.api.require_credentials(match.endpoint, headers)  # 401 before the body
+            query_string = scope["query_string"].decode("latin-1")
+            query = parse_query(query_string, match.endpoint.query)
             raw = b""
             body = None
             if match.endpoint.body is not Body.NONE:
@@ -131,7 +135,16 @@ class RelayAsgiApp:
                     body = parse_json_object(raw)
                 elif match.endpoint.body is Body.REQUIRED:
                     raise invalid_request("a JSON body is required")
-            call = Call(match.params, query, body, raw, headers=headers, method=method, path=path)
+            call = Call(
+                match.params,
+                query,
+                body,
+                raw,
+                headers=headers,
+                method=method,
+                path=path,
+                query_string=query_string,
+            )
             self.slots.take()
             try:
                 response = await asyncio.get_running_loop().run_in_executor(

@@ -12,6 +12,10 @@ Lines are written exactly as the enclave sent them, each batch with one ``write`
 that does not continue the file (wrong counter or ``prev``) is not written: the writer
 logs it and retries, and ``audit verify`` would name the break anyway. A partial last
 line (a crash mid-write) is cut off at start, the only change ever made to old bytes.
+
+``drain`` may also run on a request's thread (``GET /v1/audit/head`` drains so that the
+log reaches the head it answers): one lock keeps pulls and appends in order. A failure
+is logged when it starts and when it ends, not at every retry.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 from enclave_app import strict_json
 from enclave_app.auth import receipt_format as fmt
 from enclave_app.errors import EnclaveError
+from parent_app.errors import RelayError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +52,10 @@ class AuditLogWriter:
         self._interval = interval
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._failing: str | None = None
         self._thread: threading.Thread | None = None
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))  # fail at start
         self._last = _recover_tail(path)
         self.written = 0
 
@@ -73,6 +81,10 @@ class AuditLogWriter:
 
     def drain(self) -> int:
         """Pull and append until the enclave has nothing sealed left; lines written."""
+        with self._lock:
+            return self._drain()
+
+    def _drain(self) -> int:
         total = 0
         while True:
             answer = self._pull({"after": self.last, "limit": PULL_LIMIT})
@@ -90,16 +102,25 @@ class AuditLogWriter:
             self._wake.clear()
             try:
                 self.drain()
-            except EnclaveError as exc:
-                log.warning("audit receipts not collected: %s", exc.code)
+            except (EnclaveError, RelayError) as exc:
+                self._failed(f"audit receipts not collected: {exc.code}", logging.WARNING)
             except AuditLogError as exc:
-                log.error("audit receipts refused: %s", exc)
+                self._failed(f"audit receipts refused: {exc}", logging.ERROR)
             except Exception as exc:  # the writer must outlive any single failure
-                log.error("audit receipts not collected (%s)", type(exc).__name__)
+                self._failed(f"audit receipts not collected ({type(exc).__name__})", logging.ERROR)
+            else:
+                if self._failing is not None:
+                    log.warning("audit receipts collected again")
+                    self._failing = None
         try:
             self.drain()
         except Exception as exc:
             log.warning("audit receipts not collected at shutdown (%s)", type(exc).__name__)
+
+    def _failed(self, reason: str, level: int) -> None:
+        if reason != self._failing:
+            log.log(level, "%s (retrying every %.1fs)", reason, self._interval)
+            self._failing = reason
 
     def _append(self, lines: list[str]) -> None:
         last = self._last

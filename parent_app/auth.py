@@ -12,6 +12,13 @@ Bearer``), or gets 401 with ``WWW-Authenticate``.
   memory).
 - ``X-Approvals`` goes to the enclave with the request it approves.
 
+A request is identified once (:meth:`RelayAuth.identify`: no credentials, an invalid
+token or an unreadable stamp is 401 before anything runs) into a :class:`Caller`; each
+operation of the request then asks it for the scope it needs (:meth:`Caller.require`,
+for what the relay answers itself) or for the enclave's ``auth`` param
+(:meth:`Caller.enclave_auth`). A stamp or approvals are good for one enclave op:
+:attr:`Caller.one_shot` tells the request's handler so.
+
 The relay never logs a stamp, an approval or a token; errors name codes, not values.
 """
 
@@ -26,10 +33,10 @@ from enclave_app.auth.keys import StampKeyEntry
 from enclave_app.auth.replay import ReplayMemoryFullError
 from enclave_app.auth.stamps import StampVerifier
 from enclave_app.errors import EnclaveError, ErrorCode
-from parent_app.errors import RelayError
-from parent_app.tokens import SCOPES, TokenFile
+from parent_app.errors import RelayError, invalid_request
+from parent_app.tokens import SCOPES, TokenFile, TokenIdentity
 
-__all__ = ["AuthGrant", "RelayAuth"]
+__all__ = ["AuthGrant", "Caller", "RelayAuth", "has_credentials"]
 
 REALM = 'Bearer realm="nitro-wallet"'
 #: Relay codes of this module (the enclave's pass through unchanged).
@@ -37,6 +44,24 @@ UNAUTHENTICATED = str(ErrorCode.UNAUTHENTICATED)
 INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
 SCOPE_DENIED = "scope_denied"
 _AUTHORIZATION = "authorization"
+_STAMP = STAMP_HEADER.lower()
+_APPROVALS = APPROVALS_HEADER.lower()
+#: How a repeated header arrives (parent_app.http_envelope.header_map joins values).
+_JOINED = ", "
+
+
+def has_credentials(headers: Mapping[str, str]) -> bool:
+    """Whether a request (lowercase header names) carries a stamp or a token at all."""
+    return _STAMP in headers or _AUTHORIZATION in headers
+
+
+def unauthenticated() -> RelayError:
+    return RelayError(
+        401,
+        UNAUTHENTICATED,
+        "authentication required: send X-Stamp (a signed request) or Authorization: Bearer <token>",
+        {"WWW-Authenticate": REALM},
+    )
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,95 @@ class AuthGrant:
     enclave_auth: dict[str, Any] | None
 
 
+@dataclass
+class Caller:
+    """One identified request: a valid token, or a readable stamp the enclave (or, for a
+    read, this relay) still has to verify."""
+
+    kind: str  # "stamp" | "token"
+    name: str
+    method: str
+    target: str
+    body: bytes
+    verifier: RelayAuth
+    stamp: str | None = None
+    approvals: str | None = None
+    token: TokenIdentity | None = None
+    _read_checked: RelayError | bool = False
+
+    @property
+    def one_shot(self) -> bool:
+        """A stamp and approvals are spent by one enclave op: the request may make one."""
+        return self.stamp is not None or self.approvals is not None
+
+    def require(self, scope: str) -> None:
+        """Raise unless the caller may do what needs ``scope`` here, at the relay.
+
+        A token needs the scope. A stamp is verified here for ``read`` (once per
+        request); for ``sign`` and ``create`` the enclave verifies it, and decides.
+        """
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}")
+        if self.token is not None:
+            if scope not in self.token.scopes:
+                raise RelayError(
+                    403,
+                    SCOPE_DENIED,
+                    f"token {self.token.token_id} ({self.token.name}) lacks the {scope} scope",
+                    {"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
+                )
+            return
+        if scope == "read":
+            self._verify_read()
+
+    def enclave_auth(self, scope: str) -> dict[str, Any]:
+        """The enclave op's ``auth`` param (H5b's shape) after :meth:`require`."""
+        self.require(scope)
+        auth: dict[str, Any]
+        if self.token is not None:
+            auth = {"relay": {"principal": self.token.name, "scopes": sorted(self.token.scopes)}}
+            if self.approvals is not None:
+                auth["request"] = self._request()
+        else:
+            auth = {"request": self._request(), "stamp": self.stamp}
+        if self.approvals is not None:
+            auth["approvals"] = self.approvals
+        return auth
+
+    def grant(self, scope: str) -> AuthGrant:
+        """What one operation needing ``scope`` gets: None as enclave auth for a read."""
+        if scope == "read":
+            self.require(scope)
+            return AuthGrant(self.kind, self.name, None)
+        return AuthGrant(self.kind, self.name, self.enclave_auth(scope))
+
+    def _verify_read(self) -> None:
+        if self._read_checked is False:  # once per request: a stamp is good for one use
+            self._read_checked = self._check_read()
+        if isinstance(self._read_checked, RelayError):
+            raise self._read_checked
+
+    def _check_read(self) -> RelayError | bool:
+        try:
+            verified = self.verifier.stamps.verify(
+                self.stamp, self.method, self.target, self.body, self.verifier.stamp_keys
+            )
+        except ReplayMemoryFullError as exc:
+            return RelayError(503, exc.code, exc.message, {"Retry-After": str(exc.retry_after)})
+        except EnclaveError as exc:
+            return RelayError(401, exc.code, exc.message, {"WWW-Authenticate": REALM})
+        if "read" not in verified.scopes:
+            return RelayError(403, SCOPE_DENIED, f"stamp key {verified.key_id!r} lacks read")
+        return True
+
+    def _request(self) -> dict[str, str]:
+        try:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid_request("the body must be UTF-8") from None
+        return {"method": self.method, "path": self.target, "body": text}
+
+
 class RelayAuth:
     def __init__(
         self,
@@ -56,80 +170,35 @@ class RelayAuth:
         stamp_keys: Mapping[str, StampKeyEntry],
         stamps: StampVerifier,
     ) -> None:
-        self._tokens = tokens
-        self._stamp_keys = stamp_keys
-        self._stamps = stamps
+        self.tokens = tokens
+        self.stamp_keys = stamp_keys
+        self.stamps = stamps
 
-    def authenticate(
+    def identify(
         self,
         method: str,
         target: str,
-        headers: Iterable[tuple[str, str]],
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes,
-        scope: str,
-    ) -> AuthGrant:
-        """Authenticate one request needing ``scope``; raise a ``RelayError`` (401/403/503)."""
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}")
+    ) -> Caller:
+        """Who sends this request; a ``RelayError`` (401, or 400 for a repeated header)
+        when nobody recognisable does."""
         found = _headers(headers)
-        stamp = found.get(STAMP_HEADER.lower())
-        approvals = found.get(APPROVALS_HEADER.lower())
+        stamp = found.get(_STAMP)
+        approvals = found.get(_APPROVALS)
         if stamp is not None:
-            return self._stamped(method, target, body, stamp, approvals, scope)
-        authorization = found.get(_AUTHORIZATION)
-        if authorization is not None:
-            return self._bearer(method, target, body, authorization, approvals, scope)
-        raise RelayError(
-            401,
-            UNAUTHENTICATED,
-            "authentication required: send X-Stamp (a signed request) or "
-            "Authorization: Bearer <token>",
-            {"WWW-Authenticate": REALM},
-        )
-
-    def _stamped(
-        self,
-        method: str,
-        target: str,
-        body: bytes,
-        stamp: str,
-        approvals: str | None,
-        scope: str,
-    ) -> AuthGrant:
-        if scope == "read":
-            try:
-                verified = self._stamps.verify(stamp, method, target, body, self._stamp_keys)
-            except ReplayMemoryFullError as exc:
-                raise RelayError(
-                    503, exc.code, exc.message, {"Retry-After": str(exc.retry_after)}
-                ) from None
+            try:  # a malformed stamp is refused here already; its signature later
+                claimed = parse_stamp(stamp).key_id
             except EnclaveError as exc:
                 raise RelayError(401, exc.code, exc.message, {"WWW-Authenticate": REALM}) from None
-            if "read" not in verified.scopes:
-                raise RelayError(403, SCOPE_DENIED, f"stamp key {verified.key_id!r} lacks read")
-            return AuthGrant("stamp", verified.key_id, None)
-        try:  # a malformed stamp is refused here already; its signature in the enclave
-            claimed = parse_stamp(stamp).key_id
-        except EnclaveError as exc:
-            raise RelayError(401, exc.code, exc.message, {"WWW-Authenticate": REALM}) from None
-        auth: dict[str, Any] = {"request": _request(method, target, body), "stamp": stamp}
-        if approvals is not None:
-            auth["approvals"] = approvals
-        return AuthGrant("stamp", claimed, auth)
-
-    def _bearer(
-        self,
-        method: str,
-        target: str,
-        body: bytes,
-        authorization: str,
-        approvals: str | None,
-        scope: str,
-    ) -> AuthGrant:
+            return Caller("stamp", claimed, method, target, body, self, stamp, approvals)
+        authorization = found.get(_AUTHORIZATION)
+        if authorization is None:
+            raise unauthenticated()
         scheme, _, token = authorization.partition(" ")
         identity = None
-        if scheme.lower() == "bearer" and self._tokens is not None:
-            identity = self._tokens.check(token.strip(" "))
+        if scheme.lower() == "bearer" and self.tokens is not None:
+            identity = self.tokens.check(token.strip(" "))
         if identity is None:
             raise RelayError(
                 401,
@@ -137,42 +206,34 @@ class RelayAuth:
                 "the bearer token is not valid (unknown, revoked or malformed)",
                 {"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
             )
-        if scope not in identity.scopes:
-            raise RelayError(
-                403,
-                SCOPE_DENIED,
-                f"token {identity.token_id} ({identity.name}) lacks the {scope} scope",
-                {"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
-            )
-        if scope == "read":
-            return AuthGrant("token", identity.name, None)
-        auth: dict[str, Any] = {
-            "relay": {"principal": identity.name, "scopes": sorted(identity.scopes)}
-        }
-        if approvals is not None:
-            auth["request"] = _request(method, target, body)
-            auth["approvals"] = approvals
-        return AuthGrant("token", identity.name, auth)
+        return Caller("token", identity.name, method, target, body, self, None, approvals, identity)
+
+    def authenticate(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        body: bytes,
+        scope: str,
+    ) -> AuthGrant:
+        """Identify the request and grant it one operation needing ``scope``."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}")
+        return self.identify(method, target, headers, body).grant(scope)
 
 
-def _headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+def _headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
     """Lower-cased names; a repeated X-Stamp or Authorization is refused (which one would
     count?), repeated X-Approvals join with commas as HTTP lists do."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     found: dict[str, str] = {}
-    for name, value in headers:
+    for name, value in pairs:
         key = name.lower()
-        if key == APPROVALS_HEADER.lower() and key in found:
+        repeated = key in found or _JOINED in value
+        if key == _APPROVALS and key in found:
             found[key] = f"{found[key]},{value}"
-        elif key in (STAMP_HEADER.lower(), _AUTHORIZATION) and key in found:
-            raise RelayError(400, "invalid_request", f"{name} appears more than once")
+        elif key in (_STAMP, _AUTHORIZATION) and repeated:
+            raise invalid_request(f"{name} appears more than once")
         else:
             found[key] = value
     return found
-
-
-def _request(method: str, target: str, body: bytes) -> dict[str, str]:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise RelayError(400, "invalid_request", "the body must be UTF-8") from None
-    return {"method": method, "path": target, "body": text}

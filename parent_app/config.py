@@ -21,6 +21,20 @@ address needs ``allow_non_loopback = true``: the relay is loopback-only by defau
                   dynamodb: table_name (required), region (default [kms].region),
                   endpoint_url (optional: https, or http on a loopback host)
     [credentials] source ("imds"), imds_endpoint, imds_timeout_seconds
+    [auth]        tokens_file (optional: the bearer tokens, ``nitro-wallet token``; without
+                  it no token is accepted), policy_file (optional: the compiled signing
+                  policy the enclave carries; its stamp keys let the relay verify stamps
+                  of read-only calls itself; without it those stamps are refused)
+    [audit]       log_path (the JSON-lines audit log), pull_interval_seconds
+
+Closed by default: a request without a valid stamp or bearer token gets 401, and
+without ``[auth]`` no token and no read-only stamp is accepted.
+
+Frame rule: a stamped request reaches the enclave with its body twice (the exact body
+text the stamp covers, and the parsed payload), so ``enclave.max_frame_bytes`` must be
+at least ``2 * relay.max_body_bytes + FRAME_HEADROOM_BYTES`` (the account records and
+credentials of a batch). The relay refuses to start otherwise; the enclave's own
+``server.max_frame_bytes`` must be at least the relay's (the Ansible roles check it).
 
 Capacity rule: ``enclave.pool_size`` (the relay's persistent connections to the
 enclave) must not exceed the enclave's ``server.max_connections`` nor its
@@ -53,6 +67,9 @@ _KEY_ID_RE = re.compile(r"\A[A-Za-z0-9:/_+=,.@-]{1,2048}\Z")
 _KEY_ARN_REGION_RE = re.compile(r"\Aarn:aws(?:-[a-z]+)*:kms:(?P<region>[^:]*):")
 _TABLE_NAME_RE = re.compile(r"\A[A-Za-z0-9_.-]{3,255}\Z")
 STORAGE_BACKENDS = ("sqlite", "dynamodb")
+#: Room in a frame besides the body twice: up to 100 account records with their
+#: metadata, the credentials and the envelope.
+FRAME_HEADROOM_BYTES = 512 * 1024
 
 
 class ConfigError(ValueError):
@@ -89,7 +106,8 @@ class EnclaveSettings:
     cid: int = 16
     port: int = 5000
     timeout_seconds: float = 15.0
-    max_frame_bytes: int = 1 << 20
+    # 4 MiB: a stamped request at the 1 MiB body cap fits (see the frame rule above).
+    max_frame_bytes: int = 4 << 20
     # Persistent connections to the enclave (<= the enclave's server.max_connections)
     # and how long a request waits for one before 503 server_busy.
     pool_size: int = 16
@@ -120,12 +138,27 @@ class CredentialsSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    tokens_file: Path | None = None
+    policy_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    log_path: Path = Path("/var/lib/nitro-wallet/audit.jsonl")
+    # The writer pulls receipts after every decision and at least this often.
+    pull_interval_seconds: float = 1.0
+
+
+@dataclass(frozen=True)
 class RelayConfig:
     relay: RelaySettings
     enclave: EnclaveSettings
     kms: KmsSettings
     storage: StorageSettings
     credentials: CredentialsSettings
+    auth: AuthSettings = AuthSettings()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def load(cls, path: str | Path) -> RelayConfig:
@@ -145,7 +178,7 @@ class RelayConfig:
 
     @classmethod
     def from_mapping(cls, document: dict[str, Any]) -> RelayConfig:
-        known = {"relay", "enclave", "kms", "storage", "credentials"}
+        known = {"relay", "enclave", "kms", "storage", "credentials", "auth", "audit"}
         unknown = sorted(set(document) - known)
         if unknown:
             raise ConfigError(f"unknown section(s) {unknown}: expected {sorted(known)}")
@@ -156,7 +189,10 @@ class RelayConfig:
             kms=kms,
             storage=_storage(_Section(document, "storage"), kms.region),
             credentials=_credentials(_Section(document, "credentials")),
+            auth=_auth(_Section(document, "auth")),
+            audit=_audit(_Section(document, "audit")),
         )
+        _check_frame_cap(config.relay, config.enclave)
         return config
 
 
@@ -386,6 +422,42 @@ def _endpoint_url(url: str) -> str:
             "without path, query or user info"
         )
     return url
+
+
+def _check_frame_cap(relay: RelaySettings, enclave: EnclaveSettings) -> None:
+    needed = 2 * relay.max_body_bytes + FRAME_HEADROOM_BYTES
+    if enclave.max_frame_bytes < needed:
+        raise ConfigError(
+            f"enclave.max_frame_bytes ({enclave.max_frame_bytes}) must be at least "
+            f"2 x relay.max_body_bytes + {FRAME_HEADROOM_BYTES} = {needed}: a stamped "
+            "request carries its body to the enclave twice (raise the frame cap on both "
+            "sides, or lower the body cap)"
+        )
+
+
+def _optional_path(section: _Section, key: str) -> Path | None:
+    return Path(section.string(key)) if key in section else None
+
+
+def _auth(section: _Section) -> AuthSettings:
+    settings = AuthSettings(
+        tokens_file=_optional_path(section, "tokens_file"),
+        policy_file=_optional_path(section, "policy_file"),
+    )
+    section.done()
+    return settings
+
+
+def _audit(section: _Section) -> AuditSettings:
+    defaults = AuditSettings()
+    settings = AuditSettings(
+        log_path=Path(section.string("log_path", str(defaults.log_path))),
+        pull_interval_seconds=section.number(
+            "pull_interval_seconds", defaults.pull_interval_seconds, 0, 60
+        ),
+    )
+    section.done()
+    return settings
 
 
 def _credentials(section: _Section) -> CredentialsSettings:

@@ -361,6 +361,7 @@ class RelayServer:
     def server_close(self) -> None:
         self._socket.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.api.close()  # the audit log writer's last pull needs the enclave
         self.api.service.enclave.close()
         self.api.service.storage.close()
 

@@ -23,8 +23,18 @@ Without one, other methods are -32601 with geth's wording (ethers then reports
 Envelope rules: one request object or a batch (non-empty array). A batch longer than
 ``max_batch_requests`` is answered element by element, each with -32005 and the
 reason, so every client sees why. Within a batch every signature goes to the enclave
-together (:meth:`JsonRpcApi._sign_all`) and every forwarded call goes to the node in
-one batch. A request without ``id`` is a notification: it runs and gets no answer.
+together, as one ``sign_batch`` op (:meth:`JsonRpcApi._sign_all`; a lone signature as
+its single op), and every forwarded call goes to the node in one batch.
+
+Authentication: the HTTP request is authenticated by the route (``parent_app.auth``:
+401 without a stamp or a valid token). Each call then needs a scope: the signing
+methods ``sign`` (a token's scope is checked here; a stamp goes to the enclave with the
+exact body, which the enclave parses itself), every other method ``read`` (a token's
+scope, or the stamp verified here). A stamp or approvals are good for one enclave op,
+so a stamped or approved batch with ``eth_sendTransaction`` (one op of its own) and
+any other signing call refuses the ``eth_sendTransaction`` calls (-32602).
+
+A request without ``id`` is a notification: it runs and gets no answer.
 Every answer is HTTP 200. Parsing is as strict as the REST API: NaN, Infinity and
 duplicate keys are parse errors, and a float in a request for one of the relay's own
 methods fails that request with -32602 naming where the float was (forwarded
@@ -49,6 +59,7 @@ from functools import partial
 from typing import Any
 
 from enclave_app import strict_json
+from parent_app.auth import Caller
 from parent_app.errors import (
     EnclaveBadResponse,
     JsonRpcCode,
@@ -59,7 +70,7 @@ from parent_app.errors import (
 from parent_app.metrics import RelayMetrics
 from parent_app.rawtx import RawTransactionError, transaction_json
 from parent_app.send_transaction import TransactionSender
-from parent_app.service import WalletService
+from parent_app.service import BatchItem, WalletService
 from parent_app.storage import checksum_address
 from parent_app.typed_data_v3 import V3MismatchError, check_v3_compatible
 from parent_app.upstream import Answer, UpstreamClient, UpstreamError
@@ -79,6 +90,23 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 #: (viem retries a failed eth_sendTransaction as wallet_sendTransaction, for one).
 _SIGNING_PREFIXES = ("eth_sign", "personal_", "account_", "clef_", "wallet_")
 _PROXIED_LABEL = "proxied"
+#: Methods that make the enclave sign: they need the ``sign`` scope; every other method
+#: (answered by the relay or forwarded to the node) needs ``read``.
+SIGNING_METHODS = frozenset(
+    {
+        "eth_signTransaction",
+        "eth_sendTransaction",
+        "eth_sign",
+        "personal_sign",
+        "eth_signTypedData",
+        "eth_signTypedData_v3",
+        "eth_signTypedData_v4",
+    }
+)
+ONE_OP_MESSAGE = (
+    "a stamped or approved request reaches the enclave once (a stamp and an approval are "
+    "good for one use): send eth_sendTransaction in a request of its own"
+)
 
 
 class SignedTxShape(Enum):
@@ -290,7 +318,17 @@ class _Slot:
     error: RpcError | None = None
 
 
-Method = Callable[[list[Any], "SignedTxShape"], Any]
+@dataclass(frozen=True)
+class _Context:
+    """What every call of one HTTP body shares: the result shape and the caller."""
+
+    shape: SignedTxShape
+    caller: Caller
+    #: A stamped or approved body that would need more than one enclave op.
+    one_op_exceeded: bool = False
+
+
+Method = Callable[[list[Any], _Context], Any]
 
 
 # -- the API ------------------------------------------------------------------------
@@ -332,7 +370,7 @@ class JsonRpcApi:
 
     # -- envelope ---------------------------------------------------------------
 
-    def handle(self, raw: bytes, shape: SignedTxShape = SignedTxShape.RAW) -> bytes | None:
+    def handle(self, raw: bytes, shape: SignedTxShape, caller: Caller) -> bytes | None:
         """The answer body for one HTTP body, or None when nothing is to be answered."""
         try:
             message = _parse_body(raw)
@@ -340,7 +378,7 @@ class JsonRpcApi:
             self.metrics.jsonrpc_requests.inc("invalid", str(exc.code))
             return _dump(_error_response(None, exc))
         if not isinstance(message, list):
-            answers = self._run([message], shape)
+            answers = self._run([message], shape, caller)
             return _dump(answers[0]) if answers else None
         if not message:
             self.metrics.jsonrpc_requests.inc("invalid", str(JsonRpcCode.INVALID_REQUEST))
@@ -350,7 +388,7 @@ class JsonRpcApi:
         if len(message) > self.max_batch_requests:
             answers = self._refuse_batch(message)
         else:
-            answers = self._run(message, shape)
+            answers = self._run(message, shape, caller)
         return _dump(answers) if answers else None
 
     def _refuse_batch(self, messages: list[Any]) -> list[dict[str, Any]]:
@@ -373,13 +411,19 @@ class JsonRpcApi:
                 answers.append(_error_response(request_id, error))
         return answers
 
-    def _run(self, messages: list[Any], shape: SignedTxShape) -> list[dict[str, Any]]:
+    def _run(
+        self, messages: list[Any], shape: SignedTxShape, caller: Caller
+    ) -> list[dict[str, Any]]:
         """Answers in request order: methods first, then the signatures and the
         forwarded calls they left, each kind in one round trip."""
-        slots = [self._start(message, shape) for message in messages]
+        signing_calls = sum(
+            1 for m in messages if isinstance(m, dict) and m.get("method") in SIGNING_METHODS
+        )
+        context = _Context(shape, caller, caller.one_shot and signing_calls > 1)
+        slots = [self._start(message, context) for message in messages]
         signing = [s for s in slots if isinstance(s.outcome, Signing)]
         if signing:
-            results = self._sign_all([s.outcome for s in signing])
+            results = self._sign_all([s.outcome for s in signing], caller)
             for slot, result in zip(signing, results, strict=True):
                 self._settle(slot, partial(_finish_signing, slot.outcome, result))
         forwarding = [s for s in slots if isinstance(s.outcome, Forward)]
@@ -390,23 +434,32 @@ class JsonRpcApi:
         answers = (self._answer(slot) for slot in slots)
         return [answer for answer in answers if answer is not None]
 
-    def _start(self, message: Any, shape: SignedTxShape) -> _Slot:
+    def _start(self, message: Any, context: _Context) -> _Slot:
         slot = _Slot(request_id=None, notification=False, label="invalid")
         try:
             slot.request_id, slot.notification = _request_id(message)
             method = _method(message)
             params = _params(message)
             handler = self.methods.get(method)
+            scope = "sign" if method in SIGNING_METHODS else "read"
             if handler is not None:
                 slot.label = method
-                self._settle(slot, lambda: handler(params, shape))
+                self._settle(slot, lambda: self._call(handler, params, context, scope))
             else:
                 slot.label = "unknown"
+                context.caller.require(scope)
                 slot.outcome = self._forward_or_refuse(method, params)
                 slot.label = _PROXIED_LABEL
         except RpcError as exc:
             slot.error = exc
+        except RelayError as exc:
+            slot.error = from_relay_error(exc)
         return slot
+
+    @staticmethod
+    def _call(handler: Method, params: list[Any], context: _Context, scope: str) -> Any:
+        context.caller.require(scope)
+        return handler(params, context)
 
     def _settle(self, slot: _Slot, run: Callable[[], Any]) -> None:
         """Run one step of a request, turning every failure into its JSON-RPC error."""
@@ -440,28 +493,18 @@ class JsonRpcApi:
 
     # -- the two round trips ----------------------------------------------------
 
-    def _sign_all(self, items: list[Signing]) -> list[dict[str, str] | RelayError]:
-        """Each item's service result, or the RelayError that item failed with.
-
-        One enclave call per item today; this is the one place to switch to the
-        service's ``sign_batch`` (one ``sign_batch`` frame for the whole list).
-        """
-        results: list[dict[str, str] | RelayError] = []
-        for item in items:
-            try:
-                results.append(self._sign_one(item))
-            except RelayError as exc:
-                results.append(exc)
-        return results
-
-    def _sign_one(self, item: Signing) -> dict[str, str]:
-        if item.op == "sign_transaction":
-            return self.service.sign_transaction(item.account_id, item.payload)
-        if item.op == "sign_message":
-            return self.service.sign_message(item.account_id, item.payload)
-        if item.op == "sign_typed_data":
-            return self.service.sign_typed_data(item.account_id, item.payload)
-        raise AssertionError(f"no signing op {item.op}")
+    def _sign_all(self, items: list[Signing], caller: Caller) -> list[dict[str, str] | RelayError]:
+        """Each item's service result, or the RelayError that item failed with: one
+        enclave op for the whole list (``sign_batch``; a lone item as its single op)."""
+        batch = [BatchItem(item.op, item.account_id, item.payload) for item in items]
+        try:
+            auth = caller.enclave_auth("sign")
+            if len(batch) == 1:
+                return [self.service.sign_one(batch[0], auth)]
+            outcomes = self.service.sign_batch(batch, auth)
+        except RelayError as exc:  # the frame as a whole failed: every item says why
+            return [exc] * len(items)
+        return [o.error if o.error is not None else (o.result or {}) for o in outcomes]
 
     def _forward_all(self, calls: list[Forward]) -> list[Answer | UpstreamError]:
         if self.upstream is None:  # a Forward is only ever made with an upstream
@@ -477,17 +520,17 @@ class JsonRpcApi:
 
     # -- methods ------------------------------------------------------------------
 
-    def eth_accounts(self, params: list[Any], shape: SignedTxShape) -> list[str]:
+    def eth_accounts(self, params: list[Any], context: _Context) -> list[str]:
         _positional(params, "eth_accounts", ())
         return self.service.addresses()
 
-    def eth_chain_id(self, params: list[Any], shape: SignedTxShape) -> Any:
+    def eth_chain_id(self, params: list[Any], context: _Context) -> Any:
         if self.chain_id is None:
             return self._forward_or_unset("eth_chainId", params)
         _positional(params, "eth_chainId", ())
         return hex(self.chain_id)
 
-    def net_version(self, params: list[Any], shape: SignedTxShape) -> Any:
+    def net_version(self, params: list[Any], context: _Context) -> Any:
         if self.chain_id is None:
             return self._forward_or_unset("net_version", params)
         _positional(params, "net_version", ())
@@ -499,10 +542,11 @@ class JsonRpcApi:
             raise method_not_found(method, "no chain id is configured ([relay] chain_id)")
         return Forward(method, _with_floats(params))
 
-    def eth_sign_transaction(self, params: list[Any], shape: SignedTxShape) -> Signing:
+    def eth_sign_transaction(self, params: list[Any], context: _Context) -> Signing:
         transaction, sender = _transaction(_no_floats(params), "eth_signTransaction")
         account_id = self.service.account_id_for_address(sender)
-        finish = _geth_signed_transaction if shape is SignedTxShape.GETH else _raw_transaction
+        geth = context.shape is SignedTxShape.GETH
+        finish = _geth_signed_transaction if geth else _raw_transaction
         return Signing("sign_transaction", account_id, self._with_chain_id(transaction), finish)
 
     def _with_chain_id(self, transaction: dict[str, Any]) -> dict[str, Any]:
@@ -519,7 +563,7 @@ class JsonRpcApi:
         _refuse_pre_eip155(transaction)
         return transaction
 
-    def eth_send_transaction(self, params: list[Any], shape: SignedTxShape) -> str:
+    def eth_send_transaction(self, params: list[Any], context: _Context) -> str:
         if self.sender is None:
             raise method_not_found(
                 "eth_sendTransaction",
@@ -527,26 +571,29 @@ class JsonRpcApi:
                 "sign with eth_signTransaction and send with eth_sendRawTransaction",
             )
         transaction, sender = _transaction(_no_floats(params), "eth_sendTransaction")
+        if context.one_op_exceeded:
+            raise invalid_params(ONE_OP_MESSAGE)
         account_id = self.service.account_id_for_address(sender)
         _refuse_pre_eip155(transaction)
-        return self.sender.send(account_id, sender, transaction)
+        auth = context.caller.enclave_auth("sign")
+        return self.sender.send(account_id, sender, transaction, auth)
 
-    def eth_sign(self, params: list[Any], shape: SignedTxShape) -> Signing:
+    def eth_sign(self, params: list[Any], context: _Context) -> Signing:
         address, data = _positional(_no_floats(params), "eth_sign", ("address", "data"))
         account_id = self.service.account_id_for_address(_address(address, "address"))
         return Signing("sign_message", account_id, _hex_data(data, "data"), _signature)
 
-    def personal_sign(self, params: list[Any], shape: SignedTxShape) -> Signing:
+    def personal_sign(self, params: list[Any], context: _Context) -> Signing:
         data, address = _positional(_no_floats(params), "personal_sign", ("data", "address"))
         account_id = self.service.account_id_for_address(_address(address, "address"))
         if not isinstance(data, str):
             raise invalid_params("data must be a string: 0x-hex bytes or UTF-8 text")
         return Signing("sign_message", account_id, data, _signature)
 
-    def eth_sign_typed_data_v4(self, params: list[Any], shape: SignedTxShape) -> Signing:
+    def eth_sign_typed_data_v4(self, params: list[Any], context: _Context) -> Signing:
         return self._typed_data("eth_signTypedData_v4", params)
 
-    def eth_sign_typed_data(self, params: list[Any], shape: SignedTxShape) -> Signing:
+    def eth_sign_typed_data(self, params: list[Any], context: _Context) -> Signing:
         """geth's name for v4 ([address, typedData]), which web3.py sends."""
         if params and isinstance(params[0], list):
             raise invalid_params(
@@ -555,7 +602,7 @@ class JsonRpcApi:
             )
         return self._typed_data("eth_signTypedData", params)
 
-    def eth_sign_typed_data_v3(self, params: list[Any], shape: SignedTxShape) -> Signing:
+    def eth_sign_typed_data_v3(self, params: list[Any], context: _Context) -> Signing:
         signing = self._typed_data("eth_signTypedData_v3", params)
         try:
             check_v3_compatible(signing.payload)

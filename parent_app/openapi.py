@@ -1,4 +1,7 @@
-"""The OpenAPI 3.1 description of the relay's HTTP API, served at ``/openapi.json``."""
+"""The OpenAPI 3.1 description of the relay's HTTP API, served at ``/openapi.json``.
+
+Every operation but the probes, the metrics and this document requires a bearer token or
+a stamp (``securitySchemes``; docs/api.md "Authentication")."""
 
 from __future__ import annotations
 
@@ -67,6 +70,56 @@ def _signing_path(
     }
 
 
+#: Operations anyone may call (parent_app.routes: ``authenticated=False``).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "a token from `nitro-wallet token add`: checked by the relay, "
+        "trusted by the enclave only as far as the signing policy names its identity",
+    },
+    "stamp": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Stamp",
+        "description": "the exact request signed with an API key (`nitro-wallet stamp`); "
+        "verified in the enclave",
+    },
+}
+_LABELS = {
+    "type": "array",
+    "maxItems": 16,
+    "items": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
+}
+_BOUND_KEYS = {
+    "type": "array",
+    "maxItems": 16,
+    "items": {
+        "type": "object",
+        "required": ["id", "public_key", "scopes"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+            "public_key": {"type": "string", "description": "PEM SubjectPublicKeyInfo"},
+            "scopes": {"type": "array", "items": {"enum": ["create", "sign", "read"]}},
+        },
+    },
+}
+
+
+def _secured(paths: dict[str, Any]) -> None:
+    """Open paths say so (``security: []``); every other operation may answer 401 (no or
+    bad credentials) and 403 (a scope or the signing policy refuses)."""
+    for path, operations in paths.items():
+        for operation in operations.values():
+            if path in OPEN_PATHS:
+                operation["security"] = []
+                continue
+            operation["responses"].setdefault("401", _error("Unauthorized"))
+            operation["responses"].setdefault("403", _error("Forbidden"))
+
+
 def build_openapi() -> dict[str, Any]:
     error_codes = sorted({str(c) for c in RelayCode} | {str(c) for c in ErrorCode})
     schemas: dict[str, Any] = {
@@ -88,7 +141,7 @@ def build_openapi() -> dict[str, Any]:
         "CreateAccountRequest": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"account_id": _UUID},
+            "properties": {"account_id": _UUID, "labels": _LABELS, "stamp_keys": _BOUND_KEYS},
         },
         "CreatedAccount": {
             "type": "object",
@@ -103,6 +156,23 @@ def build_openapi() -> dict[str, Any]:
                 "address": ADDRESS,
                 "key_id": {"type": "string"},
                 "created_at": {"type": "string", "format": "date-time"},
+                "labels": _LABELS,
+                "stamp_keys": _BOUND_KEYS,
+                "created_by": {
+                    "type": "string",
+                    "description": "stamp:<key id> or relay:<token name>, sealed by the enclave",
+                },
+            },
+        },
+        "AuditHead": {
+            "type": "object",
+            "required": ["seg", "n", "hash", "nonce", "sig"],
+            "properties": {
+                "seg": {"type": "string", "description": "the enclave's receipt segment"},
+                "n": {"type": "integer", "description": "counter of the sealed head"},
+                "hash": {"type": "string"},
+                "nonce": {"type": "string"},
+                "sig": {"type": "string", "description": "Ed25519, the attested receipt key"},
             },
         },
         "AccountList": {
@@ -282,7 +352,11 @@ def build_openapi() -> dict[str, Any]:
         name: _json(_ref("Error"), text)
         for name, text in {
             "BadRequest": "invalid_json, invalid_request, invalid_params, bad_frame",
-            "Forbidden": "signing_policy_violation, kms_attestation_denied",
+            "Unauthorized": "unauthenticated, invalid_token, stamp_malformed, "
+            "stamp_key_unknown, stamp_expired, stamp_signature_invalid, stamp_replayed; "
+            "with WWW-Authenticate",
+            "Forbidden": "scope_denied, policy_denied, approvals_required, principal_unknown, "
+            "request_mismatch, approval_*, signing_policy_violation, kms_attestation_denied",
             "NotFound": "not_found, account_not_found",
             "MethodNotAllowed": "method_not_allowed (see the Allow header)",
             "Conflict": "account_exists",
@@ -430,6 +504,28 @@ def build_openapi() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/audit/head": {
+            "get": {
+                "operationId": "auditHead",
+                "summary": "The enclave's sealed receipt head, signed with a fresh nonce; the "
+                "audit log holds it when this answers (nitro-wallet audit verify --head)",
+                "parameters": [
+                    {
+                        "name": "nonce",
+                        "in": "query",
+                        "required": True,
+                        "description": "16 to 64 random bytes, hex",
+                        "schema": {"type": "string", "pattern": "^(0x)?([0-9a-fA-F]{2}){16,64}$"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("AuditHead"), "the signed head"),
+                    "400": _error("BadRequest"),
+                    **enclave_errors,
+                    **common,
+                },
+            }
+        },
         "/": {
             "post": {
                 "operationId": "jsonRpc",
@@ -511,6 +607,7 @@ def build_openapi() -> dict[str, Any]:
             "summary": "The same JSON-RPC; eth_signTransaction answers geth's {raw, tx}",
         }
     }
+    _secured(paths)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -521,5 +618,10 @@ def build_openapi() -> dict[str, Any]:
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "paths": paths,
-        "components": {"schemas": schemas, "responses": responses},
+        "security": [{"bearer": []}, {"stamp": []}],
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": _SECURITY_SCHEMES,
+        },
     }

@@ -1,8 +1,16 @@
 """The relay's HTTP API, independent of the socket server: routing, envelope checks,
-and the mapping of service results to JSON responses.
+caller authentication, and the mapping of service results to JSON responses.
 
 The relay checks the envelope only (JSON object, top-level field types, UUIDs,
 no floats anywhere); the enclave validates the transaction's fields.
+
+Every endpoint but /healthz, /readyz, /metrics and /openapi.json authenticates its
+caller (``parent_app.auth``): a request without a stamp or a bearer token gets 401
+before its body is read, one with an invalid token or an unreadable stamp 401 before
+anything runs. Read-only routes need the ``read`` scope at the relay; account creation
+and signing carry the caller to the enclave (``auth``), which decides. JSON-RPC
+authenticates the HTTP request the same way and each call of a batch by the scope its
+method needs.
 """
 
 from __future__ import annotations
@@ -10,17 +18,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from enclave_app import strict_json
+from parent_app.audit_log import AuditLogWriter
+from parent_app.auth import Caller, RelayAuth, has_credentials, unauthenticated
 from parent_app.errors import RelayCode, RelayError, invalid_request
 from parent_app.jsonrpc import MAX_JSON_DEPTH, JsonRpcApi, SignedTxShape
 from parent_app.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from parent_app.openapi import build_openapi
 from parent_app.readiness import RETRY_AFTER_SECONDS as READINESS_RETRY_AFTER_SECONDS
-from parent_app.service import MAX_BATCH_ITEMS, BatchItem, WalletService
+from parent_app.service import CREATE_METADATA, MAX_BATCH_ITEMS, BatchItem, WalletService
 from parent_app.storage import InvalidCursorError
 from parent_app.upstream import UpstreamClient
 
@@ -53,9 +64,10 @@ class Call:
     """One request as a handler sees it, independent of the HTTP server.
 
     ``params`` are the path parameters, ``query`` the query, ``body`` the parsed JSON
-    object (None for raw or absent bodies). ``raw`` keeps the exact body bytes and
+    object (None for raw or absent bodies). ``raw`` keeps the exact body bytes,
     ``headers`` the request headers (lowercase names; a repeated header's values joined
-    with ", "), for what must see them as sent (stamps, approvals, bearer tokens).
+    with ", ") and ``query_string`` the query as sent, for what must see them as sent
+    (stamps, approvals, bearer tokens). ``caller`` is who sends it, once authenticated.
     """
 
     params: dict[str, str]
@@ -65,6 +77,19 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict)
     method: str = ""
     path: str = ""
+    query_string: str = ""
+    caller: Caller | None = None
+
+    @property
+    def target(self) -> str:
+        """The request target as sent: path and ``?query`` (what a stamp signs)."""
+        return f"{self.path}?{self.query_string}" if self.query_string else self.path
+
+    @property
+    def who(self) -> Caller:
+        if self.caller is None:
+            raise RuntimeError("this handler runs only for an authenticated caller")
+        return self.caller
 
 
 Handler = Callable[[Call], Response]
@@ -76,6 +101,8 @@ class Endpoint:
     handler: Handler
     body: Body = Body.NONE
     query: frozenset[str] = frozenset()
+    #: Closed by default: only the probes, the metrics and the API description are open.
+    authenticated: bool = True
 
 
 @dataclass(frozen=True)
@@ -217,6 +244,15 @@ def _object_field(body: Mapping[str, Any], name: str) -> dict[str, Any]:
     return value
 
 
+def _metadata(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What a new account asks to seal with it, as sent (the enclave validates it)."""
+    asked = {name: body[name] for name in CREATE_METADATA if name in body}
+    for name, value in asked.items():
+        if not isinstance(value, list):
+            raise invalid_request(f"{name} must be an array")
+    return asked
+
+
 def _rpc_response(answer: bytes | None) -> Response:
     return Response(204, b"") if answer is None else Response(200, answer)
 
@@ -231,12 +267,16 @@ class RelayApi:
     def __init__(
         self,
         service: WalletService,
+        auth: RelayAuth,
         *,
         chain_id: int | None = None,
         max_batch_requests: int = 100,
         upstream: UpstreamClient | None = None,
+        audit: AuditLogWriter | None = None,
     ) -> None:
         self.service = service
+        self.auth = auth
+        self.audit = audit
         self.metrics = service.metrics
         self.draining = False
         self.rpc = JsonRpcApi(
@@ -248,7 +288,7 @@ class RelayApi:
         )
         self._openapi = json.dumps(build_openapi(), separators=(",", ":")).encode()
         self.router = Router()
-        add = self.router.add
+        add = self._add
         add("/v1/accounts", Endpoint("POST", self.create_account, Body.OPTIONAL))
         add(
             "/v1/accounts",
@@ -279,12 +319,34 @@ class RelayApi:
             "/v1/attestation",
             Endpoint("GET", self.attestation, query=frozenset({"nonce", "user_data"})),
         )
+        add("/v1/audit/head", Endpoint("GET", self.audit_head, query=frozenset({"nonce"})))
         add("/", Endpoint("POST", self.jsonrpc, Body.RAW))
         add("/geth", Endpoint("POST", self.jsonrpc_geth, Body.RAW))
-        add("/healthz", Endpoint("GET", self.healthz))
-        add("/readyz", Endpoint("GET", self.readyz))
-        add("/metrics", Endpoint("GET", self.metrics_text))
-        add("/openapi.json", Endpoint("GET", self.openapi))
+        add("/healthz", Endpoint("GET", self.healthz, authenticated=False))
+        add("/readyz", Endpoint("GET", self.readyz, authenticated=False))
+        add("/metrics", Endpoint("GET", self.metrics_text, authenticated=False))
+        add("/openapi.json", Endpoint("GET", self.openapi, authenticated=False))
+
+    def _add(self, template: str, endpoint: Endpoint) -> None:
+        """Route ``endpoint``; an authenticated one's handler gets the identified caller."""
+        if endpoint.authenticated:
+            endpoint = replace(endpoint, handler=partial(self._identified, endpoint.handler))
+        self.router.add(template, endpoint)
+
+    def _identified(self, handler: Handler, call: Call) -> Response:
+        caller = self.auth.identify(call.method, call.target, call.headers, call.raw)
+        return handler(replace(call, caller=caller))
+
+    def require_credentials(self, endpoint: Endpoint, headers: Mapping[str, str]) -> None:
+        """401 for a request to an authenticated endpoint without a stamp or a token: the
+        server calls this before it reads the body."""
+        if endpoint.authenticated and not has_credentials(headers):
+            raise unauthenticated()
+
+    def close(self) -> None:
+        """Stop the audit log writer after its last pull (the server is closing)."""
+        if self.audit is not None:
+            self.audit.stop()
 
     def set_draining(self, draining: bool) -> None:
         """Drain mode (rolling upgrades): new requests except the probes and the metrics
@@ -304,15 +366,19 @@ class RelayApi:
 
     def create_account(self, call: Call) -> Response:
         body = call.body or {}
-        _only_fields(body, {"account_id"})
+        _only_fields(body, {"account_id", *CREATE_METADATA})
         account_id = parse_uuid(body["account_id"], "account_id") if "account_id" in body else None
-        return json_response(201, self.service.create_account(account_id))
+        metadata = _metadata(body)
+        auth = call.who.enclave_auth("create")
+        return json_response(201, self.service.create_account(account_id, auth, metadata))
 
     def get_account(self, call: Call) -> Response:
+        call.who.require("read")
         account_id = parse_uuid(call.params["account_id"], "account_id")
         return json_response(200, self.service.get_account(account_id))
 
     def list_accounts(self, call: Call) -> Response:
+        call.who.require("read")
         limit = _parse_limit(call.query.get("limit"))
         cursor = call.query.get("cursor")
         try:
@@ -324,7 +390,8 @@ class RelayApi:
     def sign_transaction(self, call: Call) -> Response:
         account_id = parse_uuid(call.params["account_id"], "account_id")
         transaction = _object_field(call.body or {}, "transaction")
-        return json_response(200, self.service.sign_transaction(account_id, transaction))
+        auth = call.who.enclave_auth("sign")
+        return json_response(200, self.service.sign_transaction(account_id, transaction, auth))
 
     def sign_transactions(self, call: Call) -> Response:
         """A batch: ``{"transactions": [...]}`` (1 to 100), one enclave frame, results in
@@ -337,6 +404,7 @@ class RelayApi:
             raise invalid_request(
                 f"transactions must be an array of 1 to {MAX_BATCH_ITEMS} transaction objects"
             )
+        auth = call.who.enclave_auth("sign")
         self.service.get_account(account_id)  # 404 for the whole request, not per item
         results: list[dict[str, Any] | None] = [None] * len(transactions)
         items: list[BatchItem] = []
@@ -349,7 +417,7 @@ class RelayApi:
                 error = invalid_request(f"transactions[{position}] must be a JSON object")
                 results[position] = _item_error(error)
         if items:
-            outcomes = self.service.sign_batch(items)
+            outcomes = self.service.sign_batch(items, auth)
             for position, outcome in zip(positions, outcomes, strict=True):
                 results[position] = (
                     outcome.result if outcome.error is None else _item_error(outcome.error)
@@ -363,30 +431,47 @@ class RelayApi:
         message = body.get("message")
         if not isinstance(message, str):
             raise invalid_request("message must be a string: 0x-hex bytes or UTF-8 text")
-        return json_response(200, self.service.sign_message(account_id, message))
+        auth = call.who.enclave_auth("sign")
+        return json_response(200, self.service.sign_message(account_id, message, auth))
 
     def sign_typed_data(self, call: Call) -> Response:
         account_id = parse_uuid(call.params["account_id"], "account_id")
         typed_data = _object_field(call.body or {}, "typed_data")
-        return json_response(200, self.service.sign_typed_data(account_id, typed_data))
+        auth = call.who.enclave_auth("sign")
+        return json_response(200, self.service.sign_typed_data(account_id, typed_data, auth))
 
     def sign_authorization(self, call: Call) -> Response:
         account_id = parse_uuid(call.params["account_id"], "account_id")
         authorization = _object_field(call.body or {}, "authorization")
-        return json_response(200, self.service.sign_authorization(account_id, authorization))
+        auth = call.who.enclave_auth("sign")
+        result = self.service.sign_authorization(account_id, authorization, auth)
+        return json_response(200, result)
 
     def attestation(self, call: Call) -> Response:
+        call.who.require("read")
         nonce = parse_hex_query(call.query.get("nonce"), "nonce")
         user_data = parse_hex_query(call.query.get("user_data"), "user_data")
         return json_response(200, self.service.attest(nonce, user_data))
 
+    def audit_head(self, call: Call) -> Response:
+        """The enclave's signed receipt head for the caller's nonce; the audit log holds
+        the head (and maybe more) when this answers (``audit verify --head``)."""
+        call.who.require("read")
+        nonce = parse_hex_query(call.query.get("nonce"), "nonce")
+        if nonce is None:
+            raise invalid_request("nonce is required: 16 to 64 random bytes in hex")
+        head = self.service.audit_head(nonce)
+        if self.audit is not None:
+            self.audit.drain()
+        return json_response(200, head)
+
     def jsonrpc(self, call: Call) -> Response:
         """Ethereum JSON-RPC: HTTP 200 for every answer, 204 when nothing is answered."""
-        return _rpc_response(self.rpc.handle(call.raw, SignedTxShape.RAW))
+        return _rpc_response(self.rpc.handle(call.raw, SignedTxShape.RAW, call.who))
 
     def jsonrpc_geth(self, call: Call) -> Response:
         """The same JSON-RPC with geth's eth_signTransaction result ({raw, tx})."""
-        return _rpc_response(self.rpc.handle(call.raw, SignedTxShape.GETH))
+        return _rpc_response(self.rpc.handle(call.raw, SignedTxShape.GETH, call.who))
 
     def healthz(self, call: Call) -> Response:
         return json_response(200, {"status": "ok"})

@@ -30,7 +30,8 @@ MAX_NONCE = 2**64 - 2
 _ALREADY_KNOWN = re.compile(r"already known|known transaction|alreadyknown", re.IGNORECASE)
 _HASH_RE = re.compile(r"\A0x[0-9a-fA-F]{64}\Z")
 
-SignTransaction = Callable[[str, dict[str, Any]], dict[str, str]]
+#: ``sign(account_id, transaction, auth)``: the enclave's signature for the caller ``auth``.
+SignTransaction = Callable[[str, dict[str, Any], Mapping[str, Any]], dict[str, str]]
 
 
 class TransactionSender:
@@ -55,6 +56,9 @@ class TransactionSender:
 
     Blob transactions need a sidecar that eth_sendTransaction cannot carry: they are
     refused here (sign with eth_signTransaction, send with the blobs yourself).
+
+    Fields the client gave are passed on as given (a stamp covers them: the enclave
+    accepts only fill-ins of fields the client left out).
     """
 
     def __init__(
@@ -70,14 +74,21 @@ class TransactionSender:
         self.default_chain_id = default_chain_id
         self.nonces = nonces or NonceTracker()
 
-    def send(self, account_id: str, sender: str, transaction: Mapping[str, Any]) -> str:
+    def send(
+        self,
+        account_id: str,
+        sender: str,
+        transaction: Mapping[str, Any],
+        auth: Mapping[str, Any],
+    ) -> str:
         tx = {k: v for k, v in transaction.items() if v is not None}
         if "blobVersionedHashes" in tx or "maxFeePerBlobGas" in tx or _type(tx) == 3:
             raise _invalid(
                 "blob transactions are not sent with eth_sendTransaction (no sidecar): sign "
                 "with eth_signTransaction and send the raw transaction with its blobs"
             )
-        tx["chainId"] = hex(self._chain_id(tx))
+        chain_id = self._chain_id(tx)
+        tx.setdefault("chainId", hex(chain_id))
         self._fill_fees(tx)
         if "gas" not in tx and "gasLimit" not in tx:
             tx["gas"] = hex(self._estimate_gas(tx))
@@ -96,7 +107,7 @@ class TransactionSender:
                     f"nonce {nonce} is not allowed: EIP-2681 makes a nonce of 2^64-1 or "
                     "above invalid"
                 )
-            signed = self.sign(account_id, tx)
+            signed = self.sign(account_id, tx, auth)
             tx_hash = self._send_raw(signed["raw_transaction"], signed["hash"])
             self.nonces.sent(sender, nonce)
         return tx_hash

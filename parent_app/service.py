@@ -3,6 +3,13 @@
 The enclave validates every transaction field itself (one place for that logic);
 the service checks what the enclave answers before storing or returning it, since
 storage must only ever hold records the enclave actually produced for that id.
+
+Every op that reaches the enclave for a caller (account creation and signing) carries
+``auth``: who asks, as ``parent_app.auth.Caller.enclave_auth`` made it; the enclave
+authenticates it and applies the signing policy. An account's metadata (labels,
+account-bound stamp keys, creator) comes back from ``generate_account``, is stored as
+given and goes back with every op on the account: the enclave binds it into the sealed
+key, so a record whose metadata was changed does not open.
 """
 
 from __future__ import annotations
@@ -33,12 +40,14 @@ from parent_app.metrics import RelayMetrics
 from parent_app.readiness import ReadinessMonitor, ReadinessReport
 from parent_app.storage import (
     MAX_CIPHERTEXT_BYTES,
+    METADATA_FIELDS,
     AccountPage,
     AccountRecord,
     Storage,
     checksum_address,
     format_time,
     is_uuid,
+    metadata_text,
 )
 
 _HEX_RE = re.compile(r"\A0x(?:[0-9a-fA-F]{2})+\Z")
@@ -55,6 +64,23 @@ _B64_RE = re.compile(r"\A[A-Za-z0-9+/]+={0,2}\Z")
 
 #: A sign_batch frame carries at most this many items and this many accounts.
 MAX_BATCH_ITEMS = 100
+#: What ``POST /v1/accounts`` may ask to seal with a new account (the enclave checks them).
+CREATE_METADATA = ("labels", "stamp_keys")
+#: Who asks: the ``auth`` param of an enclave op (``parent_app.auth.Caller.enclave_auth``).
+Auth = Mapping[str, Any]
+#: Ops after which the enclave holds new audit receipts (allowed or refused decisions).
+DECISION_OPS = frozenset(
+    {
+        "generate_account",
+        "sign_transaction",
+        "sign_message",
+        "sign_typed_data",
+        "sign_authorization",
+        "sign_batch",
+    }
+)
+#: The nonce of a signed audit head: 16 to 64 bytes (the enclave's bounds).
+AUDIT_NONCE_BYTES = (16, 64)
 #: Signing ops a batch may mix, and the name of each one's payload field.
 BATCH_PAYLOADS: Mapping[str, str] = {
     "sign_transaction": "transaction",
@@ -91,12 +117,15 @@ class WalletService:
         credentials: CredentialSource,
         key_id: str,
         metrics: RelayMetrics | None = None,
+        on_decision: Callable[[], None] | None = None,
     ) -> None:
         self.storage = storage
         self.enclave = enclave
         self.credentials = credentials
         self.key_id = key_id
         self.metrics = metrics or RelayMetrics()
+        #: Called after every op that made a decision (the audit log writer's wake-up).
+        self.on_decision = on_decision
         self.enclave_stats = EnclaveStatsSource(lambda: self._call("stats", {}))
         self.readiness_monitor = ReadinessMonitor(
             storage, credentials, self._call, key_id, self.enclave_stats
@@ -115,13 +144,42 @@ class WalletService:
         except RelayError as exc:
             self.metrics.enclave_errors.inc(op, exc.code)
             raise
+        finally:
+            if op in DECISION_OPS and self.on_decision is not None:
+                self.on_decision()
+
+    # -- audit -------------------------------------------------------------------
+
+    def audit_receipts(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The enclave's sealed receipts after ``params["after"]`` (the log writer's pull)."""
+        return self._call("audit_receipts", params)
+
+    def audit_head(self, nonce: bytes) -> dict[str, Any]:
+        """The enclave's sealed receipt head, signed together with ``nonce``."""
+        low, high = AUDIT_NONCE_BYTES
+        if not low <= len(nonce) <= high:
+            raise invalid_request(f"nonce must be {low} to {high} bytes")
+        head = self._call("audit_head", {"nonce": nonce.hex()})
+        if set(head) != {"seg", "n", "hash", "nonce", "sig"} or head["nonce"] != nonce.hex():
+            raise EnclaveBadResponse("enclave answered audit_head without a head for this nonce")
+        return head
 
     # -- accounts ----------------------------------------------------------------
 
-    def create_account(self, account_id: str | None = None) -> dict[str, str]:
+    def create_account(
+        self,
+        account_id: str | None,
+        auth: Auth,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, str]:
+        """A new account; ``metadata`` (``labels``, ``stamp_keys``) goes to the enclave
+        exactly as the caller sent it (a stamp covers it)."""
         account_id = str(uuid.uuid4()) if account_id is None else account_id
         if not is_uuid(account_id):
             raise ValueError("account_id must be a canonical lowercase UUID")
+        asked = dict(metadata or {})
+        if not set(asked) <= set(CREATE_METADATA):
+            raise ValueError(f"metadata holds only {CREATE_METADATA}")
         if self.storage.get(account_id) is not None:  # spare the enclave a KMS call
             raise AccountExists(f"account {account_id} already exists")
         credentials = self.credentials.get()
@@ -131,13 +189,15 @@ class WalletService:
                 "account_id": account_id,
                 "key_id": self.key_id,
                 "credentials": credentials.to_params(),
+                "auth": dict(auth),
+                **asked,
             },
         )
         record = _record_from_enclave(result, account_id, self.key_id)
         self.storage.insert(record)  # durable before we answer; AccountExists on a race
         return {"account_id": record.account_id, "address": record.address}
 
-    def get_account(self, account_id: str) -> dict[str, str]:
+    def get_account(self, account_id: str) -> dict[str, Any]:
         return public_view(self._load(account_id))
 
     def list_accounts(self, limit: int, cursor: str | None) -> dict[str, Any]:
@@ -147,28 +207,40 @@ class WalletService:
             "next_cursor": page.next_cursor,
         }
 
-    def sign_transaction(self, account_id: str, transaction: dict[str, Any]) -> dict[str, str]:
-        result = self._sign("sign_transaction", account_id, "transaction", transaction)
+    def sign_transaction(
+        self, account_id: str, transaction: dict[str, Any], auth: Auth
+    ) -> dict[str, str]:
+        result = self._sign("sign_transaction", account_id, "transaction", transaction, auth)
         return _transaction_result(result)
 
-    def sign_message(self, account_id: str, message: str) -> dict[str, str]:
+    def sign_message(self, account_id: str, message: str, auth: Auth) -> dict[str, str]:
         """EIP-191 (personal_sign): ``message`` is 0x-hex bytes or UTF-8 text."""
-        result = self._sign("sign_message", account_id, "message", message)
+        result = self._sign("sign_message", account_id, "message", message, auth)
         return _signature_result(result)
 
-    def sign_typed_data(self, account_id: str, typed_data: dict[str, Any]) -> dict[str, str]:
+    def sign_typed_data(
+        self, account_id: str, typed_data: dict[str, Any], auth: Auth
+    ) -> dict[str, str]:
         """EIP-712 v4 typed data."""
-        result = self._sign("sign_typed_data", account_id, "typed_data", typed_data)
+        result = self._sign("sign_typed_data", account_id, "typed_data", typed_data, auth)
         return _signature_result(result)
 
     def sign_authorization(
-        self, account_id: str, authorization: dict[str, Any]
+        self, account_id: str, authorization: dict[str, Any], auth: Auth
     ) -> dict[str, dict[str, str]]:
         """An EIP-7702 authorization tuple {chainId, address, nonce}."""
-        result = self._sign("sign_authorization", account_id, "authorization", authorization)
+        result = self._sign("sign_authorization", account_id, "authorization", authorization, auth)
         return _authorization_result(result)
 
-    def sign_batch(self, items: Sequence[BatchItem]) -> list[BatchOutcome]:
+    def sign_one(self, item: BatchItem, auth: Auth) -> dict[str, Any]:
+        """One signing request by its op name, answered as the single op answers."""
+        name = BATCH_PAYLOADS.get(item.op)
+        if name is None:
+            raise ValueError(f"{item.op!r} is not a signing op")
+        result = self._sign(item.op, item.account_id, name, item.payload, auth)
+        return _RESULT_CHECKS[item.op](result)
+
+    def sign_batch(self, items: Sequence[BatchItem], auth: Auth) -> list[BatchOutcome]:
         """Sign up to ``MAX_BATCH_ITEMS`` requests (ops and accounts mixed) with one
         ``sign_batch`` frame; one outcome per item, in order.
 
@@ -202,7 +274,7 @@ class WalletService:
             sent.append(position)
         if frame_items:
             accounts = [record for record in records.values() if record is not None]
-            answers = self._sign_frame(accounts, frame_items)
+            answers = self._sign_frame(accounts, frame_items, auth)
             for position, answer in zip(sent, answers, strict=True):
                 outcomes[position] = _batch_outcome(items[position].op, answer)
         done = [outcome for outcome in outcomes if outcome is not None]
@@ -212,7 +284,7 @@ class WalletService:
         return done
 
     def _sign_frame(
-        self, accounts: list[AccountRecord], frame_items: list[dict[str, Any]]
+        self, accounts: list[AccountRecord], frame_items: list[dict[str, Any]], auth: Auth
     ) -> list[Any]:
         credentials = self.credentials.get()
         result = self._call(
@@ -221,6 +293,7 @@ class WalletService:
                 "credentials": credentials.to_params(),
                 "accounts": [account_params(record) for record in accounts],
                 "items": frame_items,
+                "auth": dict(auth),
             },
         )
         answers = result.get("results")
@@ -268,7 +341,9 @@ class WalletService:
                 break
         return found
 
-    def _sign(self, op: str, account_id: str, name: str, payload: Any) -> dict[str, Any]:
+    def _sign(
+        self, op: str, account_id: str, name: str, payload: Any, auth: Auth
+    ) -> dict[str, Any]:
         record = self._load(account_id)
         credentials = self.credentials.get()
         return self._call(
@@ -276,6 +351,7 @@ class WalletService:
             {
                 "account": account_params(record),
                 "credentials": credentials.to_params(),
+                "auth": dict(auth),
                 name: payload,
             },
         )
@@ -355,24 +431,28 @@ _RESULT_CHECKS: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def public_view(record: AccountRecord) -> dict[str, str]:
-    """What the API shows of a record: never the ciphertexts."""
+def public_view(record: AccountRecord) -> dict[str, Any]:
+    """What the API shows of a record: never the ciphertexts. The metadata the enclave
+    sealed with the account is shown as stored (labels, account-bound stamp keys with
+    their public keys and scopes, and the creating principal), when there is any."""
     return {
         "account_id": record.account_id,
         "address": record.address,
         "key_id": record.key_id,
         "created_at": format_time(record.created_at),
+        **record.metadata_fields,
     }
 
 
-def account_params(record: AccountRecord) -> dict[str, str]:
-    """The ``account`` object of the enclave protocol."""
+def account_params(record: AccountRecord) -> dict[str, Any]:
+    """The ``account`` object of the enclave protocol, metadata included."""
     return {
         "account_id": record.account_id,
         "address": record.address,
         "key_id": record.key_id,
         "encrypted_private_key": base64.b64encode(record.encrypted_private_key).decode(),
         "encrypted_data_key": base64.b64encode(record.encrypted_data_key).decode(),
+        **record.metadata_fields,
     }
 
 
@@ -402,6 +482,10 @@ def _record_from_enclave(result: dict[str, Any], account_id: str, key_id: str) -
         checksummed = checksum_address(address)
     except ValueError as exc:
         raise EnclaveBadResponse(f"enclave returned an invalid address: {exc}") from None
+    try:
+        metadata = metadata_text({k: v for k, v in result.items() if k in METADATA_FIELDS})
+    except ValueError as exc:
+        raise EnclaveBadResponse(f"enclave returned invalid account metadata: {exc}") from None
     return AccountRecord(
         account_id=account_id,
         address=checksummed,
@@ -409,4 +493,5 @@ def _record_from_enclave(result: dict[str, Any], account_id: str, key_id: str) -
         encrypted_private_key=_b64(result.get("encrypted_private_key"), "encrypted_private_key"),
         encrypted_data_key=_b64(result.get("encrypted_data_key"), "encrypted_data_key"),
         created_at=datetime.now(UTC),
+        metadata=metadata,
     )

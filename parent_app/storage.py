@@ -4,7 +4,8 @@
 ``parent_app.storage_dynamodb``, sharing the record type and the cursor format):
 an insert is durable before it returns and fails with ``AccountExists`` when the
 account id or the address is already taken. Records hold only what the enclave
-returned: the address and two ciphertexts; nothing here can decrypt them.
+returned: the address, two ciphertexts and the account's metadata (labels, account-bound
+stamp keys, creator), which the enclave seals with the key; nothing here can decrypt them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ from typing import Protocol
 from parent_app.errors import AccountExists, RelayError, StorageError, StorageUnavailable
 from parent_app.ethaddress import to_checksum_address
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_CIPHERTEXT_BYTES = 16 * 1024
+#: The metadata of one account: 16 labels and 16 PEM keys fit with room to spare.
+MAX_METADATA_BYTES = 16 * 1024
+#: The fields the enclave seals with an account (enclave_app.account_metadata).
+METADATA_FIELDS = frozenset({"labels", "stamp_keys", "created_by"})
 MAX_CURSOR_CHARS = 512
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 _ADDRESS_RE = re.compile(r"\A0x[0-9a-fA-F]{40}\Z")
@@ -39,6 +44,20 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _TIME_RE = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 
 log = logging.getLogger(__name__)
+
+
+def metadata_text(fields: object) -> str:
+    """The stored form of an account's metadata: compact sorted-key JSON of an object
+    holding only ``METADATA_FIELDS`` ("" when it holds none). The enclave validates the
+    values (and binds them into the sealed key); here only the shape and size."""
+    if not isinstance(fields, dict) or not set(fields) <= METADATA_FIELDS:
+        raise ValueError(f"metadata must be an object of {sorted(METADATA_FIELDS)}")
+    if not fields:
+        return ""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    if len(text) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    return text
 
 
 class InvalidCursorError(ValueError):
@@ -85,6 +104,9 @@ class AccountRecord:
     encrypted_private_key: bytes
     encrypted_data_key: bytes
     created_at: datetime
+    #: Compact sorted-key JSON of the enclave's metadata fields, "" for none (see
+    #: ``metadata_text``); sent back with every op on the account, unchanged.
+    metadata: str = ""
 
     def __post_init__(self) -> None:
         if not is_uuid(self.account_id):
@@ -99,6 +121,16 @@ class AccountRecord:
                 raise ValueError(f"{name} must be 1 to {MAX_CIPHERTEXT_BYTES} bytes")
         if self.created_at.tzinfo is None:
             raise ValueError("created_at must be timezone-aware")
+        if self.metadata and metadata_text(json.loads(self.metadata)) != self.metadata:
+            raise ValueError("metadata must be the canonical JSON of the metadata fields")
+
+    @property
+    def metadata_fields(self) -> dict[str, object]:
+        """The metadata as the enclave's record fields (empty for none)."""
+        if not self.metadata:
+            return {}
+        fields: dict[str, object] = json.loads(self.metadata)
+        return fields
 
     def __repr__(self) -> str:  # ciphertexts are not secret, but they are noise in logs
         return f"AccountRecord(account_id={self.account_id!r}, address={self.address!r})"
@@ -168,9 +200,19 @@ CREATE TABLE storage_probe (
     written_at TEXT NOT NULL
 );
 """
-_MIGRATIONS = {0: _SCHEMA_V1 + _SCHEMA_V2, 1: _SCHEMA_V2}
+#: Version 3 adds the account's metadata (labels, account-bound keys, creator).
+_SCHEMA_V3 = """
+ALTER TABLE accounts ADD COLUMN metadata TEXT NOT NULL DEFAULT '';
+"""
+_MIGRATIONS = {
+    0: _SCHEMA_V1 + _SCHEMA_V2 + _SCHEMA_V3,
+    1: _SCHEMA_V2 + _SCHEMA_V3,
+    2: _SCHEMA_V3,
+}
 
-_COLUMNS = "account_id, address, key_id, encrypted_private_key, encrypted_data_key, created_at"
+_COLUMNS = (
+    "account_id, address, key_id, encrypted_private_key, encrypted_data_key, created_at, metadata"
+)
 
 #: SQLite primary result codes that mean "cannot use the store now", not "bad data":
 #: answered 503 storage_unavailable with Retry-After (everything else: 500 storage_error).
@@ -257,7 +299,7 @@ def _insert_one(conn: sqlite3.Connection, record: AccountRecord) -> AccountExist
     try:
         conn.execute(
             f"INSERT INTO accounts ({_COLUMNS}, address_lower) "  # noqa: S608 constants
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.account_id,
                 record.address,
@@ -265,6 +307,7 @@ def _insert_one(conn: sqlite3.Connection, record: AccountRecord) -> AccountExist
                 record.encrypted_private_key,
                 record.encrypted_data_key,
                 format_time(record.created_at),
+                record.metadata,
                 record.address.lower(),
             ),
         )
@@ -514,7 +557,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 def _record(row: tuple[object, ...]) -> AccountRecord:
-    account_id, address, key_id, private_key, data_key, created_at = row
+    account_id, address, key_id, private_key, data_key, created_at, metadata = row
     try:
         return AccountRecord(
             account_id=str(account_id),
@@ -523,6 +566,7 @@ def _record(row: tuple[object, ...]) -> AccountRecord:
             encrypted_private_key=bytes(private_key),  # type: ignore[call-overload]
             encrypted_data_key=bytes(data_key),  # type: ignore[call-overload]
             created_at=parse_time(str(created_at)),
+            metadata=str(metadata),
         )
     except (TypeError, ValueError) as exc:
         raise StorageError("a stored account record is malformed") from exc

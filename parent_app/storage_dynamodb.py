@@ -26,6 +26,7 @@ Items (every account is two items written in one ``TransactWriteItems``, each wi
     pk = "account#<account_id>"        kind = "account", account_id, address (EIP-55),
                                        key_id, encrypted_private_key (B),
                                        encrypted_data_key (B), created_at,
+                                       metadata (S, only when the account has any),
                                        list_pk = "accounts",
                                        list_sk = "<created_at>#<account_id>"
     pk = "address#<lowercase address>" kind = "address", account_id, address
@@ -389,6 +390,8 @@ def _transaction(table_name: str, record: AccountRecord) -> list[Any]:
         "list_pk": {"S": LIST_PARTITION},
         "list_sk": {"S": f"{created}#{record.account_id}"},
     }
+    if record.metadata:  # DynamoDB refuses empty strings in some places: leave it out
+        account["metadata"] = {"S": record.metadata}
     guard: Item = {
         "pk": {"S": f"address#{record.address.lower()}"},
         "kind": {"S": "address"},
@@ -439,6 +442,7 @@ def _record(item: Item) -> AccountRecord:
             encrypted_private_key=_binary(item, "encrypted_private_key"),
             encrypted_data_key=_binary(item, "encrypted_data_key"),
             created_at=parse_time(_string(item, "created_at")),
+            metadata=_string(item, "metadata") if "metadata" in item else "",
         )
     except (TypeError, ValueError) as exc:
         raise StorageError("a stored account record is malformed") from exc

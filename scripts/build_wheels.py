@@ -96,7 +96,11 @@ ARTIFACTS: dict[str, Artifact] = {
             "nitro_wallet/templates/kms_key_policy.json.j2": (
                 ROOT / "templates" / "kms_key_policy.json.j2",
                 "nitro_wallet",
-            )
+            ),
+            "nitro_wallet/policy.schema.json": (
+                ROOT / "nitro_wallet" / "policy.schema.json",
+                "nitro_wallet",
+            ),
         },
     ),
     "sim": Artifact(

@@ -77,6 +77,13 @@ RELAY_DESCRIPTIONS: dict[str, str] = {
     "credentials.source": "Where the role credentials come from (IMDSv2).",
     "credentials.imds_endpoint": "IMDS endpoint (the simulator serves one on loopback).",
     "credentials.imds_timeout_seconds": "Timeout of one IMDS call.",
+    "auth.tokens_file": "Bearer tokens (nitro-wallet token add; hashes only). Unset: none "
+    "accepted.",
+    "auth.policy_file": "The enclave image's compiled signing policy: its stamp keys let the "
+    "relay verify read-only stamps. Unset: read calls need a token.",
+    "audit.log_path": "The JSON-lines log of the enclave's signed receipts (audit verify).",
+    "audit.pull_interval_seconds": "The audit writer pulls receipts after each decision and "
+    "at least this often.",
 }
 ENCLAVE_DESCRIPTIONS: dict[str, str] = {
     "server.port": "vsock port the enclave listens on.",
@@ -144,6 +151,10 @@ class Recorder:
 RELAY_BASE: dict[str, Any] = {
     "kms": {"key_id": "alias/example"},
     "relay": {"upstream_rpc_url": "https://node.example.com"},
+    "auth": {
+        "tokens_file": "/etc/nitro-wallet/tokens.json",
+        "policy_file": "/etc/nitro-wallet/policy.json",
+    },
 }
 RELAY_SCENARIOS: dict[str, dict[str, Any]] = {
     'storage.backend = "sqlite"': {**RELAY_BASE, "storage": {}},

@@ -29,7 +29,7 @@ sed -n '/dev stack is up/,/logs/p' "$LOG"
 RELAY=$(sed -n 's|^  relay  *\(http://127\.0\.0\.1:[0-9]*\) .*|\1|p' "$LOG" | head -n 1)
 [ -n "$RELAY" ] || { echo "demo-dev: no relay URL in $LOG" >&2; exit 1; }
 
-scripts/walkthrough.sh "$RELAY"
+scripts/walkthrough.sh "$RELAY" "$STATE"
 echo
 echo "demo OK: the key was born in the enclave, only ciphertext is stored ($STATE/relay/accounts.db),"
 echo "and KMS released the data key only to the attested PCR0 ($STATE/kms-key-policy.json)."

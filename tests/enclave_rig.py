@@ -9,6 +9,11 @@ full-stack tests cover those.
 
 ``KmsGate`` instruments the local KMS: it counts calls per operation, measures how
 many run at once, and can slow them down or hold them until released.
+
+The enclave's gate is real too: a signing policy (by default :data:`RIG_POLICY`, which
+lets the relay identity ``rig`` do everything), H5b's authenticator and an attested
+receipt chain. ``request_frame`` (so ``call``) adds ``auth`` as the relay would (the
+``rig`` identity) unless the params carry their own.
 """
 
 from __future__ import annotations
@@ -33,11 +38,13 @@ import boto3
 from enclave_app import wire
 from enclave_app.accounts import AccountVault
 from enclave_app.errors import EnclaveError
+from enclave_app.gate import Gate
 from enclave_app.key_cache import KeyCache
 from enclave_app.kms import AttestedKms
 from enclave_app.kms_probe import KmsProber
 from enclave_app.nsm import SocketNsm
 from enclave_app.ops import Operations
+from enclave_app.policy import parse_policy
 from enclave_app.recipient_keys import RecipientKeyPool
 from enclave_app.server import EnclaveServer, ServerLimits
 from enclave_app.signing.keys import SigningKey
@@ -54,6 +61,31 @@ from nitro_wallet.key_policy import PCR0, render_key_policy
 ENCLAVE_CID = 16
 ENCLAVE_PORT = 5000
 IMAGE_PCR0 = hashlib.sha384(b"nitro-wallet enclave rig").digest()
+#: Ops that take ``auth``.
+GATED_OPS = frozenset(
+    {
+        "generate_account",
+        "sign_transaction",
+        "sign_message",
+        "sign_typed_data",
+        "sign_authorization",
+        "sign_batch",
+    }
+)
+RIG_AUTH: dict[str, Any] = {"relay": {"principal": "rig", "scopes": ["create", "sign", "read"]}}
+RIG_POLICY: dict[str, Any] = {
+    "version": 1,
+    "principals": {"relay_identities": [{"id": "rig", "scopes": ["create", "sign", "read"]}]},
+    "rules": [
+        {
+            "name": "rig-everything",
+            "effect": "allow",
+            "principals": {"relay_identities": ["rig"]},
+            "accounts": "all",
+            "condition": {"transaction": {}, "message": {}, "typed_data": {}, "authorization": {}},
+        }
+    ],
+}
 
 
 class KmsGate:
@@ -114,6 +146,8 @@ class EnclaveRig:
         cache_entries: int = 1024,
         kms_timeout: int = 20,
         probe_interval: float = 30,
+        signing_policy: dict[str, Any] | None = None,
+        policy_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root
         self.stats = EnclaveStats()
@@ -167,9 +201,15 @@ class EnclaveRig:
         self.vault = AccountVault(
             self.kms_client, self.cache, max_parallel_unlocks=kms_concurrency, stats=self.stats
         )
+        document = RIG_POLICY if signing_policy is None else signing_policy
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        # As load_policy names a policy: the SHA-256 of its canonical JSON (stats, health).
+        self.policy = parse_policy(document, sha256=hashlib.sha256(canonical).hexdigest())
+        self.enclave_gate = Gate.boot(self.policy, SocketNsm(root / "nsm.sock"), policy_clock)
         self.operations = Operations(
             SocketNsm(root / "nsm.sock"),
             self.vault,
+            gate=self.enclave_gate,
             allow_pre_eip155=False,
             record_cache_entries=cache_entries,
             capacity=self.limits.capacity(),
@@ -255,6 +295,10 @@ def running_rig(**options: Any) -> Iterator[EnclaveRig]:
 
 
 def request_frame(op: str, params: dict[str, Any], request_id: str = "r") -> bytes:
+    """The frame of one request; ops that take ``auth`` get the rig's relay identity
+    unless ``params`` carry their own."""
+    if op in GATED_OPS and "auth" not in params:
+        params = {**params, "auth": RIG_AUTH}
     return wire.request_frame(wire.Request(request_id, op, params))
 
 

@@ -5,14 +5,18 @@ over the real simulated transport (``Transport.unix``), several frames per conne
 and idle connections closed after ``idle_timeout_seconds``, as the enclave does. It
 answers ``health``, ``attest``, ``generate_account``, ``sign_transaction``,
 ``sign_message``, ``sign_typed_data``, ``sign_authorization`` and ``sign_batch`` (the
-BOARD format: per-item results, envelope errors fail the frame), and the readiness ops
-``kms_probe`` (``probe_status`` for every allowed key) and ``stats`` (the real answer's
-shape: a boot id drawn at each ``start()``, ``warm_keys`` cached keys, nothing counted).
-By default the answers are deterministic values derived from the inputs (a fake
-signed transaction is structurally valid RLP, so the relay can decode it); with
-``real_keys`` every account has a real secp256k1 key derived from its id and every
-signature is made by eth-account, so tests can recover signatures to the account's
-address. It checks
+BOARD format: per-item results, envelope errors fail the frame), the audit ops
+(``audit_receipts``: none; ``audit_head``) and the readiness ops ``kms_probe``
+(``probe_status`` for every allowed key) and ``stats`` (the real answer's shape: a boot
+id drawn at each ``start()``, ``warm_keys`` cached keys, nothing counted). Like the
+enclave it requires ``auth`` (the caller) on account creation and signing (it checks
+its shape only: the real enclave verifies it), seals the account's metadata
+(``created_by`` from ``auth``, ``labels``, ``stamp_keys``) and refuses a record sent
+back without exactly that metadata. By default the answers are deterministic values
+derived from the inputs (a fake signed transaction is structurally valid RLP, so the
+relay can decode it); with ``real_keys`` every account has a real secp256k1 key derived
+from its id and every signature is made by eth-account, so tests can recover signatures
+to the account's address. It checks
 what the relay sends the way the enclave would (uuid, allowed key id, credentials
 shape, record fields), and can be told to misbehave (delays, raw answers, dropped
 requests, a sudden death with ``kill()``). It tests the relay's own behaviour; the
@@ -56,6 +60,7 @@ from enclave_app.transport import Transport
 from parent_app.__main__ import build_relay
 from parent_app.config import RelayConfig
 from parent_app.http_server import RelayServer, wait_until_serving
+from parent_app.tokens import SCOPES, TokenRecord, new_token, token_digest, write_records
 
 KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555"
 SIGN_OPS = ("sign_transaction", "sign_message", "sign_typed_data", "sign_authorization")
@@ -67,6 +72,12 @@ PAYLOADS = {
 }
 MAX_BATCH = 100
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+#: The bearer token every test relay accepts (name ``TEST_PRINCIPAL``, every scope), and
+#: the header ``http_call`` sends by default.
+TEST_TOKEN_ID, TEST_TOKEN = new_token()
+TEST_PRINCIPAL = "test-client"
+#: The header line carrying ``TEST_TOKEN``, for tests that write raw HTTP.
+AUTH_LINE = f"Authorization: Bearer {TEST_TOKEN}\r\n".encode()
 
 
 def short_tempdir() -> Path:
@@ -146,7 +157,7 @@ class FakeEnclave:
     cid: int = 16
     port: int = 5000
     allowed_key_ids: tuple[str, ...] = (KEY_ID,)
-    max_frame_bytes: int = 1 << 20  # the enclave's default frame cap
+    max_frame_bytes: int = 4 << 20  # the enclave's default frame cap
     # Misbehaviour knobs, read on every request.
     generate_overrides: dict[str, Any] = field(default_factory=dict)
     # merged into the results of sign_* and attest
@@ -167,6 +178,8 @@ class FakeEnclave:
     idle_timeout_seconds: float = 60.0
     real_keys: bool = False
     requests: list[wire.Request] = field(default_factory=list)
+    #: The metadata generate_account sealed, by account id (checked on every unlock).
+    sealed_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.transport = Transport.unix(self.vsock_dir)
@@ -300,9 +313,11 @@ class FakeEnclave:
             return {**self._sign(request.op, params), **self.sign_overrides}
         if request.op == "sign_batch":
             return self._sign_batch(params)
-        return self._readiness_op(request.op, params)
+        return self._readiness_or_audit_op(request.op, params)
 
-    def _readiness_op(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+    def _readiness_or_audit_op(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        if op in ("audit_receipts", "audit_head"):
+            return _audit(op, params)
         if op == "kms_probe":
             self._check_credentials(params.get("credentials"))
             return self._kms_probe()
@@ -351,12 +366,18 @@ class FakeEnclave:
             "kms_probe": None,
         }
 
+    def auths(self) -> list[dict[str, Any]]:
+        """The ``auth`` params the relay sent, in order."""
+        with self._lock:
+            return [r.params["auth"] for r in self.requests if "auth" in r.params]
+
     def _sign_batch(self, params: dict[str, Any]) -> dict[str, Any]:
         """The BOARD's sign_batch: envelope errors fail the frame, item errors the item."""
-        if set(params) != {"credentials", "accounts", "items"}:
+        if set(params) != {"credentials", "accounts", "items", "auth"}:
             raise EnclaveError(
-                ErrorCode.INVALID_PARAMS, "sign_batch takes credentials, accounts, items"
+                ErrorCode.INVALID_PARAMS, "sign_batch takes credentials, accounts, items, auth"
             )
+        _check_auth(params["auth"])
         credentials = params["credentials"]
         self._check_credentials(credentials)
         accounts, items = params["accounts"], params["items"]
@@ -386,6 +407,7 @@ class FakeEnclave:
             single: dict[str, Any] = {
                 "account": accounts[item["account"]],
                 "credentials": credentials,
+                "auth": params["auth"],
             }
             if name in item:
                 single[name] = item[name]
@@ -414,14 +436,25 @@ class FakeEnclave:
         if key_id not in self.allowed_key_ids:
             raise EnclaveError(ErrorCode.KMS_KEY_NOT_ALLOWED, "key id is not allowed")
         self._check_credentials(params.get("credentials"))
+        auth = _check_auth(params.get("auth"))
+        unknown = set(params) - {"account_id", "key_id", "credentials", "auth", *_CREATE_FIELDS}
+        if unknown:
+            raise EnclaveError(ErrorCode.INVALID_PARAMS, f"unknown params {sorted(unknown)}")
+        principal = auth["relay"]["principal"] if "relay" in auth else "stamp-key"
+        kind = "relay" if "relay" in auth else "stamp"
+        metadata = {name: params[name] for name in _CREATE_FIELDS if name in params}
+        metadata["created_by"] = f"{kind}:{principal}"
         result: dict[str, Any] = {
             "account_id": account_id,
             "address": self.address_for(account_id),
             "key_id": key_id,
             "encrypted_private_key": fake_private_key_ciphertext(account_id),
             "encrypted_data_key": fake_data_key_ciphertext(account_id, str(key_id)),
+            **metadata,
         }
         result.update(self.generate_overrides)
+        with self._lock:
+            self.sealed_metadata[account_id] = metadata
         return result
 
     def _attest(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -441,6 +474,7 @@ class FakeEnclave:
     def _unlock(self, params: dict[str, Any]) -> str:
         """Check the account record as the enclave would; the address it signs for."""
         self._check_credentials(params.get("credentials"))
+        _check_auth(params.get("auth"))
         account = params.get("account")
         if not isinstance(account, dict):
             raise EnclaveError(ErrorCode.INVALID_PARAMS, "account must be an object")
@@ -454,6 +488,11 @@ class FakeEnclave:
             raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "data key ciphertext is invalid")
         if account.get("address") != self.address_for(account_id):
             raise EnclaveError(ErrorCode.ADDRESS_MISMATCH, "key does not derive the address")
+        with self._lock:
+            sealed = self.sealed_metadata.get(account_id)
+        sent = {k: v for k, v in account.items() if k in (*_CREATE_FIELDS, "created_by")}
+        if sealed is not None and sent != sealed:  # the real enclave's GCM binding
+            raise EnclaveError(ErrorCode.CIPHERTEXT_INVALID, "account metadata was changed")
         return account_id
 
     def _sign(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -471,6 +510,38 @@ class FakeEnclave:
         if op == "sign_authorization":
             return {"authorization": fake_authorization(address, payload)}
         return fake_signature(address, payload)
+
+
+_CREATE_FIELDS = ("labels", "stamp_keys")
+
+
+def _audit(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The audit ops: no receipt to collect, and a (fake) head for the nonce."""
+    if op == "audit_receipts":
+        return {"segment": "00" * 16, "receipts": [], "sealed": 0, "next": 1}
+    if op == "audit_head":
+        nonce = params.get("nonce")
+        return {"seg": "00" * 16, "n": 0, "hash": "00" * 32, "nonce": nonce, "sig": "AA"}
+    raise EnclaveError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}")
+
+
+def _check_auth(auth: Any) -> dict[str, Any]:
+    """The ``auth`` param's shape (BOARD-h5); the real enclave verifies its content."""
+    if not isinstance(auth, dict):
+        raise EnclaveError(ErrorCode.UNAUTHENTICATED, "auth is required")
+    if "stamp" in auth:
+        request = auth.get("request")
+        if not isinstance(auth["stamp"], str) or not isinstance(request, dict):
+            raise EnclaveError(ErrorCode.UNAUTHENTICATED, "a stamp needs the request")
+        if set(request) != {"method", "path", "body"}:
+            raise EnclaveError(ErrorCode.UNAUTHENTICATED, "request is method, path, body")
+        return auth
+    relay = auth.get("relay")
+    if not isinstance(relay, dict) or set(relay) != {"principal", "scopes"}:
+        raise EnclaveError(ErrorCode.UNAUTHENTICATED, "auth needs a stamp or a relay identity")
+    if not set(auth) <= {"relay", "approvals", "request"}:
+        raise EnclaveError(ErrorCode.UNAUTHENTICATED, "unknown auth fields")
+    return auth
 
 
 def _check_payload(op: str, payload: Any, address: str) -> None:
@@ -659,6 +730,24 @@ class FakeImds:
 # -- the relay in-process -------------------------------------------------------------
 
 
+def write_tokens(path: Path, scopes: frozenset[str] = frozenset(SCOPES)) -> Path:
+    """A tokens file holding ``TEST_TOKEN`` (only its digest) with ``scopes``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = TokenRecord(
+        TEST_TOKEN_ID, TEST_PRINCIPAL, scopes, token_digest(TEST_TOKEN), "2026-11-30T00:00:00Z"
+    )
+    write_records(path, {TEST_TOKEN_ID: record})
+    return path
+
+
+def auth_sections(state_dir: Path) -> dict[str, Any]:
+    """[auth] (the test token) and [audit] (a log in ``state_dir``) of a test relay."""
+    return {
+        "auth": {"tokens_file": str(write_tokens(state_dir / "tokens.json"))},
+        "audit": {"log_path": str(state_dir / "audit.jsonl")},
+    }
+
+
 def relay_config(
     *,
     vsock_spec: str,
@@ -681,6 +770,7 @@ def relay_config(
         "kms": {"key_id": KEY_ID, "region": "us-east-1"},
         "storage": {"backend": "sqlite", "sqlite_path": str(sqlite_path)},
         "credentials": {"source": "imds", "imds_endpoint": imds_endpoint},
+        **auth_sections(sqlite_path.parent),
     }
 
 
@@ -728,10 +818,16 @@ def http_call(
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10,
+    token: str | None = TEST_TOKEN,
 ) -> HttpAnswer:
+    """One request; it carries ``token`` as a bearer token unless ``token`` is None or
+    ``headers`` bring their own credentials (Authorization or X-Stamp)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         all_headers = dict(headers or {})
+        own = {name.lower() for name in all_headers} & {"authorization", "x-stamp"}
+        if token is not None and not own:
+            all_headers["Authorization"] = f"Bearer {token}"
         data = raw
         if body is not None:
             data = json.dumps(body).encode()

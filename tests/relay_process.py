@@ -11,7 +11,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tests.fake_enclave import KEY_ID, FakeEnclave, FakeImds, remove_tree, short_tempdir
+from tests.fake_enclave import (
+    KEY_ID,
+    FakeEnclave,
+    FakeImds,
+    auth_sections,
+    remove_tree,
+    short_tempdir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,12 +83,16 @@ def write_config(
 ) -> Path:
     """relay.toml on a free port against the fakes; the database in ``db_dir``."""
     config = tmp_path / "relay.toml"
+    state = db_dir or tmp_path / "db"
+    sections = auth_sections(tmp_path / "relay-auth")
     config.write_text(
         '[relay]\nlisten_host = "127.0.0.1"\nlisten_port = 0\nlog_level = "DEBUG"\n'
         f'[enclave]\ntransport = "{enclave.transport_spec}"\ncid = 16\nport = 5000\n'
         f'[kms]\nkey_id = "{KEY_ID}"\n'
-        f'[storage]\nsqlite_path = "{(db_dir or tmp_path / "db") / "accounts.db"}"\n'
+        f'[storage]\nsqlite_path = "{state / "accounts.db"}"\n'
         f'[credentials]\nimds_endpoint = "{imds.endpoint}"\n'
+        f'[auth]\ntokens_file = "{sections["auth"]["tokens_file"]}"\n'
+        f'[audit]\nlog_path = "{sections["audit"]["log_path"]}"\n'
     )
     return config
 

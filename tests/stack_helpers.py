@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from eth_account import Account
 
 from enclave_app import envelope
+from enclave_app.account_metadata import parse_metadata
+from enclave_app.accounts import SealedAccount, additional_data_for
 from enclave_app.cms import decrypt_enveloped_data
 from nitro_sim.ca import SimCa
 from nitro_sim.nsm import SimulatedNsm
@@ -89,14 +92,19 @@ def eip1559(nonce: int = 0, **overrides: Any) -> dict[str, Any]:
     return tx
 
 
-def assert_every_account_signs(relay_url: str, accounts: Mapping[str, str], nonce: int) -> None:
+def assert_every_account_signs(
+    relay_url: str, accounts: Mapping[str, str], nonce: int, token: str | None = None
+) -> None:
     """Each account (id -> address) signs a transaction through the relay at
-    ``relay_url``, and eth-account recovers the account's address from it."""
+    ``relay_url``, and eth-account recovers the account's address from it. ``token``:
+    the bearer token, for a relay that no stack of this process started."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
     for account_id, address in sorted(accounts.items()):
         status, body = http_json(
             "POST",
             f"{relay_url}/v1/accounts/{account_id}/sign/transaction",
             {"transaction": eip1559(nonce=nonce)},
+            headers,
         )
         assert status == 200, body
         assert Account.recover_transaction(body["raw_transaction"]) == address
@@ -115,15 +123,19 @@ def sign(stack: LocalStack, account_id: str, tx: dict[str, Any]) -> tuple[int, d
 
 
 def stored_record(stack: LocalStack, account_id: str) -> dict[str, Any]:
+    """The account's record as the relay sends it to the enclave: the stored columns and
+    the sealed metadata fields (``labels``, ``stamp_keys``, ``created_by``)."""
     with closing(sqlite3.connect(stack.relay_db)) as db:
         row = db.execute(
-            "SELECT account_id, address, key_id, encrypted_private_key, encrypted_data_key "
-            "FROM accounts WHERE account_id = ?",
+            "SELECT account_id, address, key_id, encrypted_private_key, encrypted_data_key, "
+            "metadata FROM accounts WHERE account_id = ?",
             (account_id,),
         ).fetchone()
     assert row is not None
     keys = ("account_id", "address", "key_id", "encrypted_private_key", "encrypted_data_key")
-    return dict(zip(keys, row, strict=True))
+    record = dict(zip(keys, row[:5], strict=True))
+    record.update(json.loads(row[5]) if row[5] else {})
+    return record
 
 
 def overwrite_ciphertexts(
@@ -160,10 +172,16 @@ def unlock_as_measured_enclave(stack: LocalStack, record: dict[str, Any]) -> tup
         Recipient={"KeyEncryptionAlgorithm": "RSAES_OAEP_SHA_256", "AttestationDocument": document},
     )
     data_key = decrypt_enveloped_data(response["CiphertextForRecipient"], ephemeral)
+    account = SealedAccount(
+        account_id=record["account_id"],
+        address=record["address"],
+        key_id=record["key_id"],
+        encrypted_private_key=record["encrypted_private_key"],
+        encrypted_data_key=record["encrypted_data_key"],
+        metadata=parse_metadata(record),
+    )
     private_key = envelope.open_sealed(
-        data_key,
-        record["encrypted_private_key"],
-        envelope.additional_data(record["account_id"], record["address"]),
+        data_key, record["encrypted_private_key"], additional_data_for(account)
     )
     return private_key, data_key
 

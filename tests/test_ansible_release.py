@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nitro_wallet.policy import compile_policy_text
 from tests.ansible_runner import ROOT, local_inventory, run_playbook
 
 pytestmark = pytest.mark.process  # ansible-playbook runs as a process
@@ -32,13 +33,22 @@ BUILD_VARS = {
 }
 
 
+def signing_policy(directory: Path) -> Path:
+    """The example signing policy, compiled (the image carries one; the role requires it)."""
+    compiled = compile_policy_text((ROOT / "docs" / "examples" / "policy.yaml").read_text())
+    path = directory / "policy.json"
+    path.write_bytes(compiled.canonical)
+    return path
+
+
 def build(tmp_path: Path, root: Path, **overrides: Any) -> tuple[bool, str]:
     inventory = local_inventory(tmp_path / "inventory.json")
+    policy = {"nitro_wallet_signing_policy_file": str(signing_policy(tmp_path))}
     run = run_playbook(
         "playbooks/enclave_build.yml",
         inventory,
         tmp_path,
-        extra={**BUILD_VARS, "enclave_release_root": str(root), **overrides},
+        extra={**BUILD_VARS, **policy, "enclave_release_root": str(root), **overrides},
         timeout=900,
     )
     return run.ok, run.output

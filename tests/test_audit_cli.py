@@ -112,7 +112,7 @@ def test_the_writer_refuses_a_batch_that_does_not_continue_the_log(
 
     with pytest.raises(AuditLogError, match="does not follow"):
         AuditLogWriter(log, skipping).drain()
-    assert not log.exists()
+    assert log.read_bytes() == b""  # made at start (a relay fails early on a bad path)
 
 
 def test_the_writer_cuts_a_partial_last_line(audit_nsm: SimEnclaveNsm, tmp_path: Path) -> None:

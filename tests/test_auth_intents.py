@@ -217,3 +217,50 @@ def test_a_batch_matches_in_order_and_may_skip_but_never_reuse_an_intent() -> No
 )
 def test_requests_the_relay_refuses_itself_yield_no_intent(body: Any) -> None:
     refused("/", body, OpItem("sign_message", ID, ADDRESS, "hello"))
+
+
+# -- routes and aliases the relay serves as well -----------------------------------------
+
+
+def test_the_batch_route_yields_one_transaction_per_element() -> None:
+    second = {**TX, "nonce": 1}
+    body = {"transactions": [TX, second]}
+    path = rest("transactions")
+    check(
+        path,
+        body,
+        OpItem("sign_transaction", ID, ADDRESS, TX),
+        OpItem("sign_transaction", ID, ADDRESS, second),
+    )
+    check(path, body, OpItem("sign_transaction", ID, ADDRESS, second))  # the relay left one out
+    refused(path, body, OpItem("sign_transaction", OTHER_ID, ADDRESS, TX))  # other account
+    refused(path, body, OpItem("sign_transaction", ID, ADDRESS, {**TX, "nonce": 2}))  # changed
+    refused(  # the same transaction twice: each element is one op at most
+        path,
+        {"transactions": [TX]},
+        OpItem("sign_transaction", ID, ADDRESS, TX),
+        OpItem("sign_transaction", ID, ADDRESS, TX),
+    )
+    refused(path, {"transactions": [TX], "extra": 1}, OpItem("sign_transaction", ID, ADDRESS, TX))
+    refused(path, {"transactions": TX}, OpItem("sign_transaction", ID, ADDRESS, TX))
+
+
+def test_the_geth_url_is_the_same_json_rpc() -> None:
+    body = rpc("personal_sign", ["0x68656c6c6f", ADDRESS])
+    check("/geth", body, OpItem("sign_message", ID, ADDRESS, "0x68656c6c6f"))
+    refused("/geth", body, OpItem("sign_message", ID, ADDRESS, "0x00"))
+    refused("/other", body, OpItem("sign_message", ID, ADDRESS, "0x68656c6c6f"))
+
+
+@pytest.mark.parametrize("method", ["eth_signTypedData", "eth_signTypedData_v3"])
+def test_geths_typed_data_aliases_sign_typed_data(method: str) -> None:
+    typed = {
+        "types": {"EIP712Domain": []},
+        "primaryType": "EIP712Domain",
+        "domain": {},
+        "message": {},
+    }
+    body = rpc(method, [ADDRESS, typed])
+    check("/", body, OpItem("sign_typed_data", ID, ADDRESS, typed))
+    refused("/", body, OpItem("sign_typed_data", ID, ADDRESS, {**typed, "domain": {"name": "x"}}))
+    refused("/", body, OpItem("sign_message", ID, ADDRESS, typed))

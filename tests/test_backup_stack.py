@@ -187,7 +187,7 @@ def test_a_restore_onto_a_fresh_host_signs_for_every_account(
     stack.run_enclave(stack.measurements.eif)  # a new enclave: nothing cached
     process, url = _start_relay(stack, config)
     try:
-        assert_every_account_signs(url, accounts, nonce=7)
+        assert_every_account_signs(url, accounts, nonce=7, token=stack.api_token)
         # A second restore onto this store, which now holds accounts, is refused.
         again = nitro_wallet(stack, "restore", "--config", config, "--from", str(backup))
         assert again.returncode == 1

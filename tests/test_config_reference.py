@@ -111,6 +111,7 @@ RELAY_CASES = {
         "parent_relay_dynamodb_endpoint_url": "https://dynamodb.example.com",
         "parent_relay_chain_id": 1,
         "parent_relay_upstream_rpc_url": "https://node.example.com",
+        "parent_relay_signing_policy_file": "/etc/nitro-wallet/policy.json",
     },
 }
 

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_defunct
 
 from nitro_sim.stack import REPO_ROOT, STOP_BUDGET_SECONDS, http_json
+from nitro_wallet.stamping import load_key_file, make_stamp
 from tests.stack_helpers import eip1559
 
 pytestmark = pytest.mark.stack
@@ -130,19 +132,46 @@ def test_dev_stack_serves_then_stops_in_bounded_time_leaving_no_process(
         relay = dev.wait_for(r"relay\s+(http://127\.0\.0\.1:\d+)").group(1)
         dev.wait_for("dev stack is up")
         assert processes_mentioning(state), "the stack's processes are findable"
-        status, account = http_json("POST", f"{relay}/v1/accounts", {})
+        assert "grants\n" in dev.output  # the banner says what the dev policy grants
+        assert "BOTH EVERYTHING" in dev.output
+        status, refused = http_json("POST", f"{relay}/v1/accounts", {})  # no credentials
+        assert (status, refused["error"]["code"]) == (401, "unauthenticated")
+        bearer = {"Authorization": f"Bearer {(state / 'api-token').read_text().strip()}"}
+        status, account = http_json("POST", f"{relay}/v1/accounts", {}, bearer)
         assert status == 201
-        status, signed = http_json(
-            "POST",
-            f"{relay}/v1/accounts/{account['account_id']}/sign/transaction",
-            {"transaction": eip1559()},
-        )
+        path = f"/v1/accounts/{account['account_id']}/sign/transaction"
+        status, signed = http_json("POST", relay + path, {"transaction": eip1559()}, bearer)
         assert status == 200
         assert Account.recover_transaction(signed["raw_transaction"]) == account["address"]
+        body = json.dumps({"message": "stamped in make dev"}).encode()
+        stamp = make_stamp(
+            load_key_file(state / "api-key.pem"), "POST", path[:-11] + "message", body
+        )
+        status, stamped = http_json(
+            "POST", relay + path[:-11] + "message", body, {"X-Stamp": stamp}
+        )
+        assert status == 200, stamped
+        message = encode_defunct(text="stamped in make dev")
+        assert (
+            Account.recover_message(message, signature=stamped["signature"]) == account["address"]
+        )
         code, took = dev.stop(signum)
     finally:
         dev.kill()
     assert code == 0, dev.output
+    for secret in ("api-token", "api-key.pem"):
+        assert (state / secret).stat().st_mode & 0o777 == 0o600, secret
+    verified = subprocess.run(
+        [
+            *(sys.executable, "-m", "nitro_wallet", "audit", "verify"),
+            *(str(state / "audit.jsonl"), "--root", str(state / "sim-root.pem")),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     assert took < STOP_BOUND_SECONDS
     assert processes_mentioning(state) == [], dev.output
     described = subprocess.run(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +36,7 @@ from eth_account.messages import encode_defunct
 from enclave_app import wire
 from enclave_app.errors import EnclaveError
 from enclave_app.transport import Transport
+from nitro_sim.dev_auth import DEV_TOKEN_NAME
 from nitro_sim.stack import ENCLAVE_CID, ENCLAVE_PORT, LocalStack, free_port, http_json
 from nitro_wallet.kms_replicas import replica_arn
 from tests.stack_helpers import assert_every_account_signs, eip1559, nitro_wallet, stored_record
@@ -210,6 +212,10 @@ def test_new_accounts_in_the_dr_region_are_made_under_the_replica(recovered: Rec
     assert made[-1]["key_arn"] == dr.key_arn
 
 
+#: What the relay asserts for the stack's bearer token (the dev policy grants it all).
+DEV_AUTH = {"relay": {"principal": DEV_TOKEN_NAME, "scopes": ["create", "read", "sign"]}}
+
+
 def test_the_dr_enclave_reaches_no_key_but_its_pinned_replica(recovered: Recovered) -> None:
     dr = recovered.dr
     credentials = role_credentials(dr)
@@ -226,7 +232,12 @@ def test_the_dr_enclave_reaches_no_key_but_its_pinned_replica(recovered: Recover
         # New accounts: only the pinned key, as named (the primary region's ARN is not).
         "generate with the primary's ARN": (
             "generate_account",
-            {"account_id": str(uuid.uuid4()), "key_id": primary_arn, "credentials": credentials},
+            {
+                "account_id": str(uuid.uuid4()),
+                "key_id": primary_arn,
+                "credentials": credentials,
+                "auth": DEV_AUTH,
+            },
         ),
         # A record remapped to another multi-Region key id, or the same id in another
         # account, or a single-Region key of the primary region: never remapped.
@@ -244,7 +255,9 @@ def test_the_dr_enclave_reaches_no_key_but_its_pinned_replica(recovered: Recover
         ),
     }
     signed = enclave_call(
-        dr, "sign_message", {"account": record, "credentials": credentials, "message": "dr"}
+        dr,
+        "sign_message",
+        {"account": record, "credentials": credentials, "message": "dr", "auth": DEV_AUTH},
     )  # the record as stored (the primary's ARN) signs: through the replica
     assert (
         Account.recover_message(encode_defunct(text="dr"), signature=signed["signature"])
@@ -253,7 +266,7 @@ def test_the_dr_enclave_reaches_no_key_but_its_pinned_replica(recovered: Recover
     before = len(kms_audit(dr))
     for name, (op, params) in refused.items():
         request = (
-            {"account": params, "credentials": credentials, "message": "dr"}
+            {"account": params, "credentials": credentials, "message": "dr", "auth": DEV_AUTH}
             if op == "sign_message"
             else params
         )
@@ -279,6 +292,7 @@ def test_the_runbooks_check_passes_on_the_dr_relay(recovered: Recovered) -> None
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "NITRO_WALLET_TOKEN": recovered.dr.api_token},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "every account signs"

@@ -66,7 +66,7 @@ def test_health_reports_the_capacity_a_client_sizes_itself_by(root: Path) -> Non
             "workers": 3,
             "queue_depth": 5,
             "max_connections": 50,
-            "max_frame_bytes": 1024 * 1024,
+            "max_frame_bytes": 4 * 1024 * 1024,
         }
 
 

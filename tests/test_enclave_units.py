@@ -84,7 +84,7 @@ def test_config_defaults_and_every_new_key(tmp_path: Path) -> None:
     path = tmp_path / "enclave.toml"
     path.write_text(config_text())
     defaults = EnclaveConfig.load(path, environ={})
-    assert defaults.max_frame_bytes == 1024 * 1024
+    assert defaults.max_frame_bytes == 4 * 1024 * 1024  # a stamped request carries its body twice
     assert defaults.key_cache_max_entries >= 10_000
     assert (defaults.workers, defaults.queue_depth, defaults.kms_max_concurrent_calls) == (
         16,

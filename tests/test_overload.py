@@ -42,14 +42,20 @@ IDLE_ENCLAVE_CONNECTIONS = 1000
 OUTAGE_SECONDS = 5.0
 
 
-def _sign_once(port: int, account: dict[str, Any], nonce: int) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def _headers(token: str) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+
+
+def _sign_once(
+    stack: LocalStack, account: dict[str, Any], nonce: int
+) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.relay_port, timeout=30)
     try:
         conn.request(
             "POST",
             f"/v1/accounts/{account['account_id']}/sign/transaction",
             body=json.dumps({"transaction": eip1559(nonce)}),
-            headers={"Content-Type": "application/json"},
+            headers=_headers(stack.api_token),
         )
         response = conn.getresponse()
         return response.status, json.loads(response.read())
@@ -77,7 +83,7 @@ class Signer:
         while not self._stop.is_set():
             began = time.monotonic()
             try:
-                status, body = _sign_once(self.stack.relay_port, self.account, nonce)
+                status, body = _sign_once(self.stack, self.account, nonce)
             except OSError as exc:
                 status, body = 0, {"error": {"code": type(exc).__name__}}
             self.answers.append((status, time.monotonic() - began, body))
@@ -111,6 +117,7 @@ class Dripper:
 
     port: int
     header: bool
+    token: str
     sock: socket.socket | None = None
     pieces: list[bytes] = field(default_factory=list)
     due: float = 0.0
@@ -122,6 +129,7 @@ class Dripper:
             b"POST /v1/accounts HTTP/1.1\r\n",
             b"Host: relay\r\n",
             b"Content-Type: application/json\r\n",
+            b"Authorization: Bearer %s\r\n" % self.token.encode(),
             b"Content-Length: %d\r\n" % len(body),
         ]
         if self.header:  # a header line at a time, forever
@@ -172,7 +180,7 @@ def _drip(drippers: list[Dripper], stop: threading.Event, cut: Counter[str]) -> 
 @pytest.fixture(scope="module")
 def warm(stack: LocalStack) -> dict[str, Any]:
     account = create_account(stack)
-    assert _sign_once(stack.relay_port, account, 0)[0] == 200
+    assert _sign_once(stack, account, 0)[0] == 200
     return account
 
 
@@ -180,7 +188,9 @@ def test_200_drip_feeding_connections_cause_no_outage(
     stack: LocalStack, warm: dict[str, Any]
 ) -> None:
     deadline = 10.0  # relay.toml request_deadline_seconds, the default
-    drippers = [Dripper(stack.relay_port, header=i % 2 == 0) for i in range(DRIPPERS)]
+    drippers = [
+        Dripper(stack.relay_port, header=i % 2 == 0, token=stack.api_token) for i in range(DRIPPERS)
+    ]
     stop = threading.Event()
     cut: Counter[str] = Counter()
     attack = threading.Thread(target=_drip, args=(drippers, stop, cut), daemon=True)
@@ -202,13 +212,13 @@ def test_200_drip_feeding_connections_cause_no_outage(
 # -- 256 clients at once --------------------------------------------------------------
 
 
-def _one_request(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], Any]:
+def _one_request(
+    stack: LocalStack, path: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any], Any]:
     """(status, body, Retry-After) on a new connection; status 0 if no HTTP answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection("127.0.0.1", stack.relay_port, timeout=60)
     try:
-        conn.request(
-            "POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"}
-        )
+        conn.request("POST", path, body=json.dumps(body), headers=_headers(stack.api_token))
         response = conn.getresponse()
         return response.status, json.loads(response.read()), response.getheader("Retry-After")
     except OSError as exc:  # a reset or a refused connection: no HTTP answer at all
@@ -228,7 +238,7 @@ def test_256_concurrent_clients_all_get_an_http_answer(
         path = "/v1/accounts" if creating else f"/v1/accounts/{warm['account_id']}/sign/transaction"
         body = {} if creating else {"transaction": eip1559(1000 + index)}
         start.wait()
-        status, answer, retry_after = _one_request(stack.relay_port, path, body)
+        status, answer, retry_after = _one_request(stack, path, body)
         results[index] = ("create" if creating else "sign", status, answer, retry_after)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(CONCURRENT_CLIENTS)]
@@ -292,7 +302,7 @@ def test_1000_idle_connections_to_the_enclave_do_not_stop_signing(
             signer.stop()
             signer.check()
             account = create_account(stack)  # a cold path through KMS as well
-            status, body = _sign_once(stack.relay_port, account, 1)
+            status, body = _sign_once(stack, account, 1)
             assert status == 200, body
             assert Account.recover_transaction(body["raw_transaction"]) == account["address"]
             assert stack.relay_ready()

@@ -4,7 +4,8 @@
 - the relay wheel holds parent_app and the enclave's protocol modules, nothing of
   nitro_sim or nitro_wallet and no simulator stand-in scripts, and the relay runs from
   it in a fresh virtualenv (real sockets, a real enclave protocol peer);
-- the operator wheel renders the key policy from its packaged template;
+- the operator wheel renders the key policy from its packaged template and compiles a
+  signing policy with its packaged schema;
 - the import-linter contracts of pyproject.toml pass, and fail on a deliberate violation.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from nitro_wallet.policy import compile_policy_text
 from scripts.layering import contract
 from tests.fake_enclave import FakeEnclave, FakeImds, http_call, remove_tree, short_tempdir
 from tests.relay_process import RelayProcess, write_config
@@ -171,6 +173,29 @@ def test_the_operator_wheel_renders_the_key_policy_from_its_packaged_template(
     )  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr
     assert json.loads(rendered.stdout)["Id"] == "nitro-wallet-key-policy-sealed"
+
+
+def test_the_operator_wheel_compiles_a_signing_policy_with_its_packaged_schema(
+    tmp_path: Path, wheels: dict[str, dict[str, object]]
+) -> None:
+    operator = wheels["operator"]
+    assert "nitro_wallet/policy.schema.json" in names(operator)
+    assert "enclave_app/policy/document.py" in names(operator)  # the enclave's validator
+    python = fresh_venv(tmp_path / "venv", operator)
+    output = tmp_path / "policy.json"
+    compiled = subprocess.run(
+        [str(python.parent / "nitro-wallet"), "policy", "compile",
+         str(ROOT / "docs" / "examples" / "policy.yaml"), "-o", str(output)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )  # fmt: skip
+    assert compiled.returncode == 0, compiled.stderr
+    expected = compile_policy_text((ROOT / "docs" / "examples" / "policy.yaml").read_text())
+    assert output.read_bytes() == expected.canonical
+    assert json.loads(compiled.stdout)["sha256"] == expected.sha256
 
 
 def test_wheels_are_reproducible(tmp_path: Path) -> None:

@@ -24,7 +24,14 @@ from parent_app.errors import RelayError
 from parent_app.readiness import ReadinessReport, State
 from parent_app.service import WalletService
 from parent_app.storage import SqliteStorage
-from tests.enclave_rig import ENCLAVE_CID, ENCLAVE_PORT, IMAGE_PCR0, EnclaveRig, running_rig
+from tests.enclave_rig import (
+    ENCLAVE_CID,
+    ENCLAVE_PORT,
+    IMAGE_PCR0,
+    RIG_AUTH,
+    EnclaveRig,
+    running_rig,
+)
 
 PROBE_INTERVAL = 1.0
 #: The interval, plus one KMS round trip and the poll step, on a loaded machine.
@@ -88,7 +95,7 @@ def metric(service: WalletService, name: str, **labels: str) -> float | None:
 
 
 def signs(service: WalletService, account: dict[str, str]) -> bool:
-    signed = service.sign_message(account["account_id"], "still warm")
+    signed = service.sign_message(account["account_id"], "still warm", RIG_AUTH)
     recovered = Account.recover_message(
         encode_defunct(text="still warm"), signature=signed["signature"]
     )
@@ -100,7 +107,7 @@ def test_a_policy_that_excludes_the_image_degrades_then_not_ready_then_ready(
 ) -> None:
     service = wired.service
     assert service.readiness().state is State.READY
-    account = service.create_account()  # its key is now cached: warm
+    account = service.create_account(None, RIG_AUTH)  # its key is now cached: warm
 
     wired.policy("ab" * 48)  # another image's PCR0 only
     report, elapsed = wired.until(lambda r: r.state is not State.READY)
@@ -117,7 +124,7 @@ def test_a_policy_that_excludes_the_image_degrades_then_not_ready_then_ready(
     assert report.kms.keys[0].key_id == wired.rig.key_arn
     assert signs(service, account)  # warm signing works
     with pytest.raises(RelayError) as refused:
-        service.create_account()  # cold does not
+        service.create_account(None, RIG_AUTH)  # cold does not
     assert (refused.value.status, refused.value.code) == (403, "kms_attestation_denied")
     assert metric(service, "nitro_wallet_relay_readiness", state="degraded") == 1
     assert metric(service, "nitro_wallet_relay_readiness_check", check="kms") == 0
@@ -148,7 +155,7 @@ def test_a_policy_that_excludes_the_image_degrades_then_not_ready_then_ready(
 
 def test_a_disabled_key_is_named_and_enabling_it_is_ready_again(wired: Wired) -> None:
     service = wired.service
-    service.create_account()
+    service.create_account(None, RIG_AUTH)
     wired.rig.admin_kms.disable_key(KeyId=wired.rig.key_arn)
     try:
         report, elapsed = wired.until(lambda r: r.state is not State.READY)

@@ -19,6 +19,8 @@ from tests.fake_enclave import FakeStack, real_address, real_private_key
 from tests.test_enclave_batch import TYPED_DATA
 
 TYPED = TYPED_DATA  # the enclave batch tests' typed data
+#: The caller the service passes on (a relay-asserted identity with every scope).
+AUTH = {"relay": {"principal": "test-client", "scopes": ["create", "read", "sign"]}}
 
 
 def tx(nonce: int, **extra: Any) -> dict[str, Any]:
@@ -186,7 +188,8 @@ def test_service_sign_batch_mixes_ops_and_accounts(stack: FakeStack) -> None:
                 {"chainId": 1, "address": "0x" + "33" * 20, "nonce": 7},
             ),
             BatchItem("sign_message", first["account_id"], "0x68656c6c6f"),
-        ]
+        ],
+        AUTH,
     )
     assert len(outcomes) == 6
     results = [outcome.result for outcome in outcomes]
@@ -226,8 +229,8 @@ def test_service_sign_batch_bounds(stack: FakeStack) -> None:
     service = stack.relay.server.api.service
     account_id = stack.create()["account_id"]
     with pytest.raises(Exception, match="1 to 100"):
-        service.sign_batch([])
+        service.sign_batch([], AUTH)
     with pytest.raises(Exception, match="1 to 100"):
-        service.sign_batch([BatchItem("sign_message", account_id, "x")] * 101)
+        service.sign_batch([BatchItem("sign_message", account_id, "x")] * 101, AUTH)
     with pytest.raises(ValueError, match="not a batch signing op"):
-        service.sign_batch([BatchItem("generate_account", account_id, {})])
+        service.sign_batch([BatchItem("generate_account", account_id, {})], AUTH)

@@ -22,7 +22,7 @@ transport = "vsock"
 cid = 16
 port = 5000
 timeout_seconds = 15
-max_frame_bytes = 262144
+max_frame_bytes = 1048576
 
 [kms]
 key_id = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -36,6 +36,14 @@ sqlite_path = "/var/lib/nitro-wallet/accounts.db"
 source = "imds"
 imds_endpoint = "http://169.254.169.254"
 imds_timeout_seconds = 2
+
+[auth]
+tokens_file = "/etc/nitro-wallet/tokens.json"
+policy_file = "/etc/nitro-wallet/policy.json"
+
+[audit]
+log_path = "/var/lib/nitro-wallet/audit.jsonl"
+pull_interval_seconds = 0.5
 """
 
 
@@ -58,6 +66,10 @@ def test_example_file_loads(tmp_path: Path) -> None:
     assert config.storage.sqlite_path == Path("/var/lib/nitro-wallet/accounts.db")
     assert config.credentials.imds_timeout_seconds == 2.0
     assert config.relay.allow_non_loopback is False
+    assert config.auth.tokens_file == Path("/etc/nitro-wallet/tokens.json")
+    assert config.auth.policy_file == Path("/etc/nitro-wallet/policy.json")
+    assert config.audit.log_path == Path("/var/lib/nitro-wallet/audit.jsonl")
+    assert config.audit.pull_interval_seconds == 0.5
 
 
 def test_defaults_and_simulator_transport() -> None:
@@ -163,7 +175,7 @@ def test_front_end_and_pool_defaults_and_overrides() -> None:
     assert defaults.relay.request_deadline_seconds == 10.0
     assert defaults.relay.keep_alive_timeout_seconds == 5.0
     assert (defaults.enclave.pool_size, defaults.enclave.pool_wait_seconds) == (16, 1.0)
-    assert defaults.enclave.max_frame_bytes == 1 << 20
+    assert defaults.enclave.max_frame_bytes == 4 << 20
     tuned = RelayConfig.from_mapping(
         minimal(
             relay={
@@ -198,7 +210,7 @@ def test_the_role_template_renders_a_config_the_relay_accepts(tmp_path: Path) ->
             "ansible_managed": "test",
             "parent_relay_enclave_cid": 16,
             "parent_relay_enclave_port": 5000,
-            "parent_relay_enclave_max_frame_bytes": 1 << 20,
+            "parent_relay_enclave_max_frame_bytes": 4 << 20,
             "parent_relay_kms_key_id": "alias/nitro-wallet",
             "parent_relay_sqlite_path": "/var/lib/nitro-wallet/accounts.db",
         }
@@ -262,3 +274,31 @@ def test_upstream_rpc_url_is_validated_without_echoing_it(url: str, message: str
 def test_upstream_timeout_is_bounded() -> None:
     with pytest.raises(ConfigError, match="upstream_timeout_seconds must be a number"):
         RelayConfig.from_mapping(minimal(relay={"upstream_timeout_seconds": 0}))
+
+
+def test_closed_by_default_no_token_file_no_policy() -> None:
+    config = RelayConfig.from_mapping(minimal())
+    assert (config.auth.tokens_file, config.auth.policy_file) == (None, None)
+    assert config.audit.log_path == Path("/var/lib/nitro-wallet/audit.jsonl")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[auth\]: \['tokens'\]"):
+        RelayConfig.from_mapping(minimal(auth={"tokens": "/x"}))
+    with pytest.raises(ConfigError, match=r"auth\.tokens_file must be a non-empty string"):
+        RelayConfig.from_mapping(minimal(auth={"tokens_file": ""}))
+    with pytest.raises(ConfigError, match=r"audit\.pull_interval_seconds"):
+        RelayConfig.from_mapping(minimal(audit={"pull_interval_seconds": 0}))
+
+
+def test_the_frame_cap_must_hold_a_stamped_body_twice() -> None:
+    """A stamped request carries its body to the enclave twice: 2 x body + headroom."""
+    body = 1 << 20
+    needed = 2 * body + (512 << 10)
+    fits = RelayConfig.from_mapping(
+        minimal(relay={"max_body_bytes": body}, enclave={"max_frame_bytes": needed})
+    )
+    assert fits.enclave.max_frame_bytes == needed
+    with pytest.raises(ConfigError) as caught:
+        RelayConfig.from_mapping(
+            minimal(relay={"max_body_bytes": body}, enclave={"max_frame_bytes": needed - 1})
+        )
+    assert "enclave.max_frame_bytes" in str(caught.value)
+    assert "relay.max_body_bytes" in str(caught.value)

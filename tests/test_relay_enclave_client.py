@@ -189,7 +189,12 @@ def test_a_connection_the_enclave_closed_while_idle_is_replaced(
     account_id = str(uuid.uuid4())
     created = relay.call(
         "generate_account",
-        {"account_id": account_id, "key_id": KEY_ID, "credentials": CREDENTIALS},
+        {
+            "account_id": account_id,
+            "key_id": KEY_ID,
+            "credentials": CREDENTIALS,
+            "auth": {"relay": {"principal": "test-client", "scopes": ["create"]}},
+        },
     )
     assert created["account_id"] == account_id
     assert enclave.ops().count("generate_account") == 1

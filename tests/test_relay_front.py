@@ -24,9 +24,10 @@ import httpx
 import pytest
 import requests
 
-from tests.fake_enclave import FakeStack
+from tests.fake_enclave import AUTH_LINE, TEST_TOKEN, FakeStack
 
 EIGHT_MIB = 8 << 20
+JSON_WITH_TOKEN = {"Content-Type": "application/json", "Authorization": f"Bearer {TEST_TOKEN}"}
 
 
 @pytest.fixture
@@ -75,7 +76,9 @@ def test_keep_alive_serves_many_requests_on_one_connection(stack: FakeStack) -> 
         ]:
             method = "GET" if body is None else "POST"
             data = None if body is None else json.dumps(body).encode()
-            headers = {} if body is None else {"Content-Type": "application/json"}
+            headers = {"Authorization": f"Bearer {TEST_TOKEN}"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()
             response.read()
@@ -120,6 +123,7 @@ def _somaxconn() -> int:
     return int(Path("/proc/sys/net/core/somaxconn").read_text())
 
 
+@pytest.mark.process  # reads the backlog with ss(8)
 def test_listen_backlog_is_at_least_1024_and_configurable(tmp_path: Path) -> None:
     with fake_stack(tmp_path) as stack:
         assert _listen_backlog(stack.port) == min(1024, _somaxconn())
@@ -211,7 +215,10 @@ def test_a_drip_feeding_client_holds_no_slot_and_is_cut_off_at_the_deadline(
         body = json.dumps({"account_id": str(uuid.uuid4())}).encode()
         head = (
             b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+            + AUTH_LINE
+            + b"Content-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
         )
         if phase == "body":  # the headers arrive at once, the body drips
             sock = socket.create_connection(("127.0.0.1", stack.port), timeout=5)
@@ -292,7 +299,7 @@ def test_urllib_sending_8_mib_reads_the_413(stack: FakeStack) -> None:
         f"http://127.0.0.1:{stack.port}/v1/accounts",
         data=_big_body(),
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TEST_TOKEN}"},
     )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=20)
@@ -303,12 +310,12 @@ def test_urllib_sending_8_mib_reads_the_413(stack: FakeStack) -> None:
 
 
 def _post_with_requests(url: str, body: bytes) -> tuple[int, Any]:
-    answer = requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=20)
+    answer = requests.post(url, data=body, headers=JSON_WITH_TOKEN, timeout=20)
     return answer.status_code, answer.json()
 
 
 def _post_with_httpx(url: str, body: bytes) -> tuple[int, Any]:
-    answer = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=20)
+    answer = httpx.post(url, content=body, headers=JSON_WITH_TOKEN, timeout=20)
     return answer.status_code, answer.json()
 
 
@@ -324,7 +331,8 @@ def test_expect_100_continue_gets_the_413_without_sending_the_body(stack: FakeSt
     with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
         sock.sendall(
             b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: 9000000\r\n\r\n"
+            + AUTH_LINE
+            + b"Expect: 100-continue\r\nContent-Length: 9000000\r\n\r\n"
         )
         reply = _read_all(sock)
     assert not reply.startswith(b"HTTP/1.1 100")
@@ -332,12 +340,38 @@ def test_expect_100_continue_gets_the_413_without_sending_the_body(stack: FakeSt
     assert (status, body["error"]["code"]) == (413, "body_too_large")
 
 
+def test_without_credentials_the_body_is_never_read(stack: FakeStack) -> None:
+    """401 before the body: an unauthenticated client cannot make the relay take its
+    body (nor wait for it), and requests and httpx, which send it first, read the 401."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: 900000\r\n\r\n"
+        )
+        started = time.monotonic()
+        reply = _read_all(sock)
+    assert time.monotonic() - started < 3
+    assert not reply.startswith(b"HTTP/1.1 100")
+    status, body = _status_and_body(reply)
+    assert (status, body["error"]["code"]) == (401, "unauthenticated")
+    assert b'www-authenticate: bearer realm="nitro-wallet"' in reply.lower()
+    answer = requests.post(
+        f"http://127.0.0.1:{stack.port}/v1/accounts",
+        data=b"{" + b" " * 2_000_000 + b"}",
+        headers={"Content-Type": "application/json"},
+        timeout=20,
+    )
+    assert (answer.status_code, answer.json()["error"]["code"]) == (401, "unauthenticated")
+    assert stack.enclave.ops() == []
+
+
 def test_a_body_within_the_cap_is_served_with_100_continue(stack: FakeStack) -> None:
     body = b"{}"
     with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
         sock.sendall(
             b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+            + AUTH_LINE
+            + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
         )
         assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue")
         sock.sendall(body + b"")

@@ -19,7 +19,9 @@ from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_enclave import (
+    AUTH_LINE,
     KEY_ID,
+    TEST_PRINCIPAL,
     FakeEnclave,
     FakeImds,
     HttpAnswer,
@@ -124,7 +126,9 @@ def test_create_with_given_id_then_get(stack: Stack) -> None:
     answer = stack.call("GET", f"/v1/accounts/{account_id}")
     assert answer.status == 200
     account = answer.json()
-    assert set(account) == {"account_id", "address", "key_id", "created_at"}  # no ciphertexts
+    # no ciphertexts; the metadata sealed with the account (here: who created it)
+    assert set(account) == {"account_id", "address", "key_id", "created_at", "created_by"}
+    assert account["created_by"] == f"relay:{TEST_PRINCIPAL}"
     assert account["address"] == fake_address(account_id)
     assert account["key_id"] == KEY_ID
     assert account["created_at"].endswith("Z")
@@ -251,9 +255,13 @@ def test_sign_transaction_passes_the_record_and_returns_the_signature(stack: Sta
         "key_id": KEY_ID,
         "encrypted_private_key": fake_private_key_ciphertext(account_id),
         "encrypted_data_key": fake_data_key_ciphertext(account_id, KEY_ID),
+        "created_by": f"relay:{TEST_PRINCIPAL}",  # the metadata goes back as stored
     }
     assert request.params["transaction"] == TX
     assert request.params["credentials"]["secret_access_key"] == stack.imds.state.secret_access_key
+    assert request.params["auth"] == {
+        "relay": {"principal": TEST_PRINCIPAL, "scopes": ["create", "read", "sign"]}
+    }
 
 
 @pytest.mark.parametrize(
@@ -485,7 +493,8 @@ def test_unexpected_exception_gives_500_and_the_server_stays_up(
 def test_body_too_large_is_refused_before_reading(stack: Stack) -> None:
     head = (
         b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 1000000000\r\n\r\n"
+        + AUTH_LINE
+        + b"Content-Length: 1000000000\r\n\r\n"
     )
     started = time.monotonic()
     reply = _raw_exchange(stack.port, head)  # no body is ever sent
@@ -530,7 +539,8 @@ def test_refusals_reach_clients_that_send_the_whole_body_first(
 def test_chunked_body_is_411(stack: Stack) -> None:
     request = (
         b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        + AUTH_LINE
+        + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
     )
     reply = _raw_exchange(stack.port, request)
     assert reply.split(b"\r\n", 1)[0].split()[1] == b"411"
@@ -703,7 +713,8 @@ def test_slow_clients_are_dropped(tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
             sock.sendall(
                 b"POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 10\r\n\r\n{"  # and never sends the other 9 bytes
+                + AUTH_LINE
+                + b"Content-Length: 10\r\n\r\n{"  # and never sends the other 9 bytes
             )
             reply = _read_until_closed(sock)
             assert reply == b"" or reply.split()[1] == b"408"

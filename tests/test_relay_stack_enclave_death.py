@@ -30,15 +30,18 @@ def _enclave_pid(stack: LocalStack) -> int:
     raise AssertionError("no running enclave")
 
 
-def _sign(port: int, account_id: str, nonce: int) -> tuple[int, dict[str, Any], str | None]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def _sign(stack: LocalStack, account_id: str, nonce: int) -> tuple[int, dict[str, Any], str | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", stack.relay_port, timeout=60)
     try:
         body = json.dumps({"transaction": eip1559(nonce)})
         conn.request(
             "POST",
             f"/v1/accounts/{account_id}/sign/transaction",
             body=body,
-            headers={"Content-Type": "application/json"},
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {stack.api_token}",
+            },
         )
         response = conn.getresponse()
         return response.status, json.loads(response.read()), response.getheader("Retry-After")
@@ -59,7 +62,7 @@ def test_an_enclave_killed_under_load_gives_503s_and_no_wrong_signature(
         account = accounts[index % len(accounts)]
         nonce = index * 100_000
         while not stop.is_set() and nonce < index * 100_000 + 2_000:
-            status, body, retry_after = _sign(stack.relay_port, account["account_id"], nonce)
+            status, body, retry_after = _sign(stack, account["account_id"], nonce)
             with lock:
                 answers.append((account, status, body, retry_after))
             nonce += 1

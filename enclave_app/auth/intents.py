@@ -12,15 +12,18 @@ Routes (REST, ``/v1``):
   the payload is the rest of the body (labels, account-bound keys), which the op's
   metadata must equal, so a relay cannot bind a key of its own to the new account
 - ``POST /v1/accounts/{id}/sign/transaction`` ``{"transaction"}`` -> ``sign_transaction``
+- ``POST /v1/accounts/{id}/sign/transactions`` ``{"transactions": [...]}`` -> one
+  ``sign_transaction`` per element (the batch route: one ``sign_batch`` op)
 - ``POST /v1/accounts/{id}/sign/message`` ``{"message"}`` -> ``sign_message``
 - ``POST /v1/accounts/{id}/sign/typed-data`` ``{"typed_data"}`` -> ``sign_typed_data``
 - ``POST /v1/accounts/{id}/sign/authorization`` ``{"authorization"}`` -> ``sign_authorization``
 
-JSON-RPC (``POST /``, one request or a batch): ``eth_signTransaction [tx]`` and
-``eth_sendTransaction [tx]`` (account = ``tx.from``), ``eth_sign [address, data]``,
-``personal_sign [data, address]``, ``eth_signTypedData_v4 [address, typedData]``
-(typedData an object or a JSON string holding one). Other methods ask nothing of the
-enclave and yield no intent.
+JSON-RPC (``POST /`` and ``POST /geth``, which differ only in the shape of an answer; one
+request or a batch): ``eth_signTransaction [tx]`` and ``eth_sendTransaction [tx]``
+(account = ``tx.from``), ``eth_sign [address, data]``, ``personal_sign [data, address]``,
+``eth_signTypedData_v4 [address, typedData]`` and geth's names for the same,
+``eth_signTypedData`` and ``eth_signTypedData_v3`` (typedData an object or a JSON string
+holding one). Other methods ask nothing of the enclave and yield no intent.
 
 Relay fill-ins: only for JSON-RPC transactions, and only for fields the client left
 out, the relay may add ``chainId`` (from its configured chain) and, for
@@ -70,7 +73,12 @@ SEND_TRANSACTION_FILLABLE = frozenset(
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _SIGN_ROUTE = re.compile(
-    rf"/v1/accounts/(?P<id>{_UUID})/sign/(?P<kind>transaction|message|typed-data|authorization)"
+    rf"/v1/accounts/(?P<id>{_UUID})/sign/"
+    r"(?P<kind>transactions|transaction|message|typed-data|authorization)"
+)
+_JSONRPC_TARGETS = frozenset({"/", "/geth"})
+_TYPED_DATA_METHODS = frozenset(
+    {"eth_signTypedData_v4", "eth_signTypedData", "eth_signTypedData_v3"}
 )
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _REST_PAYLOAD = {
@@ -125,13 +133,15 @@ def parse_intents(method: str, target: str, body: bytes) -> tuple[Intent, ...]:
     if target == "/v1/accounts":
         return (_create_intent(body),)
     found = _SIGN_ROUTE.fullmatch(target)
+    if found is not None and found["kind"] == "transactions":
+        return _batch_intents(found["id"], body)
     if found is not None:
         op, field = _REST_PAYLOAD[found["kind"]]
         document = _object(body)
         if set(document) != {field}:
             raise _mismatch(f"the stamped body must be exactly {{{field!r}: ...}}")
         return (Intent(op, AccountRef(account_id=found["id"]), document[field]),)
-    if target == "/":
+    if target in _JSONRPC_TARGETS:
         return _jsonrpc_intents(body)
     raise _mismatch("the stamped path is not a route that reaches the enclave")
 
@@ -195,6 +205,15 @@ def _create_intent(body: bytes) -> Intent:
     return Intent(CREATE, AccountRef(account_id=requested), metadata)
 
 
+def _batch_intents(account_id: str, body: bytes) -> tuple[Intent, ...]:
+    document = _object(body)
+    transactions = document.get("transactions")
+    if set(document) != {"transactions"} or not isinstance(transactions, list):
+        raise _mismatch("the stamped body must be exactly {'transactions': [...]}")
+    account = AccountRef(account_id=account_id)
+    return tuple(Intent(SIGN_TRANSACTION, account, tx) for tx in transactions)
+
+
 # -- JSON-RPC ------------------------------------------------------------------------
 
 
@@ -228,7 +247,7 @@ def _jsonrpc_intent(method: object, params: list[Any]) -> Intent | None:
         return _signing(SIGN_MESSAGE, params[0], params[1])
     if method == "personal_sign" and len(params) == 2:
         return _signing(SIGN_MESSAGE, params[1], params[0])
-    if method == "eth_signTypedData_v4" and len(params) == 2:
+    if method in _TYPED_DATA_METHODS and len(params) == 2:
         typed = params[1]
         if isinstance(typed, str):
             try:

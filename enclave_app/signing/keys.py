@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from collections.abc import Callable
 
 from coincurve import PrivateKey, PublicKey
 
@@ -37,10 +38,11 @@ def _require_private_key(private_key: bytes) -> None:
         raise invalid("private key must be 32 bytes with 1 <= k < secp256k1 n")
 
 
-def generate_private_key() -> bytes:
-    """A fresh private key from the OS CSPRNG (rejection sampling, no bias)."""
+def generate_private_key(random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
+    """A fresh private key (rejection sampling, no bias) from ``random_bytes``: the OS
+    CSPRNG by default; the enclave passes its mixed OS + NSM source."""
     while True:
-        candidate = secrets.token_bytes(32)
+        candidate = random_bytes(32)
         if is_valid_private_key(candidate):
             return candidate
 

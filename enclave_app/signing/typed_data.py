@@ -201,6 +201,11 @@ def _integer(type_str: str, value: object, path: str) -> int:
     return number % 2**256
 
 
+def uint256(path: str, value: object) -> int:
+    """A ``uint256`` value as typed data spells it (JSON integer, decimal or 0x-hex)."""
+    return _integer("uint256", value, path)
+
+
 def _encode_atomic(type_str: str, value: object, path: str) -> bytes:
     if type_str == "string":
         if not isinstance(value, str):

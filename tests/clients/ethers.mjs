@@ -1,5 +1,6 @@
 // ethers v6, unchanged, against the relay: JsonRpcProvider + JsonRpcSigner.
 import {
+  FetchRequest,
   JsonRpcProvider,
   JsonRpcSigner,
   Transaction,
@@ -11,7 +12,13 @@ import {
 import { check, config, expect, expectEqual, expectRefusal, structTypes, typedData } from "./lib.mjs";
 
 const CLIENT = "ethers";
-const provider = new JsonRpcProvider(config.relay);
+// The bearer token goes in ethers' own header option: a FetchRequest for the URL.
+function relay() {
+  const request = new FetchRequest(config.relay);
+  request.setHeader("Authorization", `Bearer ${config.token}`);
+  return request;
+}
+const provider = new JsonRpcProvider(relay());
 const payloadSizes = [];
 provider.on("debug", (event) => {
   if (event.action === "sendRpcPayload") {
@@ -95,13 +102,22 @@ for (const size of [25, 100]) {
 }
 
 await check(CLIENT, "batch over the relay's limit: every call sees the reason", async () => {
-  const eager = new JsonRpcProvider(config.relay, config.chainId, { staticNetwork: true, batchMaxCount: 101 });
+  const eager = new JsonRpcProvider(relay(), config.chainId, { staticNetwork: true, batchMaxCount: 101 });
   const big = new JsonRpcSigner(eager, config.address);
   const results = await Promise.allSettled(Array.from({ length: 101 }, (_, i) => big.signMessage(`m${i}`)));
   eager.destroy();
   const reasons = results.map((r) => (r.status === "rejected" ? String(r.reason?.message) : "signed"));
   expect(reasons.every((r) => r.includes("exceeds the limit of 100")), `not every call saw the limit: ${reasons[0]}`);
   return { detail: reasons[0].slice(0, 140) };
+});
+
+await check(CLIENT, "error: no token, 401 unauthenticated", async () => {
+  const anonymous = new JsonRpcProvider(config.relay, config.chainId, { staticNetwork: true });
+  try {
+    return { detail: await expectRefusal(() => anonymous.send("eth_accounts", []), "401") };
+  } finally {
+    anonymous.destroy();
+  }
 });
 
 await check(CLIENT, "error: unknown account shows the relay's message", async () => {

@@ -7,6 +7,12 @@ through eth_signTransaction, sends a transaction through eth_sendTransaction (mi
 ``from`` = the account), and shows the relay's refusals. Each check is verified by
 the client's own recovery function, then again here by eth-account. The terminal
 summary prints one row per check; any failed row fails its client's test.
+
+Every client authenticates as a user would: the stack's bearer token (every scope,
+``.dev-state/api-token`` under ``make dev``) through the client's own header option
+(ethers ``FetchRequest.setHeader``, viem ``fetchOptions.headers``, cast
+``--rpc-headers``, web3.py ``request_kwargs``); each also shows the relay's 401 when it
+sends none.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 import rlp
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
@@ -77,6 +84,7 @@ def js_config(stack: LocalStack, account: dict[str, Any]) -> dict[str, Any]:
         "recipient": RECIPIENT,
         "authorization": signed_authorization(stack, account),
         "upstream": True,
+        "token": stack.api_token,
     }
 
 
@@ -153,7 +161,7 @@ def authorization_rlp(authorization: dict[str, str]) -> str:
 def test_foundry_cast(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any]) -> None:
     require_toolchain()
     relay, address = stack.relay_url, account["address"]
-    rpc = ["--rpc-url", relay]
+    rpc = ["--rpc-url", relay, "--rpc-headers", f"Authorization: Bearer {stack.api_token}"]
     rows: list[Row] = []
 
     def message() -> dict[str, Any]:
@@ -210,6 +218,12 @@ def test_foundry_cast(stack: LocalStack, anvil: Anvil | None, account: dict[str,
 
     run_check(rows, "cast", "send --unlocked via upstream (eth_sendTransaction), mined", send)
 
+    run_check(
+        rows,
+        "cast",
+        "error: no token, 401 unauthenticated",
+        lambda: cast_refused("401", "rpc", "--rpc-url", relay, "eth_accounts"),
+    )
     stranger = Account.create().address
     run_check(
         rows,
@@ -267,7 +281,13 @@ def web3_transactions(address: str, authorization: dict[str, str]) -> dict[str, 
 def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any]) -> None:
     # web3.py reads geth's {raw, tx} from eth_signTransaction: its URL is /geth. Its own
     # recovery functions are eth-account's, as w3.eth.account exposes them.
-    w3 = Web3(Web3.HTTPProvider(f"{stack.relay_url}/geth", request_kwargs={"timeout": 60}))
+    # request_kwargs headers replace web3.py's own: give the Content-Type too.
+    bearer = {"Content-Type": "application/json", "Authorization": f"Bearer {stack.api_token}"}
+    w3 = Web3(
+        Web3.HTTPProvider(
+            f"{stack.relay_url}/geth", request_kwargs={"timeout": 60, "headers": bearer}
+        )
+    )
     address = account["address"]
     rows: list[Row] = []
 
@@ -370,6 +390,14 @@ def test_web3py(stack: LocalStack, anvil: Anvil | None, account: dict[str, Any])
         return {"detail": str(caught.value)[:200]}
 
     run_check(rows, "web3.py", "error: nonce 2^64-1 refused (EIP-2681)", nonce_too_high)
+
+    def no_token() -> dict[str, str]:
+        anonymous = Web3(Web3.HTTPProvider(f"{stack.relay_url}/geth"))
+        with pytest.raises(requests.HTTPError, match="401") as caught:
+            anonymous.eth.accounts  # noqa: B018 - the call is the check
+        return {"detail": str(caught.value)[:200]}
+
+    run_check(rows, "web3.py", "error: no token, 401 unauthenticated", no_token)
     check_rows(rows, address, anvil)
     if anvil is None:
         require_toolchain()  # the upstream rows need anvil: skip them (fail in CI)

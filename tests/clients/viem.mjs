@@ -11,7 +11,11 @@ import {
 import { check, config, expectEqual, expectRefusal, structTypes, typedData } from "./lib.mjs";
 
 const CLIENT = "viem";
-const transport = http(config.relay, { retryCount: 0 });
+// The bearer token goes in viem's own header option: the transport's fetchOptions.
+const transport = http(config.relay, {
+  retryCount: 0,
+  fetchOptions: { headers: { Authorization: `Bearer ${config.token}` } },
+});
 const wallet = createWalletClient({ account: config.address, transport });
 const publicClient = createPublicClient({ transport });
 
@@ -74,6 +78,11 @@ for (const [name, tx] of Object.entries(transactions)) {
     return { evidence: { kind: "transaction", raw } };
   });
 }
+
+await check(CLIENT, "error: no token, 401 unauthenticated", async () => {
+  const anonymous = createPublicClient({ transport: http(config.relay, { retryCount: 0 }) });
+  return { detail: await expectRefusal(() => anonymous.getChainId(), "401") };
+});
 
 await check(CLIENT, "error: unknown account shows the relay's message", async () => {
   const stranger = "0x" + "5a".repeat(20);
