@@ -40,7 +40,7 @@ from nitro_wallet.stamping import (
     write_key_file,
 )
 
-__all__ = ["DEV_KEY_ID", "DEV_TOKEN_NAME", "DevAuth", "prepare_dev_auth"]
+__all__ = ["DEV_KEY_ID", "DEV_TOKEN_NAME", "DevAuth", "prepare_controller_auth", "prepare_dev_auth"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_POLICY_TEMPLATE = REPO_ROOT / "policy" / "dev.yaml.j2"
@@ -63,24 +63,28 @@ class DevAuth:
 
 def prepare_dev_auth(root: Path, sim_dir: Path, policy_text: str | None = None) -> DevAuth:
     """Make (or reuse) the dev key, token and policy in ``root``; copy the sim root."""
-    key = _api_key(root / "api-key.pem")
-    tokens_file = root / "relay" / "tokens.json"
-    token_path = root / "api-token"
-    token = _api_token(token_path, tokens_file)
-    policy_file = root / "policy.json"
-    sha256 = render_policy(policy_file, key, policy_text)
+    token, sha256 = _key_token_policy(root, policy_text)
     sim_root = root / "sim-root.pem"
     shutil.copyfile(statedir.ca_dir(sim_dir) / "root.pem", sim_root)
     return DevAuth(
         key_path=root / "api-key.pem",
         token=token,
-        token_path=token_path,
-        tokens_file=tokens_file,
-        policy_file=policy_file,
+        token_path=root / "api-token",
+        tokens_file=root / "relay" / "tokens.json",
+        policy_file=root / "policy.json",
         policy_sha256=sha256,
         sim_root=sim_root,
         audit_log=root / "audit.jsonl",
     )
+
+
+def _key_token_policy(root: Path, policy_text: str | None) -> tuple[str, str]:
+    """Make (or reuse) api-key.pem, api-token with relay/tokens.json, and policy.json in
+    ``root``; the token and the policy's SHA-256."""
+    root.mkdir(parents=True, exist_ok=True)
+    key = _api_key(root / "api-key.pem")
+    token = _api_token(root / "api-token", root / "relay" / "tokens.json")
+    return token, render_policy(root / "policy.json", key, policy_text)
 
 
 def render_policy(output: Path, key: KeyFile, policy_text: str | None = None) -> str:
@@ -152,3 +156,34 @@ def _opens(token: str, document: object) -> bool:
         and sorted(record.get("scopes") or ()) == sorted(ALL_SCOPES)
         for record in records or ()
     )
+
+
+def prepare_controller_auth(root: Path) -> dict[str, object]:
+    """The same key, token and policy for a simulated host provisioned by Ansible
+    (playbooks/local_site.yml: ``make demo``, molecule): what the playbook passes on as
+    nitro_wallet_signing_policy_file, parent_relay_tokens and nitro_wallet_canary_token.
+    There is no simulator state on the controller, so no sim root is copied."""
+    token, sha256 = _key_token_policy(root, None)
+    return {
+        "policy_file": str(root / "policy.json"),
+        "policy_sha256": sha256,
+        "token": token,
+        "tokens": json.loads((root / "relay" / "tokens.json").read_bytes())["tokens"],
+        "credentials_dir": str(root),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nitro_sim.dev_auth DIR``: make (or reuse) the development credentials
+    and signing policy in DIR and print what the playbook needs as JSON (the token is
+    the development one, printed for Ansible's no_log task only)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m nitro_sim.dev_auth DIR", file=sys.stderr)
+        return 2
+    print(json.dumps(prepare_controller_auth(Path(args[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

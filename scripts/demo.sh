@@ -45,7 +45,7 @@ podman exec nitro-wallet-local cat /etc/nitro-wallet/pcrs.json; echo
 step "cat artifacts/kms-key-policy*.json   (rendered from the pinned PCR0, validated, applied)"
 ls artifacts/ 2>/dev/null || true
 
-scripts/walkthrough.sh "$RELAY"
+scripts/walkthrough.sh "$RELAY" build/dev-auth   # the credentials local_site.yml made
 echo
 echo "demo OK: keys are born in the enclave; the host stores ciphertext only"
 echo "(podman exec nitro-wallet-local ls -l /var/lib/nitro-wallet) and KMS releases"

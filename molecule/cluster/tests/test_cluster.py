@@ -95,12 +95,19 @@ class Report:
         return dict(Counter(item.relay for item in self.signed))
 
 
+# The development bearer token playbooks/local_site.yml made on this controller.
+DEV_TOKEN_FILE = Path(__file__).resolve().parents[3] / "build" / "dev-auth" / "api-token"
+
+
 def post_json(url: str, body: object, timeout: float = REQUEST_TIMEOUT) -> tuple[int, Any, Any]:
     """(status, decoded body, headers) of a JSON POST; HTTP errors are answers, not raised."""
     request = urllib.request.Request(  # noqa: S310 - loopback http only
         url,
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={
+            "content-type": "application/json",
+            "authorization": f"Bearer {DEV_TOKEN_FILE.read_text().strip()}",
+        },
         method="POST",
     )
     try:

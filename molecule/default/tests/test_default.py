@@ -41,8 +41,18 @@ def relay_url(relay_config: dict[str, Any]) -> str:
     return f"http://{relay['listen_host']}:{relay['listen_port']}"
 
 
-def curl_json(host: Any, method: str, url: str, body: object | None = None) -> tuple[int, Any]:
+# The development bearer token playbooks/local_site.yml made on this controller
+# (python -m nitro_sim.dev_auth build/dev-auth) and gave the relay as a token hash.
+DEV_TOKEN_FILE = Path(__file__).resolve().parents[3] / "build" / "dev-auth" / "api-token"
+
+
+def curl_json(
+    host: Any, method: str, url: str, body: object | None = None, *, token: bool = True
+) -> tuple[int, Any]:
     command = ["curl", "-sS", "-o", "/dev/stdout", "-w", "\n%{http_code}", "-X", method, url]
+    if token:
+        bearer = DEV_TOKEN_FILE.read_text().strip()
+        command[1:1] = ["-H", f"Authorization: Bearer {bearer}"]
     if body is not None:
         command[1:1] = ["-H", "content-type: application/json", "--data-binary", json.dumps(body)]
     result = host.run(" ".join(_quote(part) for part in command))
@@ -241,6 +251,12 @@ def test_readyz(host: Any, relay_url: str) -> None:
     status, body = curl_json(host, "GET", f"{relay_url}/readyz")
     assert status == 200
     assert body["status"] == "ready"
+
+
+def test_without_a_token_the_relay_refuses_with_401(host: Any, relay_url: str) -> None:
+    status, body = curl_json(host, "POST", f"{relay_url}/v1/accounts", {}, token=False)
+    assert status == 401, body
+    assert body["error"]["code"] == "unauthenticated"
 
 
 def test_account_creation_and_eip1559_signature_recover_to_the_address(
