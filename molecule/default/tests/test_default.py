@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
+from eth_account.messages import encode_defunct
 
 SERVICES = (
     "nitro-sim-kms.service",
@@ -288,6 +290,64 @@ def test_account_creation_and_eip1559_signature_recover_to_the_address(
     raw = signed["raw_transaction"]
     assert raw.startswith("0x02")  # EIP-1559 envelope
     assert Account.recover_transaction(raw) == address
+
+
+def _wait_until_ready(host: Any, relay_url: str, timeout: float) -> float:
+    """Seconds until /readyz answers 200 (asserts it does within ``timeout``)."""
+    began = time.monotonic()
+    while True:
+        status, body = curl_json(host, "GET", f"{relay_url}/readyz", token=False)
+        if status == 200:
+            return time.monotonic() - began
+        assert time.monotonic() - began < timeout, f"not ready after {timeout} s: {body}"
+        time.sleep(1)
+
+
+def _signs(host: Any, relay_url: str) -> None:
+    """A new account (a KMS data key for the running image) signs a message that
+    recovers to its address."""
+    status, account = curl_json(host, "POST", f"{relay_url}/v1/accounts", {})
+    assert status == 201, account
+    status, signed = curl_json(
+        host,
+        "POST",
+        f"{relay_url}/v1/accounts/{account['account_id']}/sign/message",
+        {"message": "after the restart"},
+    )
+    assert status == 200, signed
+    message = encode_defunct(text="after the restart")
+    assert Account.recover_message(message, signature=signed["signature"]) == account["address"]
+
+
+def test_a_killed_relay_is_restarted_by_systemd_and_signs_again(host: Any, relay_url: str) -> None:
+    """Issue 9: the relay killed (SIGKILL) on a converged host comes back by itself."""
+    before = host.check_output("systemctl show -p MainPID --value nitro-wallet-relay.service")
+    host.run_test("systemctl kill -s KILL nitro-wallet-relay.service")
+    took = _wait_until_ready(host, relay_url, timeout=90)
+    after = host.check_output("systemctl show -p MainPID --value nitro-wallet-relay.service")
+    assert after != before
+    print(f"relay killed: ready again after {took:.1f} s")
+    _signs(host, relay_url)
+
+
+def test_a_killed_enclave_is_restarted_by_systemd_and_signs_again(
+    host: Any, relay_url: str
+) -> None:
+    """Issue 9: the enclave's process killed (SIGKILL, as a crash) on a converged host: the
+    supervisor sees it gone, systemd starts a new enclave, the relay signs again."""
+    enclaves = json.loads(host.check_output("nitro-cli describe-enclaves"))
+    assert len(enclaves) == 1
+    host.run_test(f"kill -KILL {int(enclaves[0]['ProcessID'])}")
+    began = time.monotonic()
+    while True:
+        now = json.loads(host.check_output("nitro-cli describe-enclaves"))
+        if now and now[0]["EnclaveID"] != enclaves[0]["EnclaveID"]:
+            break
+        assert time.monotonic() - began < 120, "no new enclave after 120 s"
+        time.sleep(1)
+    _wait_until_ready(host, relay_url, timeout=120)
+    print(f"enclave killed: ready again after {time.monotonic() - began:.1f} s")
+    _signs(host, relay_url)
 
 
 # A whole converge in check mode: minutes on a shared 2-core machine, more than pytest's 300 s.
