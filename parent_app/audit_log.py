@@ -1,11 +1,16 @@
 """The relay's audit log writer: enclave receipts, in counter order, appended to a
 JSON-lines file that ``nitro-wallet audit verify`` checks.
 
-One background thread pulls ``audit_receipts`` from the enclave: right after each op
-that made a decision (``notify``) and every ``interval`` seconds otherwise, until the
-enclave has nothing more. Each call names the last receipt written (``after``), which
-acknowledges it to the enclave; an answer lost on the way is simply pulled again. On a
-new enclave segment the same ``after`` makes the enclave record a link to it.
+One background thread pulls ``audit_receipts`` from the enclave: ``LINGER_SECONDS``
+after the first decision since its last pull (``notify``), so that the decisions of
+that moment share one pull, at once when ``EARLY_PULL_DECISIONS`` were made, and every
+``interval`` seconds in any case; each time until it has every receipt sealed at its
+last pull (the answer's ``sealed``). Pulling right after each decision cost two enclave
+round trips and an ``fsync`` per request (docs/performance.md). The enclave's ring keeps
+what is not yet pulled, and refuses decisions (``audit_backlog_full``) before it would
+lose any. Each call names the last receipt written (``after``), which acknowledges it to
+the enclave; an answer lost on the way is simply pulled again. On a new enclave segment
+the same ``after`` makes the enclave record a link to it.
 
 Lines are written exactly as the enclave sent them, each batch with one ``write`` on an
 ``O_APPEND`` descriptor and an ``fsync`` before the next pull acknowledges it. A batch
@@ -35,6 +40,12 @@ from parent_app.errors import RelayError
 log = logging.getLogger(__name__)
 
 PULL_LIMIT = 1000
+#: How long the writer waits after the first decision since its last pull: receipts
+#: reach the log within about this, and the requests of that moment share one pull.
+LINGER_SECONDS = 0.05
+#: Decisions since the last pull that end the wait at once: a burst is collected in
+#: pulls of about this size, far below the enclave's ring size.
+EARLY_PULL_DECISIONS = 500
 MAX_LINE_BYTES = 64 * 1024
 DEFAULT_INTERVAL_SECONDS = 1.0
 
@@ -54,6 +65,7 @@ class AuditLogWriter:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._failing: str | None = None
+        self._decisions = 0
         self._thread: threading.Thread | None = None
         os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))  # fail at start
         self._last = _recover_tail(path)
@@ -70,8 +82,10 @@ class AuditLogWriter:
         return self
 
     def notify(self) -> None:
-        """A decision was made: pull soon."""
-        self._wake.set()
+        """A decision was made: pull shortly (``LINGER_SECONDS``), or now after a burst."""
+        self._decisions += 1  # a lost update under a race only delays a pull (interval)
+        if self._decisions == 1 or self._decisions >= EARLY_PULL_DECISIONS:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -80,8 +94,10 @@ class AuditLogWriter:
             self._thread.join(timeout=10)
 
     def drain(self) -> int:
-        """Pull and append until the enclave has nothing sealed left; lines written."""
+        """Pull and append until the log holds every receipt the enclave had sealed at
+        the last pull; lines written."""
         with self._lock:
+            self._decisions = 0
             return self._drain()
 
     def _drain(self) -> int:
@@ -95,11 +111,28 @@ class AuditLogWriter:
                 return total
             self._append(lines)
             total += len(lines)
+            if self._reached(answer.get("segment"), answer.get("sealed")):
+                return total
+
+    def _reached(self, segment: object, sealed: object) -> bool:
+        """The log ends at the head the enclave had sealed when it answered: no need to
+        pull again only to hear that nothing is left."""
+        last = self._last
+        return (
+            last is not None
+            and isinstance(segment, str)
+            and type(sealed) is int
+            and last["seg"] == segment
+            and last["n"] >= sealed
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self._interval)
             self._wake.clear()
+            if 0 < self._decisions < EARLY_PULL_DECISIONS and not self._stop.is_set():
+                self._wake.wait(LINGER_SECONDS)  # let this moment's decisions join
+                self._wake.clear()
             try:
                 self.drain()
             except (EnclaveError, RelayError) as exc:

@@ -146,7 +146,7 @@ class AuthSettings:
 @dataclass(frozen=True)
 class AuditSettings:
     log_path: Path = Path("/var/lib/nitro-wallet/audit.jsonl")
-    # The writer pulls receipts after every decision and at least this often.
+    # The writer pulls receipts about 50 ms after a decision and at least this often.
     pull_interval_seconds: float = 1.0
 
 

@@ -7,6 +7,8 @@ import json
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from enclave_app.auth import canonical
 from enclave_app.auth.receipts import ReceiptChain, audit_receipts_op
 from enclave_app.errors import EnclaveError, ErrorCode
 from nitro_wallet.stamping import load_key_file
+from parent_app import audit_log
 from parent_app.audit_log import AuditLogError, AuditLogWriter
 from parent_app.tokens import check_token, read_records
 from tests.auditlog import SimEnclaveNsm, boot, decide
@@ -127,6 +130,71 @@ def test_the_writer_cuts_a_partial_last_line(audit_nsm: SimEnclaveNsm, tmp_path:
     assert log.read_bytes() == complete
     decide(chain, 1)
     assert writer.drain() == 1
+
+
+class CountingEnclave:
+    """The enclave's ``audit_receipts`` op, counting the pulls and telling when one came."""
+
+    def __init__(self, chain: ReceiptChain) -> None:
+        self.chain = chain
+        self.pulls = 0
+        self.pulled = threading.Event()
+
+    def __call__(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.pulls += 1
+        self.pulled.set()
+        return audit_receipts_op(self.chain, params)
+
+
+def test_a_drain_stops_at_the_sealed_head_it_was_told(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
+) -> None:
+    chain = boot(audit_nsm)
+    decide(chain, 3)
+    enclave = CountingEnclave(chain)
+    writer = AuditLogWriter(tmp_path / "audit.jsonl", enclave)
+    assert writer.drain() == 1 + 3  # genesis and the frame's three decisions
+    assert enclave.pulls == 1  # the answer's `sealed` said nothing more was there
+    last = writer.last
+    assert last is not None
+    assert last["n"] == 3
+    assert writer.drain() == 0  # acknowledges n=3: it leaves the ring
+    assert enclave.pulls == 2
+    assert chain.pull(None)["receipts"] == []
+
+
+def test_the_writer_pulls_shortly_after_a_decision_at_once_after_a_burst_and_at_stop(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log, "EARLY_PULL_DECISIONS", 3)
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    enclave = CountingEnclave(chain)
+    writer = AuditLogWriter(log, enclave, interval=60).start()
+    try:
+        decide(chain, 1)
+        writer.notify()
+        assert enclave.pulled.wait(10)  # after LINGER_SECONDS, not the 60 s interval
+        deadline = time.monotonic() + 10
+        while writer.written < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert writer.written == 2  # genesis and the decision
+        monkeypatch.setattr(audit_log, "LINGER_SECONDS", 60.0)
+        enclave.pulled.clear()
+        pulls = enclave.pulls
+        for _ in range(2):
+            decide(chain, 1)
+            writer.notify()
+        assert not enclave.pulled.wait(0.3)  # two decisions linger
+        decide(chain, 1)
+        writer.notify()
+        assert enclave.pulled.wait(10)  # the third ends the wait
+        assert enclave.pulls == pulls + 1
+        decide(chain, 2)
+        writer.notify()
+    finally:
+        writer.stop()
+    assert len(log.read_text().splitlines()) == 1 + 1 + 3 + 2  # stop pulled the rest
 
 
 @pytest.mark.process
