@@ -12,7 +12,7 @@ import pytest
 from eth_account import Account
 
 from nitro_sim.dev_auth import DEV_POLICY_TEMPLATE, render_policy
-from nitro_sim.stack import LocalStack
+from nitro_sim.stack import LocalStack, http_json
 from nitro_wallet.stamping import load_key_file
 from tests.stack_helpers import create_account, eip1559, sign
 
@@ -82,6 +82,17 @@ def test_a_changed_policy_is_another_image_and_the_key_policy_picks_the_one_that
     assert status == 403, body
     assert body["error"]["code"] == "policy_denied"
     assert "never-pay-the-blocked-address" in body["error"]["message"]
+    # The same refusal over JSON-RPC, as a client library sees it.
+    tx = {**eip1559(2), "from": account["address"]}
+    status, rpc = http_json(
+        "POST",
+        stack.relay_url,
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_signTransaction", "params": [tx]},
+    )
+    assert status == 200, rpc
+    assert rpc["error"]["code"] == -32003, rpc
+    assert rpc["error"]["data"]["code"] == "policy_denied"
+    assert "never-pay-the-blocked-address" in rpc["error"]["message"]
 
     # The old image, with the old (laxer) policy, can no longer decrypt anything.
     stack.run_enclave(original.eif)
