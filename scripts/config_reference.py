@@ -82,8 +82,9 @@ RELAY_DESCRIPTIONS: dict[str, str] = {
     "auth.policy_file": "The enclave image's compiled signing policy: its stamp keys let the "
     "relay verify read-only stamps. Unset: read calls need a token.",
     "audit.log_path": "The JSON-lines log of the enclave's signed receipts (audit verify).",
-    "audit.pull_interval_seconds": "The audit writer pulls receipts after each decision and "
-    "at least this often.",
+    "audit.pull_interval_seconds": "The audit writer pulls receipts about 50 ms after a "
+    "decision (at once after 500) and at least this often; `GET /v1/audit/head` drains "
+    "before it answers.",
 }
 ENCLAVE_DESCRIPTIONS: dict[str, str] = {
     "server.port": "vsock port the enclave listens on.",
