@@ -44,6 +44,7 @@ CASES = {
     "listAccounts": 400,
     "createAccount": 100,
     "attestation": 150,
+    "auditHead": 150,
     "jsonRpc": 800,
     "jsonRpcGeth": 400,
     "healthz": 10,  # no inputs: hypothesis stops once it has seen them all
