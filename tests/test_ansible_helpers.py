@@ -350,3 +350,36 @@ def test_message_signer_filter_recovers_the_eth_account_signer(signatures: Modul
     assert signatures.message_signer(signature, message + "!") != account.address
     with pytest.raises(Exception, match="not a valid signature"):
         signatures.message_signer("0x1234", message)
+
+
+@pytest.mark.process
+def test_cluster_aws_services_stop_only_their_own_processes(tmp_path: Path) -> None:
+    """A pid file naming a live process that is not the service (a recycled pid) is stale:
+    not "running", and `stop` leaves that process alone."""
+    aws = _load("nw_cluster_aws_services", ROOT / "molecule/cluster/aws_services.py")
+    directory = tmp_path / "aws"
+    directory.mkdir()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    # A stand-in KMS: its command line holds the directory, as `nitro-sim kms --state-dir` does.
+    aws._spawn(directory, "kms", [*sleep, str(directory)])
+    kms = int((directory / "kms.pid").read_text())
+    stranger = subprocess.Popen(sleep, start_new_session=True)
+    try:
+        (directory / "dynamodb.pid").write_text(f"{stranger.pid}\n")
+        assert aws._running(directory, "kms") == kms
+        assert aws._running(directory, "dynamodb") is None
+        aws.stop(directory)
+        assert stranger.poll() is None
+        assert not (directory / "dynamodb.pid").exists()
+        assert not (directory / "kms.pid").exists()
+        deadline = time.monotonic() + 10
+        reaped, status = os.waitpid(kms, os.WNOHANG)
+        while reaped == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            reaped, status = os.waitpid(kms, os.WNOHANG)
+        assert reaped == kms
+        assert os.WIFSIGNALED(status)
+        assert os.WTERMSIG(status) == signal.SIGTERM
+    finally:
+        stranger.kill()
+        stranger.wait(timeout=10)

@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nitro_sim.statedir import process_matches
+
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
 SERVICES = ("kms", "dynamodb")
@@ -36,14 +38,9 @@ def _pid_file(directory: Path, name: str) -> Path:
     return directory / f"{name}.pid"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _marker(directory: Path, name: str) -> str:
+    """What the service's command line holds: a recycled pid in a stale pid file is not ours."""
+    return str(directory) if name == "kms" else "serve-dynamodb"
 
 
 def _running(directory: Path, name: str) -> int | None:
@@ -52,7 +49,7 @@ def _running(directory: Path, name: str) -> int | None:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if process_matches(pid, _marker(directory, name)) else None
 
 
 def _spawn(directory: Path, name: str, argv: list[str]) -> None:
@@ -134,13 +131,14 @@ def start(directory: Path, kms_port: int, dynamodb_port: int, table: str) -> Non
 def stop(directory: Path, names: Iterable[str] = SERVICES) -> None:
     for name in names:
         pid = _running(directory, name)
+        marker = _marker(directory, name)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_matches(pid, marker) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if process_matches(pid, marker):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
         _pid_file(directory, name).unlink(missing_ok=True)
