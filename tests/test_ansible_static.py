@@ -3,6 +3,7 @@ inventories, and ansible-lint with the production profile (.ansible-lint)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.process  # ansible-lint and ansible-playbook run as processes
 
@@ -54,6 +56,22 @@ def test_playbook_syntax(playbook: str, inventory: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults/main.yml").exists())
+)
+def test_argument_spec_defaults_are_the_role_defaults(role: str) -> None:
+    # ansible-doc shows the spec's default; the play uses defaults/main.yml: a literal default
+    # must be the same in both (a templated one is documented by its usual value).
+    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults/main.yml").read_text())
+    specs = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())
+    literal = {k: v for k, v in defaults.items() if "{{" not in json.dumps(v)}
+    assert literal
+    for entry_point, spec in specs["argument_specs"].items():
+        for name, option in spec.get("options", {}).items():
+            if name in literal and "default" in option:
+                assert option["default"] == literal[name], (entry_point, name)
 
 
 def test_ansible_lint_production_profile() -> None:
