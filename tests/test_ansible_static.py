@@ -58,6 +58,44 @@ def test_playbook_syntax(playbook: str, inventory: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _role_includes(node: object) -> list[tuple[str, str]]:
+    """(role, tasks_from) of every include_role/import_role in a parsed playbook or task file."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.removeprefix("ansible.builtin.") in ("include_role", "import_role"):
+                if isinstance(value, dict) and "tasks_from" in value:
+                    found.append((str(value["name"]), str(value["tasks_from"])))
+            else:
+                found.extend(_role_includes(value))
+    elif isinstance(node, list):
+        for item in node:
+            found.extend(_role_includes(item))
+    return found
+
+
+def test_role_includes_name_their_argument_spec_entry_point() -> None:
+    # ansible-core looks the entry point up by tasks_from exactly as written: "build.yml"
+    # matches no entry point, so the role's argument spec for "build" would never run.
+    includes = [
+        (path.relative_to(ROOT), role, tasks_from)
+        for path in sorted((ROOT / "playbooks").rglob("*.yml"))
+        for role, tasks_from in _role_includes(yaml.safe_load(path.read_text()))
+    ]
+    assert includes
+    for path, role, tasks_from in includes:
+        specs = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
+        entry_points = set(specs["argument_specs"])
+        assert tasks_from.removesuffix(".yml") not in entry_points or tasks_from in entry_points, (
+            f"{path}: include of {role} tasks_from {tasks_from} skips its argument spec"
+        )
+    assert {(role, tasks_from) for _, role, tasks_from in includes} >= {
+        ("enclave", "build"),
+        ("parent_relay", "canary"),
+        ("kms_key_policy", "key"),
+    }
+
+
 @pytest.mark.parametrize(
     "role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults/main.yml").exists())
 )
