@@ -185,3 +185,27 @@ def test_aws_inventory_connects_with_ssm() -> None:
     assert group_vars["nitro_wallet_key_policy_mode"] == "sealed"
     assert group_vars["nitro_wallet_package_host_python"] == "/usr/bin/python3.11"
     assert sys.version_info >= (3, 11)
+
+
+@pytest.mark.parametrize(
+    ("playbook", "refused"),
+    [
+        (
+            "playbooks/key_policy.yml",
+            "value of kms_key_policy_mode must be one of: sealed, pcr0, got: open",
+        ),
+        (
+            "playbooks/upgrade.yml",
+            "value of enclave_trust_mode must be one of: sealed, pcr0, got: open",
+        ),
+    ],
+)
+def test_an_unknown_key_policy_mode_is_refused_by_the_argument_spec(
+    tmp_path: Path, playbook: str, refused: str
+) -> None:
+    """The roles' argument specs (validated at every entry point) are the check of the mode."""
+    inventory = local_inventory(tmp_path / "inventory.json", ("h1", "h2"))
+    extra = {**PINS, "nitro_wallet_key_policy_mode": "open", "nitro_wallet_release": "r2"}
+    run = run_playbook(playbook, inventory, tmp_path, extra={**extra, "kms_key_policy_apply": True})
+    assert not run.ok
+    assert refused in run.output

@@ -171,3 +171,11 @@ def test_enclave_build_never_restarts_an_enclave() -> None:
     assert "notify" not in build_tasks
     assert "systemd" not in build_tasks
     assert "nitro-wallet-enclave" not in build_tasks
+
+
+def test_build_refuses_an_unknown_kms_scheme_by_its_argument_spec(tmp_path: Path) -> None:
+    root = tmp_path / "releases"
+    ok, output = build(tmp_path, root, enclave_kms_endpoint_scheme="ftp")
+    assert not ok
+    assert "value of enclave_kms_endpoint_scheme must be one of: https, http, got: ftp" in output
+    assert not (root / "r1").exists()
