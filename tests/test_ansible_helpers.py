@@ -39,15 +39,20 @@ def _make_repo(root: Path) -> None:
     (root / "requirements/enclave.txt").write_text("cbor2==6.2.1 --hash=sha256:00\n")
 
 
-def _pack(root: Path, output: Path, *extra: str) -> dict[str, Any]:
+def _build_context(root: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     script = ROLES / "enclave/files/build_context.py"
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(script), "--repo-root", str(root), "--output", str(output), *extra],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         timeout=60,
     )
+
+
+def _pack(root: Path, output: Path, *extra: str) -> dict[str, Any]:
+    result = _build_context(root, output, *extra)
+    assert result.returncode == 0, result.stderr
     info: dict[str, Any] = json.loads(result.stdout)
     return info
 
@@ -119,23 +124,7 @@ def test_build_context_carries_exactly_the_pinned_wheels_and_the_rendered_toml(
 def test_build_context_refuses_a_pin_without_a_matching_wheel(tmp_path: Path) -> None:
     repo, cache = _repo_with_wheels(tmp_path)
     (cache / "alpha-1.0-py3-none-any.whl").write_bytes(b"tampered")
-    script = ROLES / "enclave/files/build_context.py"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(script),
-            "--repo-root",
-            str(repo),
-            "--output",
-            str(tmp_path / "x.tar.gz"),
-            "--wheel-dir",
-            str(cache),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _build_context(repo, tmp_path / "x.tar.gz", "--wheel-dir", str(cache))
     assert result.returncode == 1
     assert "no wheel in" in result.stderr
     assert "alpha==1.0" in result.stderr
@@ -173,14 +162,7 @@ def test_build_context_refuses_a_missing_dockerfile(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _make_repo(repo)
     (repo / "enclave/Dockerfile").unlink()
-    script = ROLES / "enclave/files/build_context.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--repo-root", str(repo), "--output", str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    result = _build_context(repo, tmp_path / "x")
     assert result.returncode == 1
     assert "Dockerfile does not exist" in result.stderr
 
