@@ -137,14 +137,17 @@ def warm_accounts(stack: LocalStack, count: int) -> list[dict[str, Any]]:
 
 def run_fault(load: Load, fault: Callable[[], None], heal: Callable[[], None]) -> Load:
     """Run ``load`` before, through and after a fault; check what it got, and that every
-    account it was answered 201 for is still there and signs."""
+    account it was answered 201 for is still there and signs. ``heal`` runs whatever
+    happens, so a failed run leaves no fault behind (an immutable file, a stopped KMS)."""
     stack = load.stack
     load.start()
     try:
         time.sleep(1.0)  # the load runs before the fault
-        fault()
-        time.sleep(4.0)  # and through it
-        heal()
+        try:
+            fault()
+            time.sleep(4.0)  # and through it
+        finally:
+            heal()
         assert wait_for(stack.relay_ready, 90), stack.log("supervisor")
         time.sleep(1.0)  # and after it
     finally:
