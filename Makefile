@@ -52,7 +52,7 @@ test-fast: venv lint fixtures clients
 	  $(VENV)/bin/pytest -q -m "not slow"
 
 ## In-process tests only: no test may start a process (tests/process_guard.py fails it),
-## few property examples. Under a minute; no lint, no fixtures download.
+## few property examples; no lint, no fixtures download (its cost: docs/reliability.md).
 test-unit: venv
 	NITRO_WALLET_TEST_TIER=unit NITRO_WALLET_HYPOTHESIS=unit SIGNING_EXAMPLES=40 \
 	  $(VENV)/bin/pytest -q -m "not process and not stack and not slow"

@@ -36,14 +36,20 @@ def tree(root: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pids: Iterable[int]) -> float:
-    """User + system CPU time of ``pids`` (fields 14 and 15 of /proc/PID/stat)."""
-    total = 0
+def cpu_user_system(pids: Iterable[int]) -> tuple[float, float]:
+    """User and system CPU seconds of ``pids`` (fields 14 and 15 of /proc/PID/stat)."""
+    user = system = 0
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is not None:
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICKS
+            user += int(fields[11])
+            system += int(fields[12])
+    return user / _TICKS, system / _TICKS
+
+
+def cpu_seconds(pids: Iterable[int]) -> float:
+    """User + system CPU time of ``pids``."""
+    return sum(cpu_user_system(pids))
 
 
 def rss_bytes(pids: Iterable[int]) -> int:

@@ -82,20 +82,6 @@ def start_second_relay(
     return process, port
 
 
-def _user_system(pids: list[int]) -> tuple[float, float]:
-    user = system = 0
-    for pid in pids:
-        try:
-            raw = (Path("/proc") / str(pid) / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        user += int(fields[11])
-        system += int(fields[12])
-    ticks = os.sysconf("SC_CLK_TCK")
-    return user / ticks, system / ticks
-
-
 def _switches(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -114,13 +100,13 @@ def measure(
     relay: Relay, procs: Processes, requests: list[bytes], concurrency: int, count: int
 ) -> dict[str, Any]:
     relay_pids = relay.pids()
-    user, system = _user_system(relay_pids)
+    user, system = procfs.cpu_user_system(relay_pids)
     switches = _switches(relay_pids)
     cpu_enclave = procfs.cpu_seconds(procs.enclave())
     started = time.monotonic()
     result = load(relay.port, requests, concurrency, count=count, keep_bodies=5)
     wall = time.monotonic() - started
-    user_after, system_after = _user_system(relay_pids)
+    user_after, system_after = procfs.cpu_user_system(relay_pids)
     relay_user_us = (user_after - user) / count * 1e6
     relay_sys_us = (system_after - system) / count * 1e6
     relay_us = relay_user_us + relay_sys_us

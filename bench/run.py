@@ -38,7 +38,6 @@ from typing import Any
 from eth_account import Account
 
 from bench import enclave_sign_function, micro, procfs, report
-from nitro_sim import statedir
 from nitro_sim.stack import LocalStack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,11 +177,10 @@ class Processes:
         return pid
 
     def _record_tree(self, key: str) -> list[int]:
-        for directory in statedir.enclaves_dir(self.stack.sim_dir).iterdir():
-            record = statedir.read_record(directory)
-            if record and isinstance(record.get(key), int):
-                return procfs.tree(int(record[key]))
-        raise RuntimeError("no running enclave")
+        record = self.stack.enclave_record()
+        if record is None or not isinstance(record.get(key), int):
+            raise RuntimeError("no running enclave")
+        return procfs.tree(int(record[key]))
 
     def enclave(self) -> list[int]:
         return self._record_tree("EnclaveProcessID")

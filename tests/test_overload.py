@@ -46,21 +46,28 @@ def _headers(token: str) -> dict[str, str]:
     return {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
 
 
+def _one_request(
+    stack: LocalStack, path: str, body: dict[str, Any]
+) -> tuple[int, dict[str, Any], Any]:
+    """(status, body, Retry-After) on a new connection; status 0 if no HTTP answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.relay_port, timeout=60)
+    try:
+        conn.request("POST", path, body=json.dumps(body), headers=_headers(stack.api_token))
+        response = conn.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Retry-After")
+    except OSError as exc:  # a reset or a refused connection: no HTTP answer at all
+        return 0, {"error": {"code": type(exc).__name__}}, None
+    finally:
+        conn.close()
+
+
 def _sign_once(
     stack: LocalStack, account: dict[str, Any], nonce: int
 ) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", stack.relay_port, timeout=30)
-    try:
-        conn.request(
-            "POST",
-            f"/v1/accounts/{account['account_id']}/sign/transaction",
-            body=json.dumps({"transaction": eip1559(nonce)}),
-            headers=_headers(stack.api_token),
-        )
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
+    """One signature on a new connection: (status, body); status 0 if no HTTP answer."""
+    path = f"/v1/accounts/{account['account_id']}/sign/transaction"
+    status, body, _ = _one_request(stack, path, {"transaction": eip1559(nonce)})
+    return status, body
 
 
 @dataclass
@@ -82,10 +89,7 @@ class Signer:
         nonce = 0
         while not self._stop.is_set():
             began = time.monotonic()
-            try:
-                status, body = _sign_once(self.stack, self.account, nonce)
-            except OSError as exc:
-                status, body = 0, {"error": {"code": type(exc).__name__}}
+            status, body = _sign_once(self.stack, self.account, nonce)
             self.answers.append((status, time.monotonic() - began, body))
             nonce += 1
             time.sleep(0.1)
@@ -210,21 +214,6 @@ def test_200_drip_feeding_connections_cause_no_outage(
 
 
 # -- 256 clients at once --------------------------------------------------------------
-
-
-def _one_request(
-    stack: LocalStack, path: str, body: dict[str, Any]
-) -> tuple[int, dict[str, Any], Any]:
-    """(status, body, Retry-After) on a new connection; status 0 if no HTTP answer."""
-    conn = http.client.HTTPConnection("127.0.0.1", stack.relay_port, timeout=60)
-    try:
-        conn.request("POST", path, body=json.dumps(body), headers=_headers(stack.api_token))
-        response = conn.getresponse()
-        return response.status, json.loads(response.read()), response.getheader("Retry-After")
-    except OSError as exc:  # a reset or a refused connection: no HTTP answer at all
-        return 0, {"error": {"code": type(exc).__name__}}, None
-    finally:
-        conn.close()
 
 
 def test_256_concurrent_clients_all_get_an_http_answer(

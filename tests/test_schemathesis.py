@@ -9,7 +9,7 @@ Each response must have a status the operation documents, a documented content t
 and a body valid against the documented schema; a 5xx must be documented for the
 operation and never be 500 (internal_error: a bug, on a healthy stack).
 
-Headers (authentication, when the relay requires it) come from one fixture,
+Headers (the bearer token every call but the open ones needs) come from one fixture,
 :func:`relay_headers`.
 """
 
@@ -57,10 +57,10 @@ ACCOUNTS = 4
 
 @pytest.fixture(scope="module")
 def relay_headers(stack: LocalStack) -> dict[str, str]:
-    """Headers every generated request carries: the one place for authentication. A stack
-    whose relay requires a bearer token (``LocalStack.api_token``, relay auth) has it sent."""
-    token = getattr(stack, "api_token", None)
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    """Headers every generated request carries: the one place for authentication. The
+    relay refuses every call but the four open ones without credentials: the stack's
+    bearer token (every scope, ``LocalStack.api_token``) goes with each."""
+    return {"Authorization": f"Bearer {stack.api_token}"}
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,6 @@ def test_32_clients_for_the_soak_then_the_fault_set(stack: LocalStack) -> None:
         print(f"{name} RSS {before[name]} KiB -> {after[name]} KiB ({drift:+.1%})")
         assert abs(drift) <= RSS_DRIFT, f"{name} RSS drifted {drift:+.1%}"
     print(f"steady {SECONDS:.0f}s with {CLIENTS} clients: {steady}")
-    for name, (fault, heal) in fault_set(stack).items():
-        faulted = run_fault(Load(stack, accounts, CLIENTS), fault, heal)
+    for name, fault in fault_set(stack).items():
+        faulted = run_fault(Load(stack, accounts, CLIENTS), fault)
         print(f"{name}: {dict(faulted.answers)}")
