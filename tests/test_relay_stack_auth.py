@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,10 +23,10 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from nitro_sim.stack import REPO_ROOT, LocalStack, http_json
+from nitro_sim.stack import LocalStack, http_json
 from nitro_wallet.stamping import load_key_file, make_stamp
 from parent_app.tokens import add_token
-from tests.stack_helpers import create_account
+from tests.stack_helpers import create_account, nitro_wallet
 
 pytestmark = pytest.mark.stack
 
@@ -151,15 +149,10 @@ def test_the_audit_log_verifies_up_to_the_signed_head_and_holds_no_token(
     assert status == 200, head
     assert head["nonce"].removeprefix("0x") == nonce
     (tmp_path / "head.json").write_text(json.dumps(head))
-    verified = subprocess.run(
-        [
-            *(sys.executable, "-m", "nitro_wallet", "audit", "verify", str(stack.audit_log)),
-            *("--root", str(stack.sim_root), "--head", str(tmp_path / "head.json")),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
+    verified = nitro_wallet(
+        stack,
+        *("audit", "verify", str(stack.audit_log)),
+        *("--root", str(stack.sim_root), "--head", str(tmp_path / "head.json")),
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     lines = stack.audit_log.read_text().splitlines()
