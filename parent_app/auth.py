@@ -24,7 +24,7 @@ The relay never logs a stamp, an approval or a token; errors name codes, not val
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ _STAMP = STAMP_HEADER.lower()
 _APPROVALS = APPROVALS_HEADER.lower()
 #: How a repeated header arrives (parent_app.http_envelope.header_map joins values).
 _JOINED = ", "
+_SINGLE_HEADERS = {_STAMP: STAMP_HEADER, _AUTHORIZATION: "Authorization"}
 
 
 def has_credentials(headers: Mapping[str, str]) -> bool:
@@ -178,21 +179,26 @@ class RelayAuth:
         self,
         method: str,
         target: str,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        headers: Mapping[str, str],
         body: bytes,
     ) -> Caller:
         """Who sends this request; a ``RelayError`` (401, or 400 for a repeated header)
-        when nobody recognisable does."""
-        found = _headers(headers)
-        stamp = found.get(_STAMP)
-        approvals = found.get(_APPROVALS)
+        when nobody recognisable does. ``headers`` as ``http_envelope.header_map`` made
+        them: lowercase names, a repeated header's values joined with ", " (repeated
+        X-Approvals stay so: an HTTP list; a repeated X-Stamp or Authorization is
+        refused, since which one would count?)."""
+        for key, name in _SINGLE_HEADERS.items():
+            if _JOINED in headers.get(key, ""):
+                raise invalid_request(f"{name} appears more than once")
+        stamp = headers.get(_STAMP)
+        approvals = headers.get(_APPROVALS)
         if stamp is not None:
             try:  # a malformed stamp is refused here already; its signature later
                 claimed = parse_stamp(stamp).key_id
             except EnclaveError as exc:
                 raise RelayError(401, exc.code, exc.message, {"WWW-Authenticate": REALM}) from None
             return Caller("stamp", claimed, method, target, body, self, stamp, approvals)
-        authorization = found.get(_AUTHORIZATION)
+        authorization = headers.get(_AUTHORIZATION)
         if authorization is None:
             raise unauthenticated()
         scheme, _, token = authorization.partition(" ")
@@ -212,28 +218,9 @@ class RelayAuth:
         self,
         method: str,
         target: str,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        headers: Mapping[str, str],
         body: bytes,
         scope: str,
     ) -> AuthGrant:
         """Identify the request and grant it one operation needing ``scope``."""
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}")
         return self.identify(method, target, headers, body).grant(scope)
-
-
-def _headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Lower-cased names; a repeated X-Stamp or Authorization is refused (which one would
-    count?), repeated X-Approvals join with commas as HTTP lists do."""
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    found: dict[str, str] = {}
-    for name, value in pairs:
-        key = name.lower()
-        repeated = key in found or _JOINED in value
-        if key == _APPROVALS and key in found:
-            found[key] = f"{found[key]},{value}"
-        elif key in (_STAMP, _AUTHORIZATION) and repeated:
-            raise invalid_request(f"{name} appears more than once")
-        else:
-            found[key] = value
-    return found

@@ -124,9 +124,11 @@ class AccountRecord:
         if self.metadata and metadata_text(json.loads(self.metadata)) != self.metadata:
             raise ValueError("metadata must be the canonical JSON of the metadata fields")
 
-    @property
+    @functools.cached_property
     def metadata_fields(self) -> dict[str, object]:
-        """The metadata as the enclave's record fields (empty for none)."""
+        """The metadata as the enclave's record fields (empty for none). Parsed once per
+        record (records never change, and a cached one serves every op on its account);
+        callers spread it into a new dict and never change it."""
         if not self.metadata:
             return {}
         fields: dict[str, object] = json.loads(self.metadata)

@@ -15,6 +15,7 @@ from enclave_app.auth.stamps import StampVerifier
 from nitro_wallet.stamping import make_stamp
 from parent_app.auth import RelayAuth
 from parent_app.errors import RelayError
+from parent_app.http_envelope import header_map
 from parent_app.tokens import (
     TokenFile,
     TokenFileError,
@@ -49,9 +50,14 @@ def relay(tokens: TokenFile | None, clock: Clock) -> RelayAuth:
     return RelayAuth(tokens, keys, StampVerifier(ReplayMemory(16, clock), clock=clock))
 
 
+def sent(*pairs: tuple[str, str]) -> dict[str, str]:
+    """Headers as the server hands them to the relay (http_envelope.header_map)."""
+    return header_map((name.encode("latin-1"), value.encode("latin-1")) for name, value in pairs)
+
+
 def refusal(auth: RelayAuth, headers: list[tuple[str, str]], scope: str = "sign") -> RelayError:
     with pytest.raises(RelayError) as caught:
-        auth.authenticate("POST", PATH, headers, BODY, scope)
+        auth.authenticate("POST", PATH, sent(*headers), BODY, scope)
     return caught.value
 
 
@@ -139,13 +145,15 @@ def test_a_bad_token_is_401_invalid_token(tokens_path: Path, value: str) -> None
 def test_a_token_reaches_the_enclave_as_a_relay_asserted_identity(tokens_path: Path) -> None:
     _, token = add_token(tokens_path, "ci-bot", frozenset({"sign", "read"}))
     auth = relay(TokenFile(tokens_path), Clock())
-    grant = auth.authenticate("POST", PATH, [("authorization", f"bearer {token}")], BODY, "sign")
+    grant = auth.authenticate(
+        "POST", PATH, sent(("authorization", f"bearer {token}")), BODY, "sign"
+    )
     assert grant.enclave_auth == {"relay": {"principal": "ci-bot", "scopes": ["read", "sign"]}}
     assert token not in json.dumps(grant.enclave_auth)
     with_approvals = auth.authenticate(
         "POST",
         PATH,
-        [("Authorization", f"Bearer {token}"), ("X-Approvals", "v1.a.1.x")],
+        sent(("Authorization", f"Bearer {token}"), ("X-Approvals", "v1.a.1.x")),
         BODY,
         "sign",
     )
@@ -166,7 +174,7 @@ def test_a_token_without_the_scope_is_403(tokens_path: Path) -> None:
 def test_a_stamp_goes_to_the_enclave_untouched_with_the_exact_request() -> None:
     clock = Clock()
     stamp = make_stamp(API, "POST", PATH, BODY, timestamp=int(clock.now))
-    grant = relay(None, clock).authenticate("POST", PATH, [("X-Stamp", stamp)], BODY, "sign")
+    grant = relay(None, clock).authenticate("POST", PATH, sent(("X-Stamp", stamp)), BODY, "sign")
     assert grant.enclave_auth == {
         "request": {"method": "POST", "path": PATH, "body": BODY.decode()},
         "stamp": stamp,
@@ -177,18 +185,20 @@ def test_a_read_only_stamp_is_verified_by_the_relay() -> None:
     clock = Clock()
     auth = relay(None, clock)
     good = make_stamp(API, "GET", "/v1/accounts?limit=5", b"", timestamp=int(clock.now))
-    grant = auth.authenticate("GET", "/v1/accounts?limit=5", [("X-Stamp", good)], b"", "read")
+    grant = auth.authenticate("GET", "/v1/accounts?limit=5", sent(("X-Stamp", good)), b"", "read")
     assert (grant.kind, grant.name, grant.enclave_auth) == ("stamp", "ops-1", None)
     with pytest.raises(RelayError) as caught:
-        auth.authenticate("GET", "/v1/accounts?limit=5", [("X-Stamp", good)], b"", "read")
+        auth.authenticate("GET", "/v1/accounts?limit=5", sent(("X-Stamp", good)), b"", "read")
     assert (caught.value.status, caught.value.code) == (401, "stamp_replayed")
     other_query = make_stamp(API, "GET", "/v1/accounts?limit=5", b"", timestamp=int(clock.now))
     with pytest.raises(RelayError) as caught:
-        auth.authenticate("GET", "/v1/accounts?limit=6", [("X-Stamp", other_query)], b"", "read")
+        auth.authenticate(
+            "GET", "/v1/accounts?limit=6", sent(("X-Stamp", other_query)), b"", "read"
+        )
     assert caught.value.code == "stamp_signature_invalid"
     no_read = make_stamp(READER, "GET", "/v1/accounts", b"", timestamp=int(clock.now))
     with pytest.raises(RelayError) as caught:
-        auth.authenticate("GET", "/v1/accounts", [("X-Stamp", no_read)], b"", "read")
+        auth.authenticate("GET", "/v1/accounts", sent(("X-Stamp", no_read)), b"", "read")
     assert (caught.value.status, caught.value.code) == (403, "scope_denied")
 
 
@@ -196,3 +206,5 @@ def test_a_malformed_or_repeated_stamp_is_refused_at_the_relay() -> None:
     auth = relay(None, Clock())
     assert refusal(auth, [("X-Stamp", "v1.nope")]).code == "stamp_malformed"
     assert refusal(auth, [("X-Stamp", "a"), ("x-stamp", "b")]).status == 400
+    repeated_token = [("Authorization", "Bearer a"), ("authorization", "Bearer b")]
+    assert refusal(auth, repeated_token).status == 400

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from parent_app.errors import StorageError
 from parent_app.record_cache import CachedStorage
-from parent_app.storage import SqliteStorage
+from parent_app.storage import SqliteStorage, metadata_text
 from tests.test_relay_storage import record
 
 
@@ -90,3 +91,19 @@ def test_everything_else_goes_to_the_store(inner: CountingStorage) -> None:
     cached.close()
     with pytest.raises(StorageError):
         inner.list(10, None)
+
+
+def test_a_remembered_record_parses_its_metadata_once(inner: CountingStorage) -> None:
+    """Every op on an account sends its metadata back (service.account_params): a warm
+    record does not parse the stored JSON again per request."""
+    cached = CachedStorage(inner)
+    labels = {"labels": ["eu", "hot"]}
+    stored = replace(record(), metadata=metadata_text(labels))
+    cached.insert(stored)
+    first = cached.get(stored.account_id)
+    assert first is not None
+    assert first.metadata_fields == labels
+    again = cached.get(stored.account_id)
+    assert again is not None
+    assert again.metadata_fields is first.metadata_fields
+    assert record().metadata_fields == {}
