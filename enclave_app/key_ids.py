@@ -83,6 +83,11 @@ class PinnedKeys:
     def __contains__(self, key_id: object) -> bool:
         return key_id in self._pinned
 
+    def require(self, key_id: str) -> None:
+        """Refuse ``key_id`` with ``kms_key_not_allowed`` unless it is pinned as named."""
+        if key_id not in self._pinned:
+            raise _not_pinned(key_id)
+
     def resolve(self, key_id: str) -> str:
         """The pinned key id to call KMS with for a record that names ``key_id``.
 
@@ -102,11 +107,7 @@ class PinnedKeys:
                 f"{key_id!r} is a multi-Region key, but this image does not pin its "
                 f"replica in {self._region} ({regional!r})",
             )
-        raise EnclaveError(
-            ErrorCode.KMS_KEY_NOT_ALLOWED,
-            "this enclave image only uses the KMS keys it was built with; "
-            f"{key_id!r} is not one of them",
-        )
+        raise _not_pinned(key_id)
 
     def answered(self, key_arn: str) -> bool:
         """Whether the key KMS says it used (always an ARN) is one of the pinned keys."""
@@ -114,3 +115,11 @@ class PinnedKeys:
             return True
         arn = KeyArn.parse(key_arn)
         return arn is not None and arn.region == self._region and arn.key_id in self._pinned
+
+
+def _not_pinned(key_id: str) -> EnclaveError:
+    return EnclaveError(
+        ErrorCode.KMS_KEY_NOT_ALLOWED,
+        "this enclave image only uses the KMS keys it was built with; "
+        f"{key_id!r} is not one of them",
+    )

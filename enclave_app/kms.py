@@ -138,18 +138,10 @@ class AttestedKms:
     def recipient_key_level(self) -> dict[str, int]:
         return self._recipient_keys.level()
 
-    def check_key_allowed(self, key_id: str) -> None:
-        if key_id not in self._pinned:
-            raise EnclaveError(
-                ErrorCode.KMS_KEY_NOT_ALLOWED,
-                "this enclave image only uses the KMS keys it was built with; "
-                f"{key_id!r} is not one of them",
-            )
-
     def generate_data_key(
         self, key_id: str, context: Mapping[str, str], credentials: AwsCredentials
     ) -> DataKey:
-        self.check_key_allowed(key_id)
+        self._pinned.require(key_id)
         private_key, document = self._attested_recipient()
         response = self._call(
             GENERATE_DATA_KEY,

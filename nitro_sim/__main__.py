@@ -41,7 +41,7 @@ def init(argv: list[str]) -> int:
         principals_module = importlib.import_module("nitro_sim.principals")
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         statedir.vsock_dir(state).mkdir(mode=0o700, exist_ok=True)  # the role opens it to ne
-        for sub in (statedir.enclaves_dir(state), state / "kms", statedir.ca_dir(state)):
+        for sub in (statedir.enclaves_dir(state), state / "kms"):
             statedir.private_dir(sub)
         ca = ca_module.SimCa.load_or_create(statedir.ca_dir(state))
         principals_module.Principals.load_or_create(state)

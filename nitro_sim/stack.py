@@ -253,7 +253,7 @@ class LocalStack:
             self.start_vsock_proxy()
             self.run_enclave(self.measurements.eif)
             self.start_relay()
-            wait_until(self._relay_ready, f"{self.relay_url}/readyz", timeout=60, stack=self)
+            wait_until(self.relay_ready, f"{self.relay_url}/readyz", timeout=60, stack=self)
         except BaseException:
             self.stop()
             raise
@@ -302,11 +302,13 @@ class LocalStack:
             self._lock_fd = None
 
     def _check_ports_free(self) -> None:
-        for what, port in (("relay", self.relay_port), ("KMS", self.kms_port)):
+        for what, port in (
+            ("relay", self.relay_port),
+            ("KMS", self.kms_port),
+            ("IMDS", self.imds_port),
+        ):
             if port:
                 self._check_port_free(port, what)
-        if self.imds_port:
-            self._check_port_free(self.imds_port, "IMDS")
 
     @staticmethod
     def _check_port_free(port: int, what: str) -> None:
@@ -723,9 +725,6 @@ class LocalStack:
 
     def relay_ready(self) -> bool:
         """/readyz answers 200, from the relay this stack started."""
-        return self._relay_ready()
-
-    def _relay_ready(self) -> bool:
         relay = self.services.get("relay")
         if relay is None or relay.pid is None or http_status(f"{self.relay_url}/readyz") != 200:
             return False

@@ -103,10 +103,6 @@ class Service:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    @property
-    def stopping(self) -> threading.Event:
-        return self._stopping
-
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -118,14 +114,6 @@ class Service:
                 return log.read().decode(errors="replace")
         except OSError:
             return ""
-
-    def wait_state(self, wanted: State, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.state == wanted:
-                return True
-            time.sleep(POLL_SECONDS)
-        return self.state == wanted
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:

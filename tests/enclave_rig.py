@@ -44,7 +44,7 @@ from enclave_app.kms import AttestedKms
 from enclave_app.kms_probe import KmsProber
 from enclave_app.nsm import SocketNsm
 from enclave_app.ops import Operations
-from enclave_app.policy import parse_policy
+from enclave_app.policy import canonical_bytes, parse_policy_bytes
 from enclave_app.recipient_keys import RecipientKeyPool
 from enclave_app.server import EnclaveServer, ServerLimits
 from enclave_app.signing.keys import SigningKey
@@ -201,10 +201,9 @@ class EnclaveRig:
         self.vault = AccountVault(
             self.kms_client, self.cache, max_parallel_unlocks=kms_concurrency, stats=self.stats
         )
+        # Through the image's own loading path (canonical bytes, named by their SHA-256).
         document = RIG_POLICY if signing_policy is None else signing_policy
-        canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-        # As load_policy names a policy: the SHA-256 of its canonical JSON (stats, health).
-        self.policy = parse_policy(document, sha256=hashlib.sha256(canonical).hexdigest())
+        self.policy = parse_policy_bytes(canonical_bytes(document))
         self.enclave_gate = Gate.boot(self.policy, SocketNsm(root / "nsm.sock"), policy_clock)
         self.operations = Operations(
             SocketNsm(root / "nsm.sock"),

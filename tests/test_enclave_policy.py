@@ -6,6 +6,7 @@ receipt."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 import uuid
@@ -376,6 +377,9 @@ def test_every_decision_leaves_a_receipt_naming_its_rule(rig: EnclaveRig, clock:
 def test_stats_report_the_policy_hash_and_its_refusals_by_rule(
     rig: EnclaveRig, clock: Clock
 ) -> None:
+    # The policy's name is the SHA-256 of its canonical JSON (what `policy compile` writes).
+    canonical = json.dumps(POLICY, sort_keys=True, separators=(",", ":")).encode()
+    assert rig.policy.sha256 == hashlib.sha256(canonical).hexdigest()
     assert rig.call("health")["policy_sha256"] == rig.policy.sha256
     before = rig.call("stats")["policy"]
     assert before["sha256"] == rig.policy.sha256

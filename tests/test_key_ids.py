@@ -108,6 +108,15 @@ def test_no_other_key_is_reached(record_key: str, why: str) -> None:
     assert refused.value.code is ErrorCode.KMS_KEY_NOT_ALLOWED
 
 
+def test_a_new_data_key_is_made_only_under_a_key_pinned_as_named() -> None:
+    pinned = PinnedKeys([REPLICA], "eu-west-1")
+    pinned.require(REPLICA)
+    for key_id in (PRIMARY, MRK, "alias/nitro-wallet"):  # no replica mapping for new keys
+        with pytest.raises(EnclaveError, match="is not one of them") as refused:
+            pinned.require(key_id)
+        assert refused.value.code is ErrorCode.KMS_KEY_NOT_ALLOWED
+
+
 def test_only_a_pinned_key_of_this_region_may_answer() -> None:
     pinned = PinnedKeys([REPLICA, SINGLE], "eu-west-1")
     assert pinned.answered(REPLICA)

@@ -161,3 +161,19 @@ def test_a_loose_ca_directory_is_tightened_on_load(tmp_path: Path) -> None:
     SimCa.load_or_create(ca_dir)
     assert ca_dir.stat().st_mode & 0o777 == 0o700
     assert (ca_dir / "intermediate.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_init_makes_the_private_directories_private_and_tightens_loose_ones(
+    tmp_path: Path,
+) -> None:
+    from nitro_sim.__main__ import init
+
+    state = tmp_path / "sim"
+    assert init(["--state-dir", str(state)]) == 0
+    private = (statedir.ca_dir(state), statedir.enclaves_dir(state), state / "kms")
+    for directory in private:
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+        directory.chmod(0o755)  # as an older layout left them
+    assert init(["--state-dir", str(state)]) == 0
+    for directory in private:
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
