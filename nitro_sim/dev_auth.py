@@ -169,7 +169,6 @@ def prepare_controller_auth(root: Path) -> dict[str, object]:
         "policy_sha256": sha256,
         "token": token,
         "tokens": json.loads((root / "relay" / "tokens.json").read_bytes())["tokens"],
-        "credentials_dir": str(root),
     }
 
 
