@@ -3,11 +3,13 @@
 each denial names its rule").
 
 One stack (relay, simulated enclave, KMS, IMDS and vsock-proxy as processes) whose
-enclave image carries :data:`POLICY`: for each condition kind, rules scoped to accounts
-with that kind's label, so that exactly the kind's rules judge its requests. Each case is
-sent over REST and over JSON-RPC (``eth_signTransaction``, ``personal_sign`` and
-``eth_sign``, ``eth_signTypedData_v4``; an EIP-7702 authorization has no JSON-RPC method)
-with the stack's bearer token (the relay identity ``dev-token``):
+enclave image carries a policy of :data:`POLICY_RULES`: for each condition kind, an allow
+and a deny rule scoped to accounts with that kind's label, so that exactly the kind's
+rules judge its requests (each case in :data:`CASES` names its label). Each case is sent
+over REST, with the stack's bearer token (the relay identity ``dev-token``) and stamped
+with its stamp key (``dev-api-key``), and over JSON-RPC with the token
+(``eth_signTransaction``, ``personal_sign`` and ``eth_sign``, ``eth_signTypedData_v4``;
+an EIP-7702 authorization has no JSON-RPC method):
 
 - an allowed case signs: eth-account (or eth-keys, for an authorization) recovers the
   account's address from the answer, and the enclave's receipt of the signature, in the
@@ -20,6 +22,7 @@ with the stack's bearer token (the relay identity ``dev-token``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from eth_keys.datatypes import Signature
 from eth_utils.crypto import keccak
 
 from nitro_sim.stack import LocalStack, http_json
+from nitro_wallet.stamping import load_key_file, make_stamp
 from tests.stack_helpers import CHAIN_ID, wait_for
 
 pytestmark = pytest.mark.stack
@@ -195,7 +199,6 @@ POLICY_RULES: list[dict[str, Any]] = [
     rule("never-five-blobs", "deny", "blob-count", {"transaction": {"blob_count": {"min": 5}}}),
     # personal_sign / eth_sign on and off
     rule("messages-on", "allow", "messages-on", {"message": {}}),
-    rule("transactions-only", "allow", "messages-off", {"transaction": {}}),
     rule("messages-off", "deny", "messages-off", {"message": {}}),
     # EIP-712: domain name, version, chainId, verifyingContract; primaryType allowlist
     rule(
@@ -510,6 +513,9 @@ CASES = [
 
 # -- transports --------------------------------------------------------------------------
 REST_ROUTES = {T: "transaction", M: "message", TD: "typed-data", A: "authorization"}
+#: REST with the stack's bearer token, and with its stamp key (the policy's rules name both).
+BEARER_REST, STAMPED_REST = "rest", "rest-stamped"
+PRINCIPALS = {BEARER_REST: "relay:dev-token", STAMPED_REST: "stamp:dev-api-key"}
 #: The JSON-RPC methods per op; an authorization has none (REST only).
 RPC_METHODS = {
     T: ["eth_signTransaction"],
@@ -524,18 +530,23 @@ Answer = tuple[Any, dict[str, Any] | None]
 
 
 def send(stack: LocalStack, account: dict[str, Any], case: Case, transport: str) -> Answer:
-    if transport == "rest":
-        return rest(stack, account, case)
+    if transport.startswith("rest"):
+        return rest(stack, account, case, stamped=transport == STAMPED_REST)
     return json_rpc(stack, transport, rpc_params(transport, account["address"], case.payload))
 
 
-def rest(stack: LocalStack, account: dict[str, Any], case: Case) -> Answer:
-    route = REST_ROUTES[case.op]
-    status, body = http_json(
-        "POST",
-        f"{stack.relay_url}/v1/accounts/{account['account_id']}/sign/{route}",
-        {case.op: case.payload},
-    )
+def rest(stack: LocalStack, account: dict[str, Any], case: Case, *, stamped: bool) -> Answer:
+    """With the bearer token, or ``stamped`` with the stack's stamp key."""
+    path = f"/v1/accounts/{account['account_id']}/sign/{REST_ROUTES[case.op]}"
+    body = json.dumps({case.op: case.payload}).encode()
+    headers = {}
+    if stamped:
+        headers["X-Stamp"] = make_stamp(load_key_file(stack.api_key_path), "POST", path, body)
+    status, answer = http_json("POST", stack.relay_url + path, body, headers)
+    return rest_answer(case, status, answer)
+
+
+def rest_answer(case: Case, status: int, body: dict[str, Any]) -> Answer:
     if status == 200:
         if case.op == T:
             return body["raw_transaction"], None
@@ -591,7 +602,10 @@ def check_signature(case: Case, result: Any, address: str) -> str:
         return "0x" + keccak(bytes.fromhex(result[2:])).hex()
     if case.op == A:
         digest = authorization_digest(case.payload)
-        assert (result["chainId"], result["nonce"]) == (case.payload["chainId"], "0x0")
+        assert (result["chainId"], result["nonce"]) == (
+            case.payload["chainId"],
+            case.payload["nonce"],
+        )
         assert result["address"].lower() == case.payload["address"]
         vrs = (int(result["yParity"], 16), int(result["r"], 16), int(result["s"], 16))
         signer = Signature(vrs=vrs).recover_public_key_from_msg_hash(digest)
@@ -623,10 +637,22 @@ def receipt_of(stack: LocalStack, result: str) -> dict[str, Any]:
     return found[0]
 
 
+def variant(case: Case, transport: str) -> Any:
+    """The case's payload made unique to the transport, in a field no rule looks at (the
+    nonce, the text, a permit's value): each signature has its own receipt."""
+    n = TRANSPORTS.index(transport)
+    if case.op == M:
+        return f"{case.payload} ({transport})"
+    if case.op == TD:
+        return {**case.payload, "message": {**case.payload["message"], "value": n}}
+    return {**case.payload, "nonce": hex(n)}  # a transaction or an authorization
+
+
+TRANSPORTS = [BEARER_REST, STAMPED_REST, *(m for methods in RPC_METHODS.values() for m in methods)]
 PARAMS = [
     pytest.param(case, transport, id=f"{case.id}:{transport}")
     for case in CASES
-    for transport in ["rest", *RPC_METHODS[case.op]]
+    for transport in [BEARER_REST, STAMPED_REST, *RPC_METHODS[case.op]]
 ]
 
 
@@ -651,9 +677,10 @@ def test_every_condition_kind_has_an_allowed_and_a_denied_case() -> None:
     for kind in kinds:
         verdicts = {case.allowed for case in CASES if case.kind == kind}
         assert verdicts == {True, False}, kind
-    named = {case.rule for case in CASES if not case.allowed} - {DEFAULT}
-    deny_rules = {r["name"] for r in POLICY_RULES if r["effect"] == "deny"}
-    assert named == deny_rules  # every deny rule of the policy decides a case
+    for effect, allowed in (("allow", True), ("deny", False)):
+        rules = {r["name"] for r in POLICY_RULES if r["effect"] == effect}
+        deciding = {case.rule for case in CASES if case.allowed is allowed} - {DEFAULT}
+        assert deciding == rules, effect  # every rule of the policy decides a case
 
 
 @pytest.mark.parametrize(("case", "transport"), PARAMS)
@@ -661,6 +688,7 @@ def test_the_policy_decides_through_the_relay_and_names_the_rule(
     stack: LocalStack, accounts: dict[str, dict[str, Any]], case: Case, transport: str
 ) -> None:
     account = accounts[case.label]
+    case = dataclasses.replace(case, payload=variant(case, transport))
     result, error = send(stack, account, case, transport)
     if case.allowed:
         assert error is None, error
@@ -668,7 +696,7 @@ def test_the_policy_decides_through_the_relay_and_names_the_rule(
         receipt = receipt_of(stack, reference)
         assert (receipt["decision"], receipt["rule"], receipt["code"]) == ("allow", case.rule, None)
         assert receipt["account"] == account["account_id"]
-        assert receipt["principal"] == "relay:dev-token"
+        assert receipt["principal"] == PRINCIPALS.get(transport, "relay:dev-token")
     else:
         assert result is None, result
         assert error is not None
