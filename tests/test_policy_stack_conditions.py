@@ -3,17 +3,17 @@
 each denial names its rule").
 
 One stack (relay, simulated enclave, KMS, IMDS and vsock-proxy as processes) whose
-enclave image carries a policy of :data:`POLICY_RULES`: for each condition kind, an allow
-and a deny rule scoped to accounts with that kind's label, so that exactly the kind's
+enclave image carries a policy of :data:`POLICY_RULES`: for each condition kind, allow
+and deny rules scoped to accounts with that kind's label, so that exactly the kind's
 rules judge its requests (each case in :data:`CASES` names its label). Each case is sent
-over REST, with the stack's bearer token (the relay identity ``dev-token``) and stamped
-with its stamp key (``dev-api-key``), and over JSON-RPC with the token
-(``eth_signTransaction``, ``personal_sign`` and ``eth_sign``, ``eth_signTypedData_v4``;
-an EIP-7702 authorization has no JSON-RPC method):
+over REST and over JSON-RPC (``eth_signTransaction``, ``personal_sign`` and ``eth_sign``,
+``eth_signTypedData_v4``; an EIP-7702 authorization has no JSON-RPC method), each with
+the stack's bearer token (the relay identity ``dev-token``) and stamped with its stamp
+key (``dev-api-key``): the policy's rules name both.
 
 - an allowed case signs: eth-account (or eth-keys, for an authorization) recovers the
   account's address from the answer, and the enclave's receipt of the signature, in the
-  relay's audit log, names the allow rule;
+  relay's audit log, names the allow rule and the principal;
 - a denied case gets 403 (JSON-RPC -32003) with the stable code ``policy_denied`` in
   ``error.code`` (``error.data.code``) and a message naming the deciding rule: the
   kind's deny rule, or ``default-deny`` where the kind's allow rule does not match (an
@@ -513,9 +513,6 @@ CASES = [
 
 # -- transports --------------------------------------------------------------------------
 REST_ROUTES = {T: "transaction", M: "message", TD: "typed-data", A: "authorization"}
-#: REST with the stack's bearer token, and with its stamp key (the policy's rules name both).
-BEARER_REST, STAMPED_REST = "rest", "rest-stamped"
-PRINCIPALS = {BEARER_REST: "relay:dev-token", STAMPED_REST: "stamp:dev-api-key"}
 #: The JSON-RPC methods per op; an authorization has none (REST only).
 RPC_METHODS = {
     T: ["eth_signTransaction"],
@@ -523,6 +520,17 @@ RPC_METHODS = {
     TD: ["eth_signTypedData_v4"],
     A: [],
 }
+STAMP = "+stamp"
+
+
+def transports(op: str) -> list[str]:
+    """REST and each JSON-RPC method of ``op``, each with the stack's bearer token (the
+    relay identity ``dev-token``) and stamped with its stamp key (``dev-api-key``)."""
+    return [name + auth for name in ["rest", *RPC_METHODS[op]] for auth in ("", STAMP)]
+
+
+def principal(transport: str) -> str:
+    return "stamp:dev-api-key" if transport.endswith(STAMP) else "relay:dev-token"
 
 
 Answer = tuple[Any, dict[str, Any] | None]
@@ -530,20 +538,19 @@ Answer = tuple[Any, dict[str, Any] | None]
 
 
 def send(stack: LocalStack, account: dict[str, Any], case: Case, transport: str) -> Answer:
-    if transport.startswith("rest"):
-        return rest(stack, account, case, stamped=transport == STAMPED_REST)
-    return json_rpc(stack, transport, rpc_params(transport, account["address"], case.payload))
-
-
-def rest(stack: LocalStack, account: dict[str, Any], case: Case, *, stamped: bool) -> Answer:
-    """With the bearer token, or ``stamped`` with the stack's stamp key."""
-    path = f"/v1/accounts/{account['account_id']}/sign/{REST_ROUTES[case.op]}"
-    body = json.dumps({case.op: case.payload}).encode()
+    method = transport.removesuffix(STAMP)
+    if method == "rest":
+        path = f"/v1/accounts/{account['account_id']}/sign/{REST_ROUTES[case.op]}"
+        body = json.dumps({case.op: case.payload}).encode()
+    else:
+        path = "/"
+        params = rpc_params(method, account["address"], case.payload)
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).encode()
     headers = {}
-    if stamped:
+    if transport.endswith(STAMP):
         headers["X-Stamp"] = make_stamp(load_key_file(stack.api_key_path), "POST", path, body)
     status, answer = http_json("POST", stack.relay_url + path, body, headers)
-    return rest_answer(case, status, answer)
+    return rest_answer(case, status, answer) if method == "rest" else rpc_answer(status, answer)
 
 
 def rest_answer(case: Case, status: int, body: dict[str, Any]) -> Answer:
@@ -566,9 +573,7 @@ def rpc_params(method: str, address: str, payload: Any) -> list[Any]:
     return [address, payload]  # eth_signTypedData_v4
 
 
-def json_rpc(stack: LocalStack, method: str, params: list[Any]) -> Answer:
-    request = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
-    status, body = http_json("POST", stack.relay_url, request)
+def rpc_answer(status: int, body: dict[str, Any]) -> Answer:
     assert status == 200, body  # JSON-RPC answers errors in the body
     if "result" in body:
         return body["result"], None
@@ -640,7 +645,7 @@ def receipt_of(stack: LocalStack, result: str) -> dict[str, Any]:
 def variant(case: Case, transport: str) -> Any:
     """The case's payload made unique to the transport, in a field no rule looks at (the
     nonce, the text, a permit's value): each signature has its own receipt."""
-    n = TRANSPORTS.index(transport)
+    n = transports(case.op).index(transport)
     if case.op == M:
         return f"{case.payload} ({transport})"
     if case.op == TD:
@@ -648,11 +653,10 @@ def variant(case: Case, transport: str) -> Any:
     return {**case.payload, "nonce": hex(n)}  # a transaction or an authorization
 
 
-TRANSPORTS = [BEARER_REST, STAMPED_REST, *(m for methods in RPC_METHODS.values() for m in methods)]
 PARAMS = [
     pytest.param(case, transport, id=f"{case.id}:{transport}")
     for case in CASES
-    for transport in [BEARER_REST, STAMPED_REST, *RPC_METHODS[case.op]]
+    for transport in transports(case.op)
 ]
 
 
@@ -696,7 +700,7 @@ def test_the_policy_decides_through_the_relay_and_names_the_rule(
         receipt = receipt_of(stack, reference)
         assert (receipt["decision"], receipt["rule"], receipt["code"]) == ("allow", case.rule, None)
         assert receipt["account"] == account["account_id"]
-        assert receipt["principal"] == PRINCIPALS.get(transport, "relay:dev-token")
+        assert receipt["principal"] == principal(transport)
     else:
         assert result is None, result
         assert error is not None
