@@ -708,3 +708,41 @@ def test_the_policy_decides_through_the_relay_and_names_the_rule(
         assert error["message"].startswith(f"policy rule '{case.rule}': "), error
         if case.kind == "chain-zero":
             assert "chainId 0" in error["message"], error
+
+
+def test_a_batch_is_judged_item_by_item_each_refusal_naming_its_rule(
+    stack: LocalStack, accounts: dict[str, dict[str, Any]]
+) -> None:
+    """The transaction cases of each account in one REST batch (``sign/transactions``),
+    then in one JSON-RPC batch: each item gets the verdict it gets alone."""
+    labels = sorted({c.label for c in CASES if c.op == T})
+    assert len(labels) > 10
+    for label in labels:
+        account = accounts[label]
+        cases = [c for c in CASES if c.label == label and c.op == T]
+        txs = [{**c.payload, "nonce": hex(100 + i)} for i, c in enumerate(cases)]
+        status, body = http_json(
+            "POST",
+            f"{stack.relay_url}/v1/accounts/{account['account_id']}/sign/transactions",
+            {"transactions": txs},
+        )
+        assert status == 200, body
+        rpc_batch = [
+            {"jsonrpc": "2.0", "id": i, "method": "eth_signTransaction", "params": [params]}
+            for i, params in enumerate({**tx, "from": account["address"]} for tx in txs)
+        ]
+        status, rpc_body = http_json("POST", stack.relay_url, json.dumps(rpc_batch).encode())
+        assert status == 200, rpc_body
+        answers: list[dict[str, Any]] = sorted(rpc_body, key=lambda a: a["id"])  # type: ignore[arg-type]
+        for case, item, answer in zip(cases, body["results"], answers, strict=True):
+            if case.allowed:
+                assert Account.recover_transaction(item["raw_transaction"]) == account["address"]
+                assert Account.recover_transaction(answer["result"]) == account["address"]
+                continue
+            assert item["error"]["code"] == "policy_denied", (case.id, item)
+            assert item["error"]["message"].startswith(f"policy rule '{case.rule}': ")
+            assert (answer["error"]["code"], answer["error"]["data"]["code"]) == (
+                -32003,
+                "policy_denied",
+            )
+            assert answer["error"]["message"].startswith(f"policy rule '{case.rule}': ")
