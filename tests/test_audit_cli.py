@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from enclave_app.auth import canonical
+from enclave_app.auth.approvals import DEFAULT_MAX_LIFETIME_SECONDS
 from enclave_app.auth.receipts import ReceiptChain, audit_receipts_op
 from enclave_app.errors import EnclaveError, ErrorCode
 from nitro_wallet.stamping import load_key_file
@@ -256,6 +257,24 @@ def test_keygen_stamp_and_approve_make_headers_the_enclave_accepts(tmp_path: Pat
     api.chmod(0o644)
     exposed = cli("stamp", "--key", str(api), "--method", "POST", "--path", path)
     assert "chmod 600" in exposed.stderr
+
+
+@pytest.mark.process
+def test_approve_refuses_an_expiry_the_enclave_would_refuse(tmp_path: Path) -> None:
+    """The enclave refuses an approval expiring more than its maximum lifetime ahead
+    (approval_malformed; tests/test_approvals_stack.py): the CLI makes none."""
+    key = tmp_path / "alice.pem"
+    assert cli("keygen", "--id", "alice", "--kind", "approver", "--out", str(key)).returncode == 0
+    path = "/v1/accounts/6f1c1d58-4a0e-4a7b-9d1e-0a0b0c0d0e0f/sign/message"
+    request = ("approve", "--key", str(key), "--method", "POST", "--path", path)
+    too_late = cli(*request, "--expires-in", str(DEFAULT_MAX_LIFETIME_SECONDS + 1))
+    assert (too_late.returncode, too_late.stdout) == (2, "")
+    assert f"1..{DEFAULT_MAX_LIFETIME_SECONDS} seconds" in too_late.stderr
+    before = int(time.time())
+    latest = cli(*request, "--expires-in", str(DEFAULT_MAX_LIFETIME_SECONDS))
+    assert latest.returncode == 0, latest.stderr
+    (approval,) = canonical.parse_approvals(latest.stdout.strip())
+    assert before + DEFAULT_MAX_LIFETIME_SECONDS <= approval.expires <= int(time.time()) + 3600
 
 
 @pytest.mark.process

@@ -5,7 +5,8 @@
         [--expires-in SECONDS]
 
 ``stamp`` prints the ``X-Stamp`` value (valid for the enclave's freshness window, one
-use); ``approve`` prints one approval, to be joined with commas into ``X-Approvals``.
+use); ``approve`` prints one approval, to be joined with commas into ``X-Approvals``,
+expiring at most an hour ahead (the enclave refuses a later expiry as malformed).
 The body file must hold exactly the bytes curl sends (``curl --data-binary @FILE``).
 """
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enclave_app.auth.approvals import DEFAULT_MAX_LIFETIME_SECONDS
 from enclave_app.errors import EnclaveError
 from nitro_wallet.stamping import KeyFileError, load_key_file, make_approval, make_stamp
 
@@ -36,7 +38,12 @@ def register(groups: Any) -> None:
     stamp.set_defaults(handler=run_stamp)
     approve = groups.add_parser("approve", help="print an approval of a request")
     _common(approve)
-    approve.add_argument("--expires-in", type=int, default=600, help="seconds (default 600)")
+    approve.add_argument(
+        "--expires-in",
+        type=int,
+        default=600,
+        help=f"seconds, 1..{DEFAULT_MAX_LIFETIME_SECONDS} (default 600)",
+    )
     approve.set_defaults(handler=run_approve)
 
 
@@ -54,8 +61,13 @@ def run_stamp(args: argparse.Namespace) -> int:
 
 
 def run_approve(args: argparse.Namespace) -> int:
-    if not 1 <= args.expires_in <= 7 * 24 * 3600:
-        print("error: --expires-in must be 1..604800 seconds", file=sys.stderr)
+    # The enclave refuses an expiry further ahead than this (approval_malformed).
+    if not 1 <= args.expires_in <= DEFAULT_MAX_LIFETIME_SECONDS:
+        print(
+            f"error: --expires-in must be 1..{DEFAULT_MAX_LIFETIME_SECONDS} seconds "
+            "(the enclave refuses an approval expiring later)",
+            file=sys.stderr,
+        )
         return 2
     expires = int(time.time()) + args.expires_in
     return _run(
