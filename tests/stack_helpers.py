@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -33,12 +34,13 @@ CHAIN_ID = 11155111
 REPO = Path(__file__).resolve().parent.parent
 
 
-def nitro_wallet(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The operator CLI as its own process, in the stack's environment."""
+def nitro_wallet(stack: LocalStack | None, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator CLI as its own process, in the stack's environment (None: this
+    process's, for commands that need no stack, e.g. ``keygen`` before it starts)."""
     return subprocess.run(
         [sys.executable, "-m", "nitro_wallet", *args],
         cwd=REPO,
-        env=stack.env(),
+        env=stack.env() if stack is not None else None,
         capture_output=True,
         text=True,
         timeout=120,
@@ -110,6 +112,22 @@ def assert_every_account_signs(
         )
         assert status == 200, body
         assert Account.recover_transaction(body["raw_transaction"]) == address
+
+
+def audit_decisions(stack: LocalStack, op: str, *account_ids: str) -> list[dict[str, Any]]:
+    """The receipts of every ``op`` decision on these accounts, in order, from the
+    relay's audit log once it holds the enclave's current head (``GET /v1/audit/head``
+    answers then). An allowed decision names what was signed; a refused one nothing."""
+    nonce = secrets.token_hex(16)
+    status, head = http_json("GET", f"{stack.relay_url}/v1/audit/head?nonce={nonce}")
+    assert status == 200, head
+    decisions = []
+    for line in stack.audit_log.read_text().splitlines():
+        receipt: dict[str, Any] = json.loads(line)["receipt"]
+        if receipt.get("op") == op and receipt.get("account") in account_ids:
+            assert (receipt["decision"] == "allow") == (receipt["result"] is not None), receipt
+            decisions.append(receipt)
+    return decisions
 
 
 def create_account(stack: LocalStack) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from nitro_sim.stack import LocalStack, http_json
 from nitro_wallet.stamping import KeyFile, generate_key, load_key_file, make_stamp, public_key_pem
 from tests.stack_helpers import (
     account_param,
+    audit_decisions,
     create_account,
     eip1559,
     enclave_call,
@@ -84,20 +84,10 @@ def refusal(stack: LocalStack, params: dict[str, Any]) -> EnclaveError:
 
 def sign_decisions(stack: LocalStack, *account_ids: str) -> list[tuple[str, str, str | None]]:
     """(account, decision, code) of every ``sign_transaction`` receipt of these accounts,
-    in order, from the relay's audit log once it holds the enclave's current head."""
-    nonce = secrets.token_hex(16)
-    status, head = http_json("GET", f"{stack.relay_url}/v1/audit/head?nonce={nonce}")
-    assert status == 200, head  # answered once the log holds the head
-    decisions = []
-    for line in stack.audit_log.read_text().splitlines():
-        receipt = json.loads(line)["receipt"]
-        if receipt.get("op") == SIGN and receipt.get("account") in account_ids:
-            if receipt["decision"] == "allow":
-                assert receipt["result"] is not None
-            else:
-                assert receipt["result"] is None  # nothing signed
-            decisions.append((receipt["account"], receipt["decision"], receipt["code"]))
-    return decisions
+    in order (an allowed one names a signature, a refused one none)."""
+    return [
+        (r["account"], r["decision"], r["code"]) for r in audit_decisions(stack, SIGN, *account_ids)
+    ]
 
 
 def flipped(data: bytes) -> bytes:
