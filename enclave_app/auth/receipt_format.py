@@ -53,10 +53,14 @@ GENESIS_PREV = "0" * 64
 KINDS = ("genesis", "decision", "link")
 
 
+#: json.dumps with these options, built once (dumps builds an encoder per call).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return _CANONICAL.encode(value).encode("ascii")
 
 
 def receipt_hash(receipt: Mapping[str, Any]) -> bytes:
