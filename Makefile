@@ -32,15 +32,15 @@ demo-dev: venv
 
 ## Every check: ruff, mypy, import-linter (the layers), pytest (unit, property,
 ## end-to-end, Ansible lint and syntax, the client suite), the 2,000-example property
-## runs (hypothesis profile "thorough") and the molecule scenarios preflight_hardware and
-## default on podman systemd hosts (needs root + podman; `cluster` is `make test-cluster`).
+## runs (hypothesis profile "thorough") and the molecule scenarios preflight_hardware,
+## default and cluster on podman systemd hosts (needs root + podman).
 test: venv lint fixtures clients
 	NITRO_WALLET_REQUIRE_REAL_FIXTURES=1 NITRO_WALLET_REQUIRE_CLIENTS=1 NITRO_WALLET_MOLECULE=1 \
+	  NITRO_WALLET_MOLECULE_SCENARIOS=preflight_hardware,default,cluster \
 	  NITRO_WALLET_HYPOTHESIS=thorough $(VENV)/bin/pytest -q
 
-## The molecule scenario `cluster` (not in `make test`: its two rolling upgrades under
-## load take longer than CI's budget allows): two simulated hosts, one KMS and DynamoDB
-## table, an account made on one host signs on the other, upgrade.yml rolls both hosts
+## The molecule scenario `cluster` alone (also in `make test`): two simulated hosts, one
+## KMS and DynamoDB table, an account made on one host signs on the other, upgrade.yml rolls both hosts
 ## with 0 failed signatures, a broken release is rolled back. Needs root + podman.
 test-cluster: venv
 	NITRO_WALLET_MOLECULE=1 NITRO_WALLET_MOLECULE_SCENARIOS=cluster \

@@ -7,9 +7,8 @@ appliance, idempotence, testinfra, check mode), cluster (two hosts, one KMS, one
 table; rolling upgrades under load). Each scenario's duration, and the cluster's signature
 counts during the rolls, are printed even when the test passes.
 
-NITRO_WALLET_MOLECULE_SCENARIOS picks the scenarios (comma-separated): `make test` runs
-preflight_hardware and default, `make test-cluster` runs cluster, whose two rolling
-upgrades alone would take `make test` past its time budget on a 2-core machine.
+NITRO_WALLET_MOLECULE_SCENARIOS picks the scenarios (comma-separated; all three when
+unset): `make test` runs all three, `make test-cluster` only cluster.
 """
 
 from __future__ import annotations
@@ -61,7 +60,7 @@ SCENARIOS = ("preflight_hardware", "default", "cluster")
 SELECTED = {
     name.strip()
     for name in os.environ.get(
-        "NITRO_WALLET_MOLECULE_SCENARIOS", "preflight_hardware,default"
+        "NITRO_WALLET_MOLECULE_SCENARIOS", ",".join(SCENARIOS)
     ).split(",")
 }
 

@@ -109,6 +109,10 @@ def test_release_directory_holds_the_eif_its_pcrs_and_checksums(
     ).stdout.strip()
     assert info["source_date_epoch"] == int(commit_time)
     assert info["kms"]["key_ids"] == [KEY_ARN]
+    # The signing policy's hash, next to the PCRs: the hash the enclave reports for the
+    # policy it runs (policy.json's canonical bytes, as built into the image).
+    policy = compile_policy_text((ROOT / "docs" / "examples" / "policy.yaml").read_text())
+    assert info["signing_policy_sha256"] == hashlib.sha256(policy.canonical).hexdigest()
     assert re.fullmatch(r"\S+@sha256:[0-9a-f]{64}", info["inputs"]["base_image"])
 
 
