@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-STATE=.demo-state
+STATE=${DEMO_STATE:-.demo-state}   # its own state directory (tests give a temporary one)
 LOG=$STATE/dev.log
 mkdir -p "$STATE"
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
@@ -18,13 +19,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from eth_account import Account
 
-from enclave_app import envelope
+from enclave_app import envelope, wire
 from enclave_app.account_metadata import parse_metadata
 from enclave_app.accounts import SealedAccount, additional_data_for
 from enclave_app.cms import decrypt_enveloped_data
+from enclave_app.transport import Transport
 from nitro_sim.ca import SimCa
 from nitro_sim.nsm import SimulatedNsm
-from nitro_sim.stack import LocalStack, http_json
+from nitro_sim.stack import ENCLAVE_CID, ENCLAVE_PORT, LocalStack, http_json
 
 T = TypeVar("T")
 CHAIN_ID = 11155111
@@ -136,6 +138,38 @@ def stored_record(stack: LocalStack, account_id: str) -> dict[str, Any]:
     record = dict(zip(keys, row[:5], strict=True))
     record.update(json.loads(row[5]) if row[5] else {})
     return record
+
+
+def account_param(stack: LocalStack, account_id: str) -> dict[str, Any]:
+    """The ``account`` param of an enclave op, as the relay sends it (ciphertexts in
+    base64, the sealed metadata fields as stored)."""
+    stored = stored_record(stack, account_id)
+    return {
+        **stored,
+        "encrypted_private_key": base64.b64encode(stored["encrypted_private_key"]).decode(),
+        "encrypted_data_key": base64.b64encode(stored["encrypted_data_key"]).decode(),
+    }
+
+
+def role_credentials(stack: LocalStack) -> dict[str, Any]:
+    """The instance role's credentials (what IMDS gives any process on the parent)."""
+    role = next(p for p in stack.principals() if p.get("imds_role"))
+    return {
+        "access_key_id": role["access_key_id"],
+        "secret_access_key": role["secret_access_key"],
+        "session_token": role.get("session_token"),
+    }
+
+
+def enclave_call(stack: LocalStack, op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One request straight to the stack's enclave socket, as the relay (or any other
+    process on the parent) makes it: the result, or the ``EnclaveError`` answered."""
+    with Transport.unix(stack.sim_dir / "vsock").connect(ENCLAVE_CID, ENCLAVE_PORT, 30) as sock:
+        request_id = uuid.uuid4().hex
+        wire.write_frame(sock, wire.request_frame(wire.Request(request_id, op, params)))
+        body = wire.read_frame(sock)
+        assert body is not None
+        return wire.parse_response(body, request_id)
 
 
 def overwrite_ciphertexts(

@@ -59,9 +59,7 @@ def test_host_image() -> None:
 SCENARIOS = ("preflight_hardware", "default", "cluster")
 SELECTED = {
     name.strip()
-    for name in os.environ.get(
-        "NITRO_WALLET_MOLECULE_SCENARIOS", ",".join(SCENARIOS)
-    ).split(",")
+    for name in os.environ.get("NITRO_WALLET_MOLECULE_SCENARIOS", ",".join(SCENARIOS)).split(",")
 }
 
 

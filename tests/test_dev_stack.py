@@ -233,3 +233,30 @@ def test_sigint_while_starting_stops_in_bounded_time(state: Path) -> None:
     assert code in (0, 130), dev.output
     assert took < STOP_BOUND_SECONDS
     assert processes_mentioning(state) == [], dev.output
+
+
+def test_demo_dev_walkthrough_ends_with_a_verified_stamped_signature(state: Path) -> None:
+    """`make demo-dev`: scripts/demo-dev.sh starts the stack, runs the README's curl
+    walk-through (scripts/walkthrough.sh) against it and stops it. The walk-through shows
+    the 401 and recovers the transaction's sender on the way, and ends with a message
+    signed under an X-Stamp (`nitro-wallet stamp`) that eth-account recovers to the
+    account. (`make demo` ends with the same walk-through: molecule `default` runs it.)"""
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "demo-dev.sh"), *any_ports()],
+        env={**os.environ, "DEMO_STATE": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    assert '"code":"unauthenticated"' in output.replace(" ", ""), output[-8000:]
+    assert "recovered sender" in output, output[-8000:]
+    assert "X-Stamp: $(nitro-wallet stamp --key" in output, output[-8000:]
+    lines = output.splitlines()
+    signer = next(i for i, line in enumerate(lines) if line.startswith("recovered signer"))
+    recovered, address = lines[signer].split()[-1], lines[signer + 1]
+    assert address == f"account address  {recovered}", lines[signer : signer + 2]
+    assert "demo OK" in output, output[-8000:]
+    assert processes_mentioning(state) == [], output[-8000:]

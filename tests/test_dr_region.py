@@ -17,7 +17,6 @@ B's image too) and pcr0 (B applies a policy pinning its own PCR0 to the replica)
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -33,13 +32,19 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_defunct
 
-from enclave_app import wire
 from enclave_app.errors import EnclaveError
-from enclave_app.transport import Transport
 from nitro_sim.dev_auth import DEV_TOKEN_NAME
-from nitro_sim.stack import ENCLAVE_CID, ENCLAVE_PORT, LocalStack, free_port, http_json
+from nitro_sim.stack import LocalStack, free_port, http_json
 from nitro_wallet.kms_replicas import replica_arn
-from tests.stack_helpers import assert_every_account_signs, eip1559, nitro_wallet, stored_record
+from tests.stack_helpers import (
+    account_param,
+    assert_every_account_signs,
+    eip1559,
+    enclave_call,
+    nitro_wallet,
+    role_credentials,
+    stored_record,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -125,25 +130,6 @@ def kms_audit(stack: LocalStack) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def enclave_call(stack: LocalStack, op: str, params: dict[str, Any]) -> dict[str, Any]:
-    """One request straight to the stack's enclave, as the relay makes it."""
-    with Transport.unix(stack.sim_dir / "vsock").connect(ENCLAVE_CID, ENCLAVE_PORT, 30) as sock:
-        request_id = uuid.uuid4().hex
-        wire.write_frame(sock, wire.request_frame(wire.Request(request_id, op, params)))
-        body = wire.read_frame(sock)
-        assert body is not None
-        return wire.parse_response(body, request_id)
-
-
-def role_credentials(stack: LocalStack) -> dict[str, Any]:
-    role = next(p for p in stack.principals() if p.get("imds_role"))
-    return {
-        "access_key_id": role["access_key_id"],
-        "secret_access_key": role["secret_access_key"],
-        "session_token": role.get("session_token"),
-    }
-
-
 def test_the_dr_region_runs_its_own_image_against_its_replica(recovered: Recovered) -> None:
     dr, primary = recovered.dr, recovered.primary
     assert primary.key_arn.startswith(f"arn:aws:kms:{PRIMARY_REGION}:")
@@ -219,12 +205,7 @@ DEV_AUTH = {"relay": {"principal": DEV_TOKEN_NAME, "scopes": ["create", "read", 
 def test_the_dr_enclave_reaches_no_key_but_its_pinned_replica(recovered: Recovered) -> None:
     dr = recovered.dr
     credentials = role_credentials(dr)
-    stored = stored_record(dr, next(iter(recovered.accounts)))
-    record = {
-        **stored,
-        "encrypted_private_key": base64.b64encode(stored["encrypted_private_key"]).decode(),
-        "encrypted_data_key": base64.b64encode(stored["encrypted_data_key"]).decode(),
-    }
+    record = account_param(dr, next(iter(recovered.accounts)))
     primary_arn = recovered.primary.key_arn
     account_id, key_id = primary_arn.split(":")[4], primary_arn.split("/")[-1]
     other_mrk = "mrk-" + "0" * 32

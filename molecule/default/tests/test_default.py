@@ -292,6 +292,31 @@ def test_account_creation_and_eip1559_signature_recover_to_the_address(
     assert Account.recover_transaction(raw) == address
 
 
+def test_the_demo_walkthrough_ends_with_a_verified_stamped_signature(relay_url: str) -> None:
+    """What `make demo` runs once the host has converged: scripts/walkthrough.sh with the
+    development credentials (build/dev-auth), from the controller. It must end with a
+    message signed under an X-Stamp (nitro-wallet stamp) that eth-account recovers to the
+    account, after the 401 and the refused float amount it shows on the way."""
+    project = Path(__file__).resolve().parents[3]
+    walkthrough = project / "scripts" / "walkthrough.sh"
+    result = subprocess.run(
+        [str(walkthrough), relay_url, str(project / "build" / "dev-auth")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert '"code":"unauthenticated"' in output.replace(" ", ""), output
+    assert "recovered sender" in output, output
+    assert "X-Stamp: $(nitro-wallet stamp --key" in output, output
+    lines = output.splitlines()
+    signer = next(i for i, line in enumerate(lines) if line.startswith("recovered signer"))
+    recovered, address = lines[signer].split()[-1], lines[signer + 1]
+    assert address == f"account address  {recovered}", lines[signer : signer + 2]
+
+
 def _wait_until_ready(host: Any, relay_url: str, timeout: float) -> float:
     """Seconds until /readyz answers 200 (asserts it does within ``timeout``)."""
     began = time.monotonic()
