@@ -13,6 +13,14 @@ Workloads: ``sign/transaction`` at c=1, 8 and 32, and the 50-transaction batch a
 ``--compare DIR`` starts a second relay from another checkout (say the main branch's
 worktree) with the same interpreter, configuration, storage and enclave, and
 interleaves the two round by round: a before/after comparison measured in one run.
+A caveat since audit receipts: the enclave's receipt ring has one consumer (a relay's
+audit log writer) and the two writers compete for it, so which relay collects (and is
+charged for) a receipt depends on timing. The second relay writes its own log file,
+which usually cannot even start once the first has acknowledged the genesis receipt:
+then the first relay's figures include collecting the second's receipts and the
+second's include none. For the writer's cost per receipt use
+``bench/audit_receipt_cpu.py``; for whole stacks, interleave ``make bench`` runs of
+each tree (each with its own enclave).
 ``--py-spy FILE`` records a flame graph of the (first) relay during one extra c=8 run,
 when py-spy is installed.
 """
@@ -65,8 +73,11 @@ def start_second_relay(
     """The same relay configuration on another port, running ``source``'s parent_app."""
     port = free_port()
     config = stack.root / "relay-compare.toml"
+    own_log = json.dumps(str(stack.root / "audit-compare.jsonl"))  # never the first's file
     config.write_text(
-        stack.relay_config().replace(f"listen_port = {stack.relay_port}", f"listen_port = {port}")
+        stack.relay_config()
+        .replace(f"listen_port = {stack.relay_port}", f"listen_port = {port}")
+        .replace(json.dumps(str(stack.audit_log)), own_log)
     )
     env = dict(stack.env())
     env["PYTHONPATH"] = str(source)

@@ -27,7 +27,9 @@ def _value(row: dict[str, Any]) -> str:
 def _verdict(row: dict[str, Any]) -> str:
     if row["pass"] is None:
         return "info"
-    return "pass" if row["pass"] else "**fail**"
+    if row["pass"]:
+        return "pass"
+    return "**fail** (out of reach here)" if row.get("out_of_reach") else "**fail**"
 
 
 def markdown(document: dict[str, Any]) -> str:

@@ -86,6 +86,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def _decoder(parse_float: Callable[[str], Any]) -> json.JSONDecoder:
+    return json.JSONDecoder(
+        parse_float=parse_float, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates
+    )
+
+
+#: One decoder for every default call, as ``json.loads`` keeps one for its defaults:
+#: building a decoder (and its scanner) per document cost more than a small document's
+#: parse. It holds no state between calls (the scanner's key memo is cleared per call).
+_DECODER = _decoder(_refuse_float)
+
+
 def loads(
     data: bytes | str,
     *,
@@ -102,13 +114,11 @@ def loads(
     except UnicodeDecodeError as exc:
         raise StrictJsonError("not UTF-8") from exc
     check_depth(text, max_depth)
+    decoder = _DECODER if parse_float is None else _decoder(parse_float)
     try:
-        return json.loads(
-            text,
-            parse_float=parse_float or _refuse_float,
-            parse_constant=_refuse_constant,
-            object_pairs_hook=_no_duplicates,
-        )
+        if text.startswith("\ufeff"):  # json.loads refuses it before decoding, so do we
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return decoder.decode(text)
     except StrictJsonError:
         raise
     except (json.JSONDecodeError, ValueError, RecursionError) as exc:

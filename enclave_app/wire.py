@@ -68,8 +68,12 @@ def write_frame(sock: socket.socket, body: bytes) -> None:
     sock.sendall(HEADER.pack(len(body)) + body)
 
 
+#: json.dumps with these options, built once (dumps builds an encoder per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), sort_keys=True).encode()
+    return _ENCODER.encode(message).encode()
 
 
 def decode_object(body: bytes) -> dict[str, Any]:

@@ -180,14 +180,25 @@ def _continues(last: dict[str, Any] | None, line: str) -> dict[str, Any]:
         seg, n, prev = receipt["seg"], receipt["n"], receipt["prev"]
     except (strict_json.StrictJsonError, TypeError, KeyError):
         raise AuditLogError("a receipt line is not a receipt") from None
-    if fmt.canonical_json(document).decode("ascii") != line:
+    canonical = fmt.canonical_json(receipt)  # once: the line check and the hash use it
+    if _canonical_line(document, canonical) != line:
         raise AuditLogError("a receipt line is not canonical")
     if last is not None and seg == last["seg"]:
         if n != last["n"] + 1 or prev != last["hash"]:
             raise AuditLogError(f"receipt n={n} does not follow n={last['n']} of segment {seg}")
     elif n != 0 or receipt.get("kind") != "genesis":
         raise AuditLogError(f"segment {seg} must start with its genesis receipt, not n={n}")
-    return {"seg": seg, "n": n, "hash": fmt.receipt_hash(receipt).hex()}
+    return {"seg": seg, "n": n, "hash": fmt.canonical_receipt_hash(canonical).hex()}
+
+
+def _canonical_line(document: dict[str, Any], canonical_receipt: bytes) -> str:
+    """``canonical_json(document)`` as text, given its receipt's canonical bytes."""
+    if document.keys() <= {"receipt", "sig"}:
+        if "sig" not in document:
+            return fmt.canonical_log_line(canonical_receipt, None)
+        if isinstance(document["sig"], str):
+            return fmt.canonical_log_line(canonical_receipt, document["sig"])
+    return fmt.canonical_json(document).decode("ascii")  # no enclave writes these: in full
 
 
 def _recover_tail(path: Path) -> dict[str, Any] | None:

@@ -119,6 +119,75 @@ def test_the_writer_refuses_a_batch_that_does_not_continue_the_log(
     assert log.read_bytes() == b""  # made at start (a relay fails early on a bad path)
 
 
+def _reshaped(line: str, how: str) -> str:
+    """A receipt line in a form that is not the canonical one (or, for ``same``, is)."""
+    document = json.loads(line)
+    if how == "spaced":
+        return line.replace(",", ", ", 1)
+    if how == "sig null":
+        document["sig"] = None
+    elif how == "sig number":
+        document["sig"] = 7
+    elif how == "extra member":
+        document["note"] = "x"
+    elif how == "keys unsorted":
+        return json.dumps(dict(reversed(document.items())), separators=(",", ":"))
+    return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def _once(lines: list[str]) -> audit_log.Pull:
+    """An enclave that answers ``lines`` once, then nothing."""
+    answers = [{"receipts": lines}]
+    return lambda params: answers.pop() if answers else {"receipts": []}
+
+
+@pytest.mark.parametrize("how", ["spaced", "keys unsorted"])
+def test_the_writer_refuses_a_line_that_is_not_canonical(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path, how: str
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    decide(chain, 1)
+    lines = chain.pull(None)["receipts"]
+    reshaped = [lines[0], _reshaped(lines[1], how)]
+    assert reshaped[1] != lines[1]
+    with pytest.raises(AuditLogError, match="not canonical"):
+        AuditLogWriter(log, _once(reshaped)).drain()
+    assert log.read_bytes() == b""
+
+
+@pytest.mark.parametrize("how", ["sig null", "sig number", "extra member"])
+def test_the_writer_checks_an_unusual_canonical_line_in_full(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path, how: str
+) -> None:
+    """Lines no enclave writes, but canonical: the writer keeps them as they are (audit
+    verify judges them); non-canonical variants of them are refused."""
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    decide(chain, 1)
+    lines = chain.pull(None)["receipts"]
+    odd = [lines[0], _reshaped(lines[1], how)]
+    assert AuditLogWriter(log, _once(odd)).drain() == 2
+    assert log.read_text().splitlines() == odd
+    spaced = [lines[0], odd[1].replace(":", ": ", 1)]
+    with pytest.raises(AuditLogError, match="not canonical"):
+        AuditLogWriter(tmp_path / "other.jsonl", _once(spaced)).drain()
+
+
+def test_the_writer_keeps_canonical_lines_sealed_or_not(
+    audit_nsm: SimEnclaveNsm, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    chain = boot(audit_nsm)
+    decide(chain, 3)  # one frame: only its last receipt carries the seal
+    lines = chain.pull(None)["receipts"]
+    assert [("sig" in json.loads(line)) for line in lines] == [True, False, False, True]
+    assert all(_reshaped(line, "same") == line for line in lines)
+    pull = lambda params: audit_receipts_op(chain, params)  # noqa: E731
+    assert AuditLogWriter(log, pull).drain() == len(lines)
+    assert log.read_text().splitlines() == lines
+
+
 def test_the_writer_cuts_a_partial_last_line(audit_nsm: SimEnclaveNsm, tmp_path: Path) -> None:
     log = tmp_path / "audit.jsonl"
     chain = boot(audit_nsm)

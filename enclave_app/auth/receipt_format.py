@@ -32,6 +32,8 @@ from typing import Any
 __all__ = [
     "GENESIS_PREV",
     "canonical_json",
+    "canonical_log_line",
+    "canonical_receipt_hash",
     "head_message",
     "key_binding",
     "log_line",
@@ -51,14 +53,24 @@ GENESIS_PREV = "0" * 64
 KINDS = ("genesis", "decision", "link")
 
 
+#: json.dumps with these options, built once (dumps builds an encoder per call).
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode("ascii")
+    return _CANONICAL.encode(value).encode("ascii")
 
 
 def receipt_hash(receipt: Mapping[str, Any]) -> bytes:
-    return hashlib.sha256(HASH_DOMAIN + canonical_json(receipt)).digest()
+    return canonical_receipt_hash(canonical_json(receipt))
+
+
+def canonical_receipt_hash(canonical_receipt: bytes) -> bytes:
+    """``receipt_hash`` of a receipt from its canonical bytes (encoded once for the hash
+    and its log line)."""
+    return hashlib.sha256(HASH_DOMAIN + canonical_receipt).digest()
 
 
 def seal_message(digest: bytes) -> bytes:
@@ -87,7 +99,14 @@ def payload_digest(op: str, payload: Any) -> bytes:
 
 def log_line(receipt: Mapping[str, Any], sig: str | None) -> str:
     """One log line, in the only form ``audit verify`` accepts."""
-    line: dict[str, Any] = {"receipt": dict(receipt)}
+    return canonical_log_line(canonical_json(receipt), sig)
+
+
+def canonical_log_line(canonical_receipt: bytes, sig: str | None) -> str:
+    """``log_line`` from the receipt's canonical bytes: ``canonical_json({"receipt": ...,
+    "sig": ...})`` is exactly those bytes between ``{"receipt":`` and the ``sig`` member
+    (keys sort ``receipt`` < ``sig``), so the receipt is encoded once, not per use."""
+    line = b'{"receipt":' + canonical_receipt
     if sig is not None:
-        line["sig"] = sig
-    return canonical_json(line).decode("ascii")
+        line += b',"sig":' + canonical_json(sig)
+    return (line + b"}").decode("ascii")

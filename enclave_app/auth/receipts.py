@@ -101,7 +101,8 @@ class AuditDecision:
 @dataclass
 class _Entry:
     n: int
-    receipt: dict[str, Any]
+    canonical: bytes
+    """The receipt's canonical JSON: hashed once, and its log line built from it."""
     digest: bytes
     sig: str | None = None
 
@@ -188,8 +189,9 @@ class ReceiptChain:
             "t": int(self._clock() * 1000),
             **fields,
         }
-        digest = fmt.receipt_hash(receipt)
-        self._ring.append(_Entry(self._next, receipt, digest))
+        canonical = fmt.canonical_json(receipt)
+        digest = fmt.canonical_receipt_hash(canonical)
+        self._ring.append(_Entry(self._next, canonical, digest))
         self._last_digest = digest
         self._next += 1
         return self._next - 1
@@ -237,7 +239,7 @@ class ReceiptChain:
                     continue
                 if entry.n > self._sealed or len(lines) == limit:
                     break
-                line = fmt.log_line(entry.receipt, entry.sig)
+                line = fmt.canonical_log_line(entry.canonical, entry.sig)
                 if lines and size + len(line) > MAX_PULL_BYTES:
                     break
                 lines.append(line)
