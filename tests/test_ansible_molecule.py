@@ -82,7 +82,9 @@ def test_selected_scenarios_exist() -> None:
         for name in SCENARIOS
     ],
 )
-def test_molecule_scenario(test_host_image: None, scenario: str) -> None:
+def test_molecule_scenario(
+    test_host_image: None, scenario: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     started = time.monotonic()
     result = subprocess.run(
         [str(BIN / "molecule"), "test", "-s", scenario],
@@ -94,12 +96,13 @@ def test_molecule_scenario(test_host_image: None, scenario: str) -> None:
         check=False,
     )
     summary = [line for line in result.stdout.splitlines() if line.startswith("# rolling upgrade")]
-    # Uncaptured on purpose: the durations and the roll's counts belong in every CI log.
-    print(
-        f"\nmolecule {scenario}: {time.monotonic() - started:.0f} s, rc {result.returncode}",
-        *summary,
-        sep="\n",
-        file=sys.__stdout__,
-        flush=True,
-    )
+    # Uncaptured on purpose: the durations and the roll's counts belong in every CI log
+    # (pytest captures file descriptor 1 itself, so sys.__stdout__ would not do).
+    with capsys.disabled():
+        print(
+            f"\nmolecule {scenario}: {time.monotonic() - started:.0f} s, rc {result.returncode}",
+            *summary,
+            sep="\n",
+            flush=True,
+        )
     assert result.returncode == 0, (result.stdout + result.stderr)[-20000:]
