@@ -131,6 +131,11 @@ class AccountVault:
             "evictions": self._cache.evictions(),
         }
 
+    def is_warm(self, account: SealedAccount, for_seconds: float = 0.0) -> bool:
+        """Whether unlocking ``account`` now would need no KMS call (its key is cached
+        for ``for_seconds`` more). Side-effect free: it counts no lookup."""
+        return self._cache.holds(account.cache_key, for_seconds)
+
     def unlock(self, account: SealedAccount, credentials: AwsCredentials) -> SigningKey:
         """The account's key, from the cache or through attested KMS Decrypt."""
         additional_data_for(account)  # a v1 record claiming metadata is refused, warm too

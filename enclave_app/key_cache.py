@@ -92,6 +92,13 @@ class KeyCache(Generic[V]):
                 return None
             return secret
 
+    def holds(self, key: CacheKey, for_seconds: float = 0.0) -> bool:
+        """Whether ``key`` is cached and stays so for ``for_seconds`` more (by age; a
+        capacity eviction may still come first). Changes nothing: no expiry, no count."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry is not None and self._clock() + for_seconds < entry[0]
+
     def put(self, key: CacheKey, secret: V) -> None:
         if self._max_entries == 0 or self._ttl <= 0:
             return

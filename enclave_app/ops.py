@@ -11,6 +11,16 @@ account once (the cold ones in parallel) and answers per item.
 Two ops serve the relay's readiness and metrics: ``kms_probe`` (can this image still
 unlock keys? see ``enclave_app.kms_probe``) and ``stats`` (the enclave's counters, see
 ``enclave_app.stats``).
+
+:meth:`Operations.runs_inline` tells the server which requests cannot wait on KMS or
+the NSM, so it may run them without handing them to a worker (``enclave_app.server``):
+``health``, ``stats``, the audit ops, and signing ops whose every key is warm with at
+least ``INLINE_KEY_MARGIN_SECONDS`` of its cache lifetime left. It only reads: it
+parses the records (through the record cache) and peeks at the key cache, before the
+gate consumes a stamp or reserves a receipt. The answer is a prediction, never a
+permission: a key evicted between the check and its use (the cache was full and a cold
+unlock made room, or the thread stalled past the margin) is unlocked through KMS where
+the op runs, which costs that thread a KMS round trip and changes no answer.
 """
 
 from __future__ import annotations
@@ -51,6 +61,10 @@ MAX_BATCH_ITEMS = 100
 #: Distinct credential sets whose parsed form is remembered (the relay uses one role).
 _CREDENTIAL_CACHE_ENTRIES = 8
 DEFAULT_RECORD_CACHE_ENTRIES = 1024
+#: A key runs inline only with this much of its cache lifetime left (see runs_inline).
+INLINE_KEY_MARGIN_SECONDS = 1.0
+#: Ops that only read enclave memory (and sign with the receipt key): never KMS or NSM.
+_MEMORY_OPS = frozenset({"health", "stats", "audit_receipts", "audit_head"})
 
 Handler = Callable[[Mapping[str, Any]], dict[str, Any]]
 #: A validated payload, ready to be signed by the account's key.
@@ -128,6 +142,28 @@ class Operations:
         if handler is None:
             raise EnclaveError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}")
         return handler(params)
+
+    def runs_inline(self, op: str, params: Mapping[str, Any]) -> bool:
+        """Whether ``op`` can complete without waiting on KMS or the NSM (module doc).
+
+        Side-effect free and never raises: anything it cannot judge (an unknown op,
+        malformed params, a cold or unparseable record) is False, for a worker.
+        """
+        if op in _MEMORY_OPS:
+            return True
+        try:
+            if op in _SIGNING_OPS:
+                records: Sequence[object] = [params["account"]]
+            elif op == "sign_batch":
+                records = _bounded_list(params, "accounts", MAX_BATCH_ACCOUNTS)
+            else:
+                return False
+            return all(
+                self._vault.is_warm(self._account(record), INLINE_KEY_MARGIN_SECONDS)
+                for record in records
+            )
+        except Exception:
+            return False
 
     def health(self, params: Mapping[str, Any]) -> dict[str, Any]:
         validation.check_params(params, set(), set())

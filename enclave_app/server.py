@@ -2,9 +2,24 @@
 
 The I/O thread multiplexes every connection with a selector (epoll on Linux, which
 takes AF_VSOCK and AF_UNIX sockets alike). It accepts, reads frames into
-per-connection buffers and hands complete frames to ``workers`` threads that execute
-them. An idle connection costs a file descriptor and a small buffer, never a thread,
-so local processes holding connections open cannot stop signing.
+per-connection buffers and parses each complete frame. Requests that may wait on KMS
+or the NSM go to ``workers`` threads; the rest run inline, on the thread that took the
+frame, with no hand-off (see "Inline" below). An idle connection costs a file
+descriptor and a small buffer, never a thread, so local processes holding connections
+open cannot stop signing.
+
+Inline: ``Operations.runs_inline`` names the requests that only compute (``health``,
+``stats``, the audit ops, and signing ops whose keys are all warm in the key cache); it
+decides before anything changes state (the gate's stamp nonces and receipt slots come
+later, in the op). The I/O thread runs them between reads, at most one pass over the
+ready connections before it looks at its sockets again; a worker that answered a
+connection's frame runs that connection's next inline frame itself. The process runs
+one thread of Python at a time, so a hand-off to a worker buys no parallelism for such
+a request, only a wake-up and a GIL hand-over each way. A key evicted between the check
+and its use is unlocked through KMS on the thread running the op: correct, at the cost
+of that thread stalling for a KMS round trip (the I/O thread serves nothing meanwhile;
+``ops.INLINE_KEY_MARGIN_SECONDS`` makes expiry in that window near impossible, leaving
+capacity evictions by concurrent cold unlocks).
 
 Rules (each one has a test in tests/test_enclave_server.py):
 - The frame cap is checked on the length prefix before any of the body is read:
@@ -12,14 +27,15 @@ Rules (each one has a test in tests/test_enclave_server.py):
 - Several frames per connection; at most one executes at a time, and answers leave in
   request order. Frames a client pipelines wait in its buffer; while one executes,
   the connection is read only until a further 64 KiB is buffered.
-- Admission: at most ``workers`` requests execute and ``queue_depth`` wait. Beyond
-  that a complete frame is answered ``server_busy`` at once (never dropped or reset);
-  the connection stays usable.
+- Admission: at most ``workers + queue_depth`` requests are admitted (executing on a
+  worker or inline, or waiting for either). Beyond that a complete frame is answered
+  ``server_busy`` at once (never dropped or reset); the connection stays usable.
+- Requests that may wait on KMS or the NSM run on a worker, never on the I/O thread.
 - Memory: the declared length of each frame being received is reserved against
   ``max_buffered_bytes`` (answers waiting for a slow reader count too). A frame that
   does not fit is answered ``server_busy`` and its body is skipped as it arrives,
   never buffered.
-- Slow or silent peers hold no worker: only complete frames reach a worker. A frame
+- Slow or silent peers hold no worker: only complete frames are executed. A frame
   must arrive whole within ``frame_timeout_seconds`` of its first byte (else
   ``bad_frame`` and close); a connection with nothing in flight is closed after
   ``idle_timeout_seconds`` without traffic, and so is one whose peer stops reading.
@@ -40,6 +56,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -151,7 +168,10 @@ class _Connection:
         )
 
 
-_Job = tuple[_Connection, bytes, int]
+#: A complete frame taken from a connection: its body and the bytes it reserved.
+_Frame = tuple[_Connection, bytes, int]
+#: A parsed request on its way to execution, with the bytes its frame reserved.
+_Job = tuple[_Connection, wire.Request, int]
 
 
 class EnclaveServer:
@@ -175,6 +195,7 @@ class EnclaveServer:
         self._buffered = 0  # reserved request bytes + unsent answer bytes
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._dirty: list[_Connection] = []  # connections a worker changed
+        self._ready: deque[_Job] = deque()  # inline requests for the I/O thread
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_pending = False
@@ -202,9 +223,10 @@ class EnclaveServer:
         next_tick = time.monotonic() + _TICK_SECONDS
         try:
             while not self._stopping.is_set():
-                timeout = max(0.0, next_tick - time.monotonic())
+                timeout = 0.0 if self._ready else max(0.0, next_tick - time.monotonic())
                 for key, mask in self._selector.select(timeout):
                     self._on_event(key.data, mask)
+                self._run_ready()
                 self._sync_dirty()
                 now = time.monotonic()
                 if now >= next_tick:
@@ -301,6 +323,7 @@ class EnclaveServer:
         except OSError:
             data = None
         now = time.monotonic()
+        taken: list[_Frame] = []
         with self._lock:
             if conn.closed:
                 return
@@ -314,16 +337,28 @@ class EnclaveServer:
             if not conn.inbuf and conn.body_length is None and not conn.discard:
                 conn.frame_started = now
             conn.inbuf += data
-            self._advance(conn, now)
+            self._advance(conn, now, taken)
+        self._route(taken, io_thread=True)
 
     def _on_writable(self, conn: _Connection) -> None:
         now = time.monotonic()
+        taken: list[_Frame] = []
         with self._lock:
             if conn.closed or not conn.outbuf:
                 return
             self._flush(conn, now)
             if not conn.outbuf:
-                self._advance(conn, now)
+                self._advance(conn, now, taken)
+        self._route(taken, io_thread=True)
+
+    def _run_ready(self) -> None:
+        """One pass over the inline requests ready now; those it makes ready (the next
+        frame a client pipelined) wait for the next pass, after the sockets' turn."""
+        for _ in range(len(self._ready)):
+            conn, request, reserved = self._ready.popleft()
+            taken = self._finish(conn, self._execute(request), reserved, io_thread=True)
+            self._route(taken, io_thread=True)
+            self._sync(conn)
 
     def _sync(self, conn: _Connection) -> None:
         """Bring the selector registration in line with the connection's state, and
@@ -412,8 +447,9 @@ class EnclaveServer:
 
     # -- shared by the I/O thread and workers (call with the lock held) --------------------
 
-    def _advance(self, conn: _Connection, now: float) -> None:
-        """Consume what the input buffer allows: skip, reserve, dispatch or refuse."""
+    def _advance(self, conn: _Connection, now: float, taken: list[_Frame]) -> None:
+        """Consume what the input buffer allows: skip, reserve, refuse, or admit a
+        complete frame into ``taken`` (the caller routes it once the lock is released)."""
         while not conn.close_after_flush and not conn.broken:
             if conn.discard:
                 skipped = min(conn.discard, len(conn.inbuf))
@@ -428,7 +464,7 @@ class EnclaveServer:
                 if not self._take_header(conn):
                     return
             elif len(conn.inbuf) >= conn.body_length:
-                self._take_frame(conn, now)
+                self._take_frame(conn, now, taken)
             else:
                 return
 
@@ -458,8 +494,8 @@ class EnclaveServer:
             conn.body_length = length
         return True
 
-    def _take_frame(self, conn: _Connection, now: float) -> None:
-        """Hand the complete frame at the head of the buffer to a worker, or refuse it."""
+    def _take_frame(self, conn: _Connection, now: float, taken: list[_Frame]) -> None:
+        """Admit the complete frame at the head of the buffer into ``taken``, or refuse it."""
         length = conn.body_length or 0
         body = bytes(conn.inbuf[:length])
         del conn.inbuf[:length]
@@ -473,7 +509,7 @@ class EnclaveServer:
         self._counts.add("admitted")
         self._admitted += 1
         conn.busy = True
-        self._jobs.put((conn, body, length))
+        taken.append((conn, body, length))
 
     def _send(self, conn: _Connection, body: bytes) -> None:
         """Queue one answer frame and write as much of it as the socket takes now."""
@@ -506,53 +542,91 @@ class EnclaveServer:
         self._send(conn, wire.error_frame(None, EnclaveError(code, message)))
         conn.close_after_flush = True
 
-    # -- workers --------------------------------------------------------------------------
+    # -- execution (I/O thread and workers, without the lock) -------------------------------
+
+    def _route(self, taken: list[_Frame], *, io_thread: bool) -> None:
+        """Parse each admitted frame and send it where it executes: a malformed one is
+        answered here, an inline request runs on this thread (the I/O thread queues it
+        for its next pass), any other goes to the workers."""
+        while taken:
+            conn, body, reserved = taken.pop()
+            request = self._parse(body)
+            if isinstance(request, bytes):
+                taken += self._finish(conn, request, reserved, io_thread=io_thread)
+            elif not self._inline(request):
+                self._jobs.put((conn, request, reserved))
+            elif io_thread:
+                self._ready.append((conn, request, reserved))
+            else:
+                answer = self._execute(request)
+                taken += self._finish(conn, answer, reserved, io_thread=False)
+
+    def _inline(self, request: wire.Request) -> bool:
+        try:
+            return self._operations.runs_inline(request.op, request.params)
+        except Exception:  # runs_inline does not raise; a worker is the safe side
+            return False
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            conn, body, reserved = job
-            try:
-                answer = self._answer(body)
-            except BaseException:  # _answer catches everything; belt and braces
-                answer = _INTERNAL_ERROR
-            self._finish(conn, answer, reserved)
+            conn, request, reserved = job
+            answer = self._execute(request)
+            self._route(self._finish(conn, answer, reserved, io_thread=False), io_thread=False)
 
-    def _answer(self, body: bytes) -> bytes:
-        request_id: str | None = None
+    @staticmethod
+    def _parse(body: bytes) -> wire.Request | bytes:
+        """The request, or the answer that refuses the frame."""
         try:
-            request = wire.parse_request(body)
-            request_id = request.request_id
-            result = self._operations.dispatch(request.op, request.params)
-            return wire.ok_frame(request_id, result)
+            return wire.parse_request(body)
         except EnclaveError as exc:
-            return wire.error_frame(request_id, exc)
+            return wire.error_frame(None, exc)
         except Exception as exc:
-            log.error("request %s failed unexpectedly: %s", request_id, type(exc).__name__)
+            log.error("a frame failed to parse unexpectedly: %s", type(exc).__name__)
+            return _INTERNAL_ERROR
+
+    def _execute(self, request: wire.Request) -> bytes:
+        """The answer frame; never raises (unexpected exceptions: ``internal_error``)."""
+        try:
+            result = self._operations.dispatch(request.op, request.params)
+            return wire.ok_frame(request.request_id, result)
+        except EnclaveError as exc:
+            return wire.error_frame(request.request_id, exc)
+        except Exception as exc:
+            log.error("request %s failed unexpectedly: %s", request.request_id, type(exc).__name__)
             return wire.error_frame(
-                request_id, EnclaveError(ErrorCode.INTERNAL, "internal error in the enclave")
+                request.request_id,
+                EnclaveError(ErrorCode.INTERNAL, "internal error in the enclave"),
             )
 
-    def _finish(self, conn: _Connection, answer: bytes, reserved: int) -> None:
+    def _finish(
+        self, conn: _Connection, answer: bytes, reserved: int, *, io_thread: bool
+    ) -> list[_Frame]:
+        """Release the request's slot and send its answer; returns the connection's next
+        frame when one was waiting (to route). The I/O thread syncs the connection
+        itself; a worker hands it over when the selector registration must change."""
         now = time.monotonic()
+        taken: list[_Frame] = []
         with self._lock:
             self._admitted -= 1
             self._buffered -= reserved
             conn.busy = False
             if conn.closed:
-                return
+                return taken
             self._send(conn, answer)
             if conn.inbuf and not conn.outbuf:
                 conn.frame_started = now  # the next pipelined frame starts its clock now
-            self._advance(conn, now)
-            if not (conn.outbuf or conn.broken or conn.eof or conn.close_after_flush) and (
-                conn.events & selectors.EVENT_READ
+            self._advance(conn, now, taken)
+            if io_thread or (
+                not (conn.outbuf or conn.broken or conn.eof or conn.close_after_flush)
+                and conn.events & selectors.EVENT_READ
             ):
-                return  # nothing for the I/O thread to change
+                return taken  # nothing for the I/O thread to change, or it is the caller
             self._dirty.append(conn)
             wake = not self._wake_pending
             self._wake_pending = True
         if wake:
             self._wake()
+        return taken
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # a full wake buffer already wakes the loop

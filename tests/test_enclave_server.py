@@ -9,7 +9,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,15 @@ def sign(rig: EnclaveRig, account: dict[str, Any], conn: socket.socket | None = 
         conn,
     )
     return str(Account.recover_transaction(result["raw_transaction"]))
+
+
+def wait_for(condition: Callable[[], bool], within: float = 10) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def closed_by_peer(sock: socket.socket, within: float) -> bool:
@@ -147,6 +156,99 @@ def test_beyond_capacity_a_frame_is_answered_server_busy_at_once(root: Path) -> 
         # The refused connection was not dropped: it still works.
         assert rig.call("health", conn=late)["status"] == "ok"
         assert rig.gate.calls["Decrypt"] == 1  # one unlock served both waiting signers
+
+
+def test_a_warm_signature_does_not_wait_behind_a_worker_held_by_kms(root: Path) -> None:
+    with rig_with(root, workers=1, queue_depth=4) as rig:
+        warm, cold = rig.create_account(), rig.create_account()
+        rig.forget_keys()
+        assert sign(rig, warm) == warm["address"]  # unlocked again: warm
+        rig.gate.open.clear()  # every KMS call now waits
+        held = rig.connect()
+        params = {"account": cold, "credentials": rig.credentials, "transaction": TX}
+        wire.write_frame(held, request_frame("sign_transaction", params, "cold"))
+        assert wait_for(lambda: rig.gate.in_flight == 1)  # the only worker waits on KMS
+        conn = rig.connect(timeout=5)  # a queued signature would wait for the gate (30 s)
+        for _ in range(3):
+            assert sign(rig, warm, conn) == warm["address"]
+        assert rig.gate.in_flight == 1
+        rig.gate.open.set()
+        answer = read_answer(held)
+        assert (answer["id"], answer["ok"]) == ("cold", True)
+        assert rig.gate.calls["Decrypt"] == 2  # the warm account's unlock, then the cold one
+
+
+def test_requests_that_may_wait_on_kms_leave_the_io_thread_free(root: Path) -> None:
+    with rig_with(root, workers=2, queue_depth=4) as rig:
+        warm, cold = rig.create_account(), rig.create_account()
+        rig.forget_keys()
+        assert sign(rig, warm) == warm["address"]
+        rig.gate.open.clear()
+        held = rig.connect()
+        params = {"account": cold, "credentials": rig.credentials, "transaction": TX}
+        wire.write_frame(held, request_frame("sign_transaction", params, "cold"))
+        # A batch with one cold account waits on KMS too: a worker, not the I/O thread.
+        batch = rig.connect()
+        items = [{"op": "sign_transaction", "account": i, "transaction": TX} for i in (0, 1)]
+        batch_params = {"credentials": rig.credentials, "accounts": [warm, cold], "items": items}
+        wire.write_frame(batch, request_frame("sign_batch", batch_params, "batch"))
+        assert wait_for(lambda: rig.gate.in_flight == 1)  # single flight: one Decrypt
+        conn = rig.connect(timeout=5)
+        assert rig.call("health", conn=conn)["status"] == "ok"
+        assert sign(rig, warm, conn) == warm["address"]
+        assert rig.call("stats", conn=conn)["server"]["admitted"] >= 4
+        rig.gate.open.set()
+        assert read_answer(held)["ok"] is True
+        results = read_answer(batch)["result"]["results"]
+        assert [result["ok"] for result in results] == [True, True]
+
+
+def test_a_key_gone_between_the_inline_check_and_its_use_is_unlocked_inline(
+    root: Path,
+) -> None:
+    with rig_with(root) as rig:
+        account = rig.create_account()
+        rig.forget_keys()
+        # Every request judged inline: the cold key is unlocked on the I/O thread.
+        rig.operations.runs_inline = lambda op, params: True  # type: ignore[method-assign]
+        assert sign(rig, account) == account["address"]
+        assert rig.gate.calls["Decrypt"] == 1
+        assert rig.call("attest")["attestation_document"]
+
+
+def test_runs_inline_names_what_cannot_wait_on_kms_and_changes_nothing(root: Path) -> None:
+    with rig_with(root) as rig:
+        ops = rig.operations
+        account, other = rig.create_account(), rig.create_account()  # both warm
+        lookups = (rig.stats.key_cache_lookups.get("hit"), rig.stats.key_cache_lookups.get("miss"))
+        receipts = rig.enclave_gate.receipts.pull(None)["next"]
+        for op in ("health", "stats", "audit_receipts", "audit_head"):
+            assert ops.runs_inline(op, {})
+        for op in ("attest", "generate_account", "kms_probe", "no_such_op"):
+            assert not ops.runs_inline(op, {"account": account, "accounts": [account]})
+        one = {"account": account, "credentials": rig.credentials, "transaction": TX}
+        for op in ("sign_transaction", "sign_message", "sign_typed_data", "sign_authorization"):
+            assert ops.runs_inline(op, one)
+        assert ops.runs_inline("sign_batch", {"accounts": [account, other]})
+        for params in (
+            {},
+            {"account": "x"},
+            {"account": {**account, "address": "0x12"}},
+            {"account": {**account, "encrypted_data_key": "AAAA"}},  # another record: cold
+        ):
+            assert not ops.runs_inline("sign_transaction", params)
+        for accounts in ([], "x", [account, "x"], [account] * 101):
+            assert not ops.runs_inline("sign_batch", {"accounts": accounts})
+        rig.forget_keys()
+        assert sign(rig, account) == account["address"]  # warm again; other stays cold
+        assert ops.runs_inline("sign_message", {"account": account})
+        assert not ops.runs_inline("sign_message", {"account": other})
+        assert not ops.runs_inline("sign_batch", {"accounts": [account, other]})
+        hits, misses = lookups
+        # Only the signature above looked a key up (a miss) and left a receipt.
+        assert rig.stats.key_cache_lookups.get("hit") == hits
+        assert rig.stats.key_cache_lookups.get("miss") == misses + 1
+        assert rig.enclave_gate.receipts.pull(None)["next"] == receipts + 1
 
 
 def test_a_stalled_partial_frame_holds_no_worker_and_times_out(root: Path) -> None:

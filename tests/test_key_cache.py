@@ -43,6 +43,22 @@ def test_key_cache_is_bounded_in_size_and_time() -> None:
         KeyCache(max_entries=-1, ttl_seconds=10)
 
 
+def test_holds_peeks_without_expiring_or_counting() -> None:
+    now = [0.0]
+    cache: KeyCache[str] = KeyCache(max_entries=10, ttl_seconds=10, clock=lambda: now[0])
+    key, absent = (CacheKey.for_record(str(i), "0x1", "k", b"k", b"d") for i in range(2))
+    cache.put(key, "a")  # expires at 10
+    now[0] = 8.5
+    assert cache.holds(key)
+    assert cache.holds(key, for_seconds=1)
+    assert not cache.holds(key, for_seconds=1.5)  # not for that long
+    assert not cache.holds(absent)
+    now[0] = 10
+    assert not cache.holds(key)
+    assert len(cache) == 1  # only read: nothing expired or counted
+    assert cache.evictions() == {"capacity": 0, "ttl": 0}
+
+
 def test_a_re_unlocked_key_starts_a_new_lifetime() -> None:
     now = [0.0]
     cache: KeyCache[str] = KeyCache(max_entries=10, ttl_seconds=10, clock=lambda: now[0])
