@@ -573,6 +573,15 @@ class EnclaveServer:
             answer = self._execute(request)
             self._route(self._finish(conn, answer, reserved, io_thread=False), io_thread=False)
 
+    def _answer(self, body: bytes) -> bytes:
+        """One frame's whole CPU path on one thread: parse, the inline check, execution
+        (``bench/enclave_frame_cpu.py`` measures the warm path through it)."""
+        request = self._parse(body)
+        if isinstance(request, bytes):
+            return request
+        self._inline(request)
+        return self._execute(request)
+
     @staticmethod
     def _parse(body: bytes) -> wire.Request | bytes:
         """The request, or the answer that refuses the frame."""

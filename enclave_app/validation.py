@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from enclave_app.account_metadata import AccountMetadata, parse_metadata
@@ -24,7 +25,9 @@ MAX_SESSION_TOKEN_CHARS = 4096
 MAX_CIPHERTEXT_BYTES = 8192
 
 
-def check_params(params: Mapping[str, Any], required: set[str], optional: set[str]) -> None:
+def check_params(
+    params: Mapping[str, Any], required: AbstractSet[str], optional: AbstractSet[str]
+) -> None:
     missing = required - params.keys()
     if missing:
         raise invalid(f"missing field(s): {', '.join(sorted(missing))}")
@@ -86,6 +89,10 @@ RECORD_FIELDS = (
 )
 #: Optional record fields sealed with the key (envelope version 2).
 METADATA_FIELDS = ("labels", "stamp_keys", "created_by")
+_RECORD_NAMES = frozenset(RECORD_FIELDS)
+_METADATA_NAMES = frozenset(METADATA_FIELDS)
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"))``, its encoder built once.
+_COMPACT_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def credential_fields(value: object) -> tuple[object, object, object]:
@@ -117,9 +124,9 @@ def record_fields(value: object, name: str = "account") -> tuple[object, ...]:
     fields as one compact JSON text ("" when it has none), so the tuple stays hashable."""
     if not isinstance(value, dict):
         raise invalid(f"{name} must be an object")
-    check_params(value, set(RECORD_FIELDS), set(METADATA_FIELDS))
+    check_params(value, _RECORD_NAMES, _METADATA_NAMES)
     metadata = {field: value[field] for field in METADATA_FIELDS if field in value}
-    text = json.dumps(metadata, sort_keys=True, separators=(",", ":")) if metadata else ""
+    text = _COMPACT_SORTED.encode(metadata) if metadata else ""
     return (*(value[field] for field in RECORD_FIELDS), text)
 
 
