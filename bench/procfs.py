@@ -47,6 +47,21 @@ def cpu_user_system(pids: Iterable[int]) -> tuple[float, float]:
     return user / _TICKS, system / _TICKS
 
 
+def context_switches(pids: Iterable[int]) -> int:
+    """Voluntary and involuntary context switches so far of every thread of ``pids``."""
+    total = 0
+    for pid in pids:
+        for task in (Path("/proc") / str(pid) / "task").glob("*"):
+            try:
+                text = (task / "status").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU time of ``pids``."""
     return sum(cpu_user_system(pids))

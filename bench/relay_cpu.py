@@ -93,26 +93,12 @@ def start_second_relay(
     return process, port
 
 
-def _switches(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        for task in (Path("/proc") / str(pid) / "task").glob("*"):
-            try:
-                text = (task / "status").read_text()
-            except OSError:
-                continue
-            for line in text.splitlines():
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                    total += int(line.split()[1])
-    return total
-
-
 def measure(
     relay: Relay, procs: Processes, requests: list[bytes], concurrency: int, count: int
 ) -> dict[str, Any]:
     relay_pids = relay.pids()
     user, system = procfs.cpu_user_system(relay_pids)
-    switches = _switches(relay_pids)
+    switches = procfs.context_switches(relay_pids)
     cpu_enclave = procfs.cpu_seconds(procs.enclave())
     started = time.monotonic()
     result = load(relay.port, requests, concurrency, count=count, keep_bodies=5)
@@ -127,7 +113,7 @@ def measure(
     return {
         "relay_us": relay_us,
         "relay_sys_us": relay_sys_us,
-        "relay_switches": (_switches(relay_pids) - switches) / count,
+        "relay_switches": (procfs.context_switches(relay_pids) - switches) / count,
         "enclave_us": enclave_us,
         "loadgen_us": result["cpu_us_per_request"],
         "rps": count / wall,

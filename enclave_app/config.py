@@ -71,9 +71,11 @@ class EnclaveConfig:
     #: Open connections (idle ones cost a file descriptor, no thread). At the bound,
     #: the connection idle the longest is closed to admit a new one.
     max_connections: int = 4096
-    #: Threads that execute requests.
+    #: Threads that execute requests that may wait on KMS or the NSM (the I/O thread
+    #: runs those that only compute: ``enclave_app.server``).
     workers: int = 16
-    #: Complete requests waiting for a worker; beyond it, ``server_busy`` at once.
+    #: Admitted requests beyond ``workers`` (waiting for a worker, or inline); beyond
+    #: ``workers + queue_depth``, ``server_busy`` at once.
     queue_depth: int = 64
     #: A connection with nothing in flight is closed after this long without a byte.
     idle_timeout_seconds: int = 60
