@@ -6,9 +6,10 @@
 Builds the enclave's objects as ``enclave_app.__main__`` does (ops, gate with a signing
 policy, relay-identity authentication, the receipt chain, the vault and key cache) with
 one warm account (its key object put in the cache under its record's cache key, as a
-warm unlock leaves it: no KMS), then feeds ``EnclaveServer._answer`` the frames the relay
-sends: ``sign_transaction`` (EIP-1559) and a ``sign_batch`` of 50. Every 20 frames it
-pulls and acknowledges the sealed receipts as the relay's audit log writer does, so the
+warm unlock leaves it: no KMS), then feeds ``EnclaveServer._answer`` (parse, the inline
+check where the tree has one, execution) the frames the relay sends:
+``sign_transaction`` (EIP-1559) and a ``sign_batch`` of 50. Every 20 frames it pulls
+and acknowledges the sealed receipts as the relay's audit log writer does, so the
 receipts' whole life (record, seal, pull) is in the figure. Prints CPU microseconds per
 frame (``time.process_time``), which hold on a shared machine where rates do not.
 
