@@ -8,8 +8,12 @@ any server). This adapter:
 - refuses bodies by their announced length (413) and media type (415) before reading
   them, and chunked bodies (411); ``Expect: 100-continue`` is answered only once both
   checks pass (the server sends "100 Continue" on the first read);
-- runs the handler in a bounded thread pool (the service layer blocks on the enclave
-  and storage), so the event loop keeps parsing other connections. A request takes
+- runs the handler where its waits cannot hold up other connections: the signing
+  routes and the account read on the loop's thread, suspended while they wait
+  (``loop_bridge``; their only waits are the enclave call, which goes through the
+  loop, and a record-cache miss or credential refresh, which go to the pool); the
+  others in a bounded thread pool (the service layer blocks on the enclave and
+  storage), so the event loop keeps parsing other connections. A request takes
   one of ``max_concurrent_requests`` slots only once it arrived whole (head and body),
   and holds it until its handler returns; with none free it is answered 503
   ``server_busy`` at once. Clients still sending (a slow or drip-feeding one) hold a
@@ -32,6 +36,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
+from parent_app import loop_bridge
 from parent_app.config import RelaySettings
 from parent_app.errors import RelayError, internal_error, invalid_request, server_busy
 from parent_app.http_envelope import (
@@ -147,9 +152,15 @@ class RelayAsgiApp:
             )
             self.slots.take()
             try:
-                response = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, _answer, match.endpoint.handler, call, route, rid
-                )
+                handler = match.endpoint.handler
+                if match.endpoint.on_loop:
+                    response = await loop_bridge.run(
+                        self.executor, _answer, handler, call, route, rid
+                    )
+                else:
+                    response = await asyncio.get_running_loop().run_in_executor(
+                        self.executor, _answer, handler, call, route, rid
+                    )
             finally:
                 self.slots.release()
         except ClientGoneError:
@@ -199,7 +210,8 @@ class RelayAsgiApp:
 
 
 def _answer(handler: Handler, call: Call, route: str, rid: str) -> Response:
-    """Run one handler (in a worker thread); every failure becomes a JSON answer."""
+    """Run one handler (on a pool thread or the loop's); every failure becomes a JSON
+    answer."""
     try:
         return handler(call)
     except RelayError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from botocore.exceptions import BotoCoreError
 from botocore.utils import InstanceMetadataFetcher
 
+from parent_app import loop_bridge
 from parent_app.errors import CredentialsUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,28 +76,37 @@ class ImdsCredentialSource:
         )
         self._clock = clock
         self._lock = threading.Lock()
-        self._cached: Credentials | None = None
-        self._expires_at = 0.0
+        #: The cached credentials and when they expire, replaced as one value so the
+        #: lock-free read in ``get`` never pairs one fetch's credentials with another's
+        #: expiry.
+        self._cached: tuple[Credentials, float] | None = None
         self._next_attempt = 0.0
 
     def get(self) -> Credentials:
+        cached = self._cached
+        if cached is not None and self._clock() < cached[1] - REFRESH_MARGIN_SECONDS:
+            return cached[0]  # the common case: no lock, no wait
+        # A refresh may wait on IMDS: a handler on the event loop waits on the pool.
+        return loop_bridge.off_loop(self._refresh)
+
+    def _refresh(self) -> Credentials:
         with self._lock:
             now = self._clock()
             cached = self._cached
-            if cached is not None and now < self._expires_at - REFRESH_MARGIN_SECONDS:
-                return cached
-            if cached is not None and now < self._expires_at and now < self._next_attempt:
-                return cached
+            if cached is not None and now < cached[1] - REFRESH_MARGIN_SECONDS:
+                return cached[0]  # another caller refreshed while this one waited
+            if cached is not None and now < cached[1] and now < self._next_attempt:
+                return cached[0]
             try:
                 fresh, expires_at = self._fetch()
             except CredentialsUnavailable:
-                if cached is not None and now < self._expires_at:
+                if cached is not None and now < cached[1]:
                     self._next_attempt = now + RETRY_AFTER_FAILURE_SECONDS
                     log.warning("IMDS credential refresh failed; using the cached credentials")
-                    return cached
+                    return cached[0]
                 self._cached = None
                 raise
-            self._cached, self._expires_at = fresh, expires_at
+            self._cached = (fresh, expires_at)
             return fresh
 
     def _fetch(self) -> tuple[Credentials, float]:

@@ -23,20 +23,27 @@ when the enclave cannot have acted on it:
 and the caller retries with the same ``account_id`` (creation is keyed by it).
 A connection that failed in any way, or timed out, is closed, never returned to the
 pool, so a late answer can never be read as the answer to another request.
+
+Two ways to wait, one protocol. Called on a pool thread, a call blocks on its socket.
+Called from a handler the relay runs on its event loop (``loop_bridge.on_loop()``),
+it waits through the loop instead (``_LoopIO``): the same frames, deadlines and
+failure kinds, on the same pooled connections, without blocking the loop's thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from enclave_app import wire
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.transport import Transport
+from parent_app import loop_bridge
 from parent_app.errors import EnclaveBadResponse, EnclaveUnavailable, RelayError, server_busy
 
 #: Ops whose repetition cannot change anything: a second identical request gets the same
@@ -52,6 +59,10 @@ REPLAYABLE_OPS = frozenset(
         "sign_batch",
     }
 )
+
+
+#: On the loop, how often a call waiting for a free pooled connection looks again.
+_POOL_POLL_SECONDS = 0.002
 
 
 class _NotDelivered(Exception):  # noqa: N818 (internal signal, never escapes)
@@ -103,7 +114,7 @@ class EnclaveClient:
                 f"request of {len(frame)} bytes exceeds the enclave frame cap of "
                 f"{self.max_frame_bytes}",
             )
-        if not self._slots.acquire(timeout=self.pool_wait_seconds):
+        if not self._take_slot():
             raise server_busy("every enclave connection is busy; retry shortly")
         try:
             answer = self._exchange(op, frame, time.monotonic() + self.timeout)
@@ -126,12 +137,25 @@ class EnclaveClient:
 
     # -- connections ------------------------------------------------------------------
 
+    def _take_slot(self) -> bool:
+        """A pooled connection's slot, waiting at most ``pool_wait_seconds``; on the
+        loop the wait polls, so the loop serves the calls that will free one."""
+        if not loop_bridge.on_loop():
+            return self._slots.acquire(timeout=self.pool_wait_seconds)
+        deadline = time.monotonic() + self.pool_wait_seconds
+        while not self._slots.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return False
+            loop_bridge.wait(asyncio.sleep(_POOL_POLL_SECONDS))
+        return True
+
     def _exchange(self, op: str, frame: bytes, deadline: float) -> bytes:
         sock, reused = self._checkout(deadline)
         first_try = True
+        io: type[_SocketIO] = _LoopIO if loop_bridge.on_loop() else _BlockingIO
         while True:
             try:
-                answer = _round_trip(sock, frame, deadline, self.max_frame_bytes)
+                answer = _round_trip(io(sock), frame, deadline, self.max_frame_bytes)
             except (_NotDelivered, _ClosedBeforeAnswer) as exc:
                 sock.close()
                 could_not_act = isinstance(exc, _NotDelivered) or (reused and op in REPLAYABLE_OPS)
@@ -165,8 +189,10 @@ class EnclaveClient:
         sock.close()
 
     def _connect(self, deadline: float) -> socket.socket:
-        try:
-            return self.transport.connect(self.cid, self.port, _remaining(deadline))
+        try:  # a connect waits only when the enclave's backlog is full: off the loop
+            return loop_bridge.off_loop(
+                self.transport.connect, self.cid, self.port, _remaining(deadline)
+            )
         except TimeoutError:
             raise EnclaveUnavailable("timed out connecting to the enclave") from None
         except (OSError, ValueError) as exc:
@@ -193,16 +219,59 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _round_trip(sock: socket.socket, frame: bytes, deadline: float, max_bytes: int) -> bytes:
+class _SocketIO(Protocol):
+    """A pooled connection's sends and receives, each bounded by ``timeout`` seconds."""
+
+    def __init__(self, sock: socket.socket) -> None: ...
+
+    def sendall(self, data: bytes, timeout: float) -> None: ...
+
+    def recv(self, size: int, timeout: float) -> bytes: ...
+
+
+class _BlockingIO:
+    """On a pool thread: the socket blocks, up to its timeout."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def sendall(self, data: bytes, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        self.sock.sendall(data)
+
+    def recv(self, size: int, timeout: float) -> bytes:
+        self.sock.settimeout(timeout)
+        return self.sock.recv(size)
+
+
+class _LoopIO:
+    """In a handler on the event loop (``loop_bridge``): the socket never blocks, the
+    handler is suspended while the loop waits for it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+
+    def sendall(self, data: bytes, timeout: float) -> None:
+        loop_bridge.wait(self.loop.sock_sendall(self.sock, data), timeout)
+
+    def recv(self, size: int, timeout: float) -> bytes:
+        try:  # the rest of an answer is usually there already
+            return self.sock.recv(size)
+        except BlockingIOError:
+            return loop_bridge.wait(self.loop.sock_recv(self.sock, size), timeout)
+
+
+def _round_trip(io: _SocketIO, frame: bytes, deadline: float, max_bytes: int) -> bytes:
     try:
-        sock.settimeout(_remaining(deadline))
-        sock.sendall(wire.HEADER.pack(len(frame)) + frame)
+        io.sendall(wire.HEADER.pack(len(frame)) + frame, _remaining(deadline))
     except TimeoutError:
         raise EnclaveUnavailable("the enclave did not take the request in time") from None
     except OSError:
         raise _NotDelivered from None
     try:
-        header = _recv_exact(sock, wire.HEADER.size, deadline, first=True)
+        header = _recv_exact(io, wire.HEADER.size, deadline, first=True)
         (length,) = wire.HEADER.unpack(header)
         if length > max_bytes:
             raise EnclaveBadResponse(
@@ -210,7 +279,7 @@ def _round_trip(sock: socket.socket, frame: bytes, deadline: float, max_bytes: i
             )
         if length == 0:
             raise EnclaveBadResponse("enclave answer refused: empty frame")
-        return _recv_exact(sock, length, deadline, first=False)
+        return _recv_exact(io, length, deadline, first=False)
     except TimeoutError:
         raise EnclaveUnavailable("the enclave did not answer in time") from None
     except ConnectionResetError:
@@ -219,13 +288,12 @@ def _round_trip(sock: socket.socket, frame: bytes, deadline: float, max_bytes: i
         raise EnclaveUnavailable(f"enclave connection failed ({_reason(exc)})") from None
 
 
-def _recv_exact(sock: socket.socket, size: int, deadline: float, *, first: bool) -> bytes:
+def _recv_exact(io: _SocketIO, size: int, deadline: float, *, first: bool) -> bytes:
     chunks: list[bytes] = []
     remaining = size
     while remaining:
-        sock.settimeout(_remaining(deadline))
         try:
-            chunk = sock.recv(min(remaining, 1 << 16))
+            chunk = io.recv(min(remaining, 1 << 16), _remaining(deadline))
         except ConnectionResetError:
             if first and not chunks:
                 raise _ClosedBeforeAnswer from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 
+from parent_app import loop_bridge
 from parent_app.storage import AccountPage, AccountRecord, Storage
 
 #: Records kept (least recently used first out); about 1 KiB each.
@@ -33,7 +34,7 @@ class CachedStorage:
         self._get = functools.lru_cache(maxsize=entries)(self._read)
 
     def _read(self, account_id: str) -> AccountRecord:
-        record = self.inner.get(account_id)
+        record = loop_bridge.off_loop(self.inner.get, account_id)  # a miss may wait on I/O
         if record is None:
             raise _Absent  # exceptions are not cached: the next get asks again
         return record

@@ -103,6 +103,10 @@ class Endpoint:
     query: frozenset[str] = frozenset()
     #: Closed by default: only the probes, the metrics and the API description are open.
     authenticated: bool = True
+    #: The handler runs on the event loop's thread (``parent_app.loop_bridge``): every
+    #: wait on its path goes through the loop (the enclave call) or off it (a storage
+    #: read, a credential refresh). Others run on the handler pool.
+    on_loop: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,26 +298,26 @@ class RelayApi:
             "/v1/accounts",
             Endpoint("GET", self.list_accounts, query=frozenset({"limit", "cursor"})),
         )
-        add("/v1/accounts/{account_id}", Endpoint("GET", self.get_account))
+        add("/v1/accounts/{account_id}", Endpoint("GET", self.get_account, on_loop=True))
         add(
             "/v1/accounts/{account_id}/sign/transaction",
-            Endpoint("POST", self.sign_transaction, Body.REQUIRED),
+            Endpoint("POST", self.sign_transaction, Body.REQUIRED, on_loop=True),
         )
         add(
             "/v1/accounts/{account_id}/sign/transactions",
-            Endpoint("POST", self.sign_transactions, Body.REQUIRED),
+            Endpoint("POST", self.sign_transactions, Body.REQUIRED, on_loop=True),
         )
         add(
             "/v1/accounts/{account_id}/sign/message",
-            Endpoint("POST", self.sign_message, Body.REQUIRED),
+            Endpoint("POST", self.sign_message, Body.REQUIRED, on_loop=True),
         )
         add(
             "/v1/accounts/{account_id}/sign/typed-data",
-            Endpoint("POST", self.sign_typed_data, Body.REQUIRED),
+            Endpoint("POST", self.sign_typed_data, Body.REQUIRED, on_loop=True),
         )
         add(
             "/v1/accounts/{account_id}/sign/authorization",
-            Endpoint("POST", self.sign_authorization, Body.REQUIRED),
+            Endpoint("POST", self.sign_authorization, Body.REQUIRED, on_loop=True),
         )
         add(
             "/v1/attestation",

@@ -173,6 +173,9 @@ class FakeEnclave:
     drop_ops: frozenset[str] = frozenset()
     # Read the next N requests (any op), then close their connection without answering.
     drop_next: int = 0
+    # Requests of these ops wait (read, not answered) until ``release`` is set.
+    hold_ops: frozenset[str] = frozenset()
+    release: threading.Event = field(default_factory=threading.Event)
     # sign_batch answers these results instead of the real ones.
     batch_results_override: list[Any] | None = None
     idle_timeout_seconds: float = 60.0
@@ -296,6 +299,10 @@ class FakeEnclave:
         """Apply the delay and drop knobs; False when this request goes unanswered."""
         if self.delay_seconds and self._stop.wait(self.delay_seconds):
             return False  # stopped mid-request: a dead process answers nothing
+        if request.op in self.hold_ops:
+            while not self.release.wait(0.05):
+                if self._stop.is_set():
+                    return False
         with self._lock:
             dropped = self.drop_next > 0
             self.drop_next -= 1 if dropped else 0

@@ -1,19 +1,29 @@
-"""EnclaveClient against a real framed server on the simulated vsock transport."""
+"""EnclaveClient against a real framed server on the simulated vsock transport.
+
+Every test runs twice: called from a pool thread (the socket blocks) and from a
+handler the relay runs on its event loop (``parent_app.loop_bridge``: the handler is
+suspended while uvloop waits on the socket). The frames, deadlines, pool and failure
+kinds must be the same either way."""
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 
 from enclave_app import wire
 from enclave_app.errors import EnclaveError, ErrorCode
 from enclave_app.transport import Transport
+from parent_app import loop_bridge
 from parent_app.enclave_client import EnclaveClient
 from parent_app.errors import EnclaveBadResponse, EnclaveUnavailable, RelayError
 from tests.fake_enclave import KEY_ID, FakeEnclave, remove_tree, short_tempdir
@@ -35,8 +45,35 @@ def enclave(vsock: Path) -> Iterator[FakeEnclave]:
     server.stop()
 
 
+class LoopCallingClient(EnclaveClient):
+    """Each call made as the relay makes it from a handler on its event loop: inside
+    ``loop_bridge.run`` on a uvloop loop (one per call; a thread calling concurrently
+    runs its own)."""
+
+    executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="test-off-loop")
+
+    def call(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        blocking_call = functools.partial(EnclaveClient.call, self)
+        return uvloop.run(loop_bridge.run(self.executor, self._checked, blocking_call, op, params))
+
+    @staticmethod
+    def _checked(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        assert loop_bridge.on_loop()
+        return call(*args)
+
+
+_CLIENT_CLASS: list[type[EnclaveClient]] = [EnclaveClient]
+
+
+@pytest.fixture(autouse=True, params=["pool thread", "event loop"])
+def calling_from(request: pytest.FixtureRequest) -> Iterator[str]:
+    _CLIENT_CLASS[0] = LoopCallingClient if request.param == "event loop" else EnclaveClient
+    yield request.param
+    _CLIENT_CLASS[0] = EnclaveClient
+
+
 def client(vsock: Path, timeout: float = 2, max_frame_bytes: int = 4096) -> EnclaveClient:
-    return EnclaveClient(Transport.unix(vsock), 16, 5000, timeout, max_frame_bytes)
+    return _CLIENT_CLASS[0](Transport.unix(vsock), 16, 5000, timeout, max_frame_bytes)
 
 
 def test_health_round_trip_with_random_request_ids(enclave: FakeEnclave, vsock: Path) -> None:
@@ -131,7 +168,7 @@ def test_error_frame_with_unknown_code_becomes_internal(vsock: Path) -> None:
 
 
 def pooled(vsock: Path, size: int, wait: float = 2, timeout: float = 2) -> EnclaveClient:
-    return EnclaveClient(
+    return _CLIENT_CLASS[0](
         Transport.unix(vsock), 16, 5000, timeout, 1 << 20, pool_size=size, pool_wait_seconds=wait
     )
 

@@ -264,6 +264,37 @@ def test_sign_transaction_passes_the_record_and_returns_the_signature(stack: Sta
     }
 
 
+def test_signing_requests_waiting_on_the_enclave_hold_up_nothing(stack: Stack) -> None:
+    """Signing handlers run on the relay's event loop (parent_app.loop_bridge): four of
+    them waiting on the enclave at once, the relay still answers the probe, an account
+    read (on the loop too) and a listing (on the pool); each signature then arrives."""
+    account_id = stack.create()["account_id"]
+    stack.enclave.hold_ops = frozenset({"sign_transaction"})
+    path = f"/v1/accounts/{account_id}/sign/transaction"
+    answers: list[HttpAnswer] = []
+    callers = [
+        threading.Thread(
+            target=lambda: answers.append(stack.call("POST", path, {"transaction": TX}))
+        )
+        for _ in range(4)
+    ]
+    for caller in callers:
+        caller.start()
+    deadline = time.monotonic() + 10
+    while stack.enclave.ops().count("sign_transaction") < 4:  # all four are waiting
+        assert time.monotonic() < deadline, "the signing requests did not all reach the enclave"
+        time.sleep(0.01)
+    assert stack.call("GET", "/healthz").status == 200
+    assert stack.call("GET", f"/v1/accounts/{account_id}").json()["account_id"] == account_id
+    assert stack.call("GET", "/v1/accounts").status == 200
+    assert answers == []
+    stack.enclave.release.set()
+    for caller in callers:
+        caller.join(10)
+    assert [answer.status for answer in answers] == [200] * 4
+    assert all(a.json() == fake_signature(fake_address(account_id), TX) for a in answers)
+
+
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
