@@ -558,7 +558,7 @@ class EnclaveServer:
             elif io_thread:
                 self._ready.append((conn, request, reserved))
             else:
-                answer = self._execute(request)
+                answer = self._execute_on_worker(request)
                 taken += self._finish(conn, answer, reserved, io_thread=False)
 
     def _inline(self, request: wire.Request) -> bool:
@@ -570,8 +570,14 @@ class EnclaveServer:
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             conn, request, reserved = job
-            answer = self._execute(request)
+            answer = self._execute_on_worker(request)
             self._route(self._finish(conn, answer, reserved, io_thread=False), io_thread=False)
+
+    def _execute_on_worker(self, request: wire.Request) -> bytes:
+        try:
+            return self._execute(request)
+        except BaseException:  # _execute catches everything; belt and braces
+            return _INTERNAL_ERROR
 
     def _answer(self, body: bytes) -> bytes:
         """One frame's whole CPU path on one thread: parse, the inline check, execution
