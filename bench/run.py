@@ -292,25 +292,39 @@ def measured_load(
 
 def cpu_ceiling_reason(run: LoadRun, target_per_s: float, concurrency: int) -> tuple[str, bool]:
     """Why a load row misses its target, from its CPU profile, and whether the target is
-    out of reach on this machine. With ``concurrency`` requests in flight at most
-    min(concurrency, cores) cores work at once (one request's hops run one after another:
-    load generator, relay, enclave, relay), so the CPU per request caps the rate at
-    min(concurrency, cores) / CPU per request."""
+    out of reach on this machine. Two caps, the lower one binds:
+
+    - the machine's: with ``concurrency`` requests in flight at most
+      min(concurrency, cores) cores work at once (one request's hops run one after
+      another: load generator, relay, enclave, relay), so the CPU per request caps the
+      rate at min(concurrency, cores) / CPU per request;
+    - each process's: a process runs its Python on one core at a time (one GIL; the
+      relay's signing routes run on its event loop, the enclave's warm ops on its I/O
+      thread), so the busiest process caps the rate at 1 / its CPU per request.
+    """
     cpu = dict(run.profile["cpu_us_per_request"])
     generator = run.profile.get("load_generator_cpu_us_per_request") or 0.0
     total = sum(cpu.values()) + generator
     cores = run.profile["cores"] or 1
     busy = min(concurrency, cores)
     per_sig = run.profile["signatures_per_request"]
-    ceiling = busy * 1e6 / total * per_sig if total else 0.0
+    machine_cap = busy * 1e6 / total * per_sig if total else 0.0
+    busiest = max(cpu, key=lambda name: cpu[name])
+    process_cap = 1e6 / cpu[busiest] * per_sig if cpu[busiest] else float("inf")
+    ceiling = min(machine_cap, process_cap)
     measured = run.result["rps"] * per_sig
     text = (
         f"per request the relay spends {cpu['relay']:.0f} us, the enclave "
         f"{cpu['enclave']:.0f} us and the load generator {generator:.0f} us of CPU "
         f"({total:.0f} us in all); with {concurrency} in flight on {cores} shared cores, "
         f"{busy} core{'s' if busy > 1 else ''} at most, the CPU alone caps the rate near "
-        f"{ceiling:,.0f} signatures/s"
+        f"{machine_cap:,.0f} signatures/s"
     )
+    if process_cap < machine_cap:
+        text += (
+            f"; and the {busiest}, whose Python runs on one core at a time (one GIL), caps "
+            f"it near {process_cap:,.0f} signatures/s at {cpu[busiest]:.0f} us per request"
+        )
     if ceiling < target_per_s:
         return (
             f"out of reach on this machine: {text}, below the {target_per_s:,.0f}/s the target "
