@@ -21,7 +21,9 @@ extension point):
   followed by a lingering close: the server half-closes, then reads and discards what
   the client still sends, for at most ``LINGER_SECONDS`` / ``LINGER_MAX_BYTES``,
   before it closes. Clients that write their whole body before reading (urllib,
-  requests, httpx) read the answer instead of a connection reset.
+  requests, httpx) read the answer instead of a connection reset;
+- a refusal never overtakes the answer to a request pipelined before it: that answer
+  leaves first, then the connection closes without one.
 """
 
 from __future__ import annotations
@@ -270,6 +272,14 @@ class RelayProtocol(HttpToolsProtocol):
     def _refuse(self, error: RelayError, *, linger_seconds: float = LINGER_SECONDS) -> None:
         """Answer before (or instead of) the application, then close with a linger."""
         self._refused = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not self._headers_done:
+            # An earlier request (pipelined before this one) is still being answered: a
+            # refusal written now would be read as its answer. Nothing after it is
+            # parsed; the connection closes once its answer is out.
+            cycle.keep_alive = False
+            self._cancel_deadline()
+            return
         self._flush()  # an answer written before this refusal leaves first
         response = error_response(error)
         request_id = new_request_id()

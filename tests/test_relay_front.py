@@ -414,6 +414,49 @@ def test_malformed_requests_get_json_errors(
     assert stack.call("GET", "/healthz").status == 200
 
 
+@pytest.mark.parametrize(
+    "follower",
+    [
+        b"GET /healthz HT",  # never finished: the deadline passes (408)
+        b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * (70 * 1024),  # a head too large (431)
+        b"GET /healthz HTTP/1.1\r\nBad Header\r\n\r\n",  # malformed (400)
+    ],
+    ids=["deadline", "head-too-large", "malformed"],
+)
+def test_a_pipelined_request_refused_while_the_one_before_it_runs_never_takes_its_answer(
+    tmp_path: Path, follower: bytes
+) -> None:
+    """The answer to a request still running leaves first: a refusal of the request a
+    client pipelined behind it can never be read as that answer."""
+    with fake_stack(tmp_path, request_deadline_seconds=1.0) as stack:
+        account_id = stack.create()["account_id"]
+        stack.enclave.hold_ops = frozenset({"sign_transaction"})
+        body = json.dumps({"transaction": {"nonce": 1}}).encode()
+        first = (
+            (
+                f"POST /v1/accounts/{account_id}/sign/transaction HTTP/1.1\r\nHost: x\r\n"
+                "Content-Type: application/json\r\nX-Request-Id: first\r\n"
+                f"Content-Length: {len(body)}\r\n"
+            ).encode()
+            + AUTH_LINE
+            + b"\r\n"
+            + body
+        )
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+            sock.sendall(first)
+            deadline = time.monotonic() + 5
+            while "sign_transaction" not in stack.enclave.ops():
+                assert time.monotonic() < deadline, "the signature never reached the enclave"
+                time.sleep(0.01)
+            sock.sendall(follower)
+            time.sleep(1.5)  # past the follower's deadline, the signature still held
+            stack.enclave.release.set()
+            reply = _read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+        assert reply.count(b"HTTP/1.1 ") == 1  # then the connection closed, nothing else
+        assert b"\r\nx-request-id: first\r\n" in reply.split(b"\r\n\r\n", 1)[0].lower()
+
+
 def test_pipelined_requests_are_answered_in_order_and_free_their_slots(tmp_path: Path) -> None:
     with fake_stack(tmp_path, max_concurrent_requests=3) as stack:
         requests_ = b"".join(
