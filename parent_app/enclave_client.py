@@ -33,6 +33,8 @@ failure kinds, on the same pooled connections, without blocking the loop's threa
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import itertools
 import secrets
 import socket
@@ -61,8 +63,9 @@ REPLAYABLE_OPS = frozenset(
 )
 
 
-#: On the loop, how often a call waiting for a free pooled connection looks again.
-_POOL_POLL_SECONDS = 0.002
+#: On the loop, a call waiting for a free pooled connection is woken when one is given
+#: back; it also looks again this often (a wake-up may go to a waiter that gave up).
+_POOL_RECHECK_SECONDS = 0.05
 
 
 class _NotDelivered(Exception):  # noqa: N818 (internal signal, never escapes)
@@ -96,6 +99,8 @@ class EnclaveClient:
         self._idle: list[socket.socket] = []  # LIFO: the warmest connection first
         self._lock = threading.Lock()
         self._closed = False
+        #: Calls on an event loop waiting for a slot, oldest first (guarded by _lock).
+        self._loop_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Frame ids only pair an answer with its request: a random prefix and a counter.
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
@@ -119,7 +124,7 @@ class EnclaveClient:
         try:
             answer = self._exchange(op, frame, time.monotonic() + self.timeout)
         finally:
-            self._slots.release()
+            self._give_slot_back()
         return _result(answer, request_id)
 
     def close(self) -> None:
@@ -139,15 +144,42 @@ class EnclaveClient:
 
     def _take_slot(self) -> bool:
         """A pooled connection's slot, waiting at most ``pool_wait_seconds``; on the
-        loop the wait polls, so the loop serves the calls that will free one."""
+        loop the handler is suspended until a slot is given back (the loop serves the
+        calls that will free one), never woken to look for nothing."""
         if not loop_bridge.on_loop():
             return self._slots.acquire(timeout=self.pool_wait_seconds)
         deadline = time.monotonic() + self.pool_wait_seconds
+        loop = asyncio.get_running_loop()
         while not self._slots.acquire(blocking=False):
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            loop_bridge.wait(asyncio.sleep(_POOL_POLL_SECONDS))
+            woken: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                self._loop_waiters.append(woken)
+            try:
+                if self._slots.acquire(blocking=False):  # given back before we queued
+                    return True
+                with contextlib.suppress(TimeoutError):
+                    loop_bridge.wait(woken, min(left, _POOL_RECHECK_SECONDS))
+            finally:
+                with self._lock, contextlib.suppress(ValueError):
+                    self._loop_waiters.remove(woken)
         return True
+
+    def _give_slot_back(self) -> None:
+        """Release a slot and wake the call on a loop that has waited for one longest."""
+        self._slots.release()
+        with self._lock:
+            woken = self._loop_waiters.popleft() if self._loop_waiters else None
+        if woken is None:
+            return
+        loop = woken.get_loop()
+        if loop_bridge.on_loop() and asyncio.get_running_loop() is loop:
+            loop.call_soon(_wake, woken)
+        else:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_wake, woken)
 
     def _exchange(self, op: str, frame: bytes, deadline: float) -> bytes:
         sock, reused = self._checkout(deadline)
@@ -197,6 +229,11 @@ class EnclaveClient:
             raise EnclaveUnavailable("timed out connecting to the enclave") from None
         except (OSError, ValueError) as exc:
             raise EnclaveUnavailable(f"cannot connect to the enclave ({_reason(exc)})") from None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _still_open(sock: socket.socket) -> bool:

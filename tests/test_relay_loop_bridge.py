@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 import uvloop
 
+from enclave_app.transport import Transport
 from parent_app import loop_bridge
 from parent_app.credentials import ImdsCredentialSource
+from parent_app.enclave_client import EnclaveClient
 from parent_app.http_server import _LingeringTransport
-from tests.fake_enclave import FakeImds
+from tests.fake_enclave import FakeEnclave, FakeImds, remove_tree, short_tempdir
 
 
 @pytest.fixture
@@ -198,3 +200,41 @@ def test_an_answers_head_and_body_leave_in_one_send() -> None:
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}",
         b"HTTP/1.1 204 No Content\r\n\r\n",
     ]
+
+
+def test_a_call_on_the_loop_waiting_for_a_pooled_connection_sleeps_until_one_is_free(
+    pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only connection is held (0.6 s) by a call on a pool thread: a call on the
+    loop waits for it without waking over and over to look, then gets it."""
+    vsock = short_tempdir()
+    enclave = FakeEnclave(vsock, delay_seconds=0.6).start()
+    client = EnclaveClient(Transport.unix(vsock), 16, 5000, 5, pool_size=1, pool_wait_seconds=3)
+    waits = [0]
+    real_wait = loop_bridge.wait
+
+    def counted_wait(awaitable: Any, timeout: float | None = None) -> Any:
+        waits[0] += 1
+        return real_wait(awaitable, timeout)
+
+    monkeypatch.setattr(loop_bridge, "wait", counted_wait)
+    order: list[str] = []
+    try:
+        holder = threading.Thread(
+            target=lambda: order.append(client.call("health", {})["status"] + " holder")
+        )
+        holder.start()
+        while not enclave.ops():  # the holder's frame reached the enclave
+            threading.Event().wait(0.01)
+
+        def on_loop() -> str:
+            return str(client.call("health", {})["status"]) + " waiter"
+
+        order.append(uvloop.run(loop_bridge.run(pool, on_loop)))
+        holder.join(5)
+    finally:
+        client.close()
+        enclave.stop()
+        remove_tree(vsock)
+    assert order == ["ok holder", "ok waiter"]
+    assert waits[0] <= 30  # woken when freed, rechecked every 50 ms (a 2 ms poll: ~270)
