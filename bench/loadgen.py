@@ -212,6 +212,8 @@ async def _main(job: Job) -> dict[str, Any]:
     return {
         "concurrency": job.concurrency,
         "answers": len(latencies),
+        # Every answer of the run, warmup and tail included: what the CPU was spent on.
+        "answered_total": tally.answered,
         "seconds": window,
         "rps": len(latencies) / window if window > 0 else 0.0,
         "p50_ms": _percentile(latencies, 0.50) * 1000,

@@ -266,7 +266,6 @@ def measured_load(
     """One load run between two baseline measurements, with its CPU profile."""
     before = micro.baseline_rate(plan.baseline_seconds)
     cpu_before = procs.cpu()
-    started = time.monotonic()
     result = load(
         stack.relay_port,
         requests,
@@ -274,10 +273,9 @@ def measured_load(
         seconds=plan.load_seconds,
         warmup=plan.warmup_seconds,
     )
-    wall = time.monotonic() - started
     cpu_after = procs.cpu()
     after = micro.baseline_rate(plan.baseline_seconds)
-    answers = max(1, int(result["rps"] * wall))  # answers over the whole run, warmup included
+    answers = max(1, int(result["answered_total"]))  # the whole run, warmup included
     profile = {
         "cpu_us_per_request": {
             name: round((cpu_after[name] - cpu_before[name]) / answers * 1e6, 1)
