@@ -553,19 +553,13 @@ class EnclaveServer:
             request = self._parse(body)
             if isinstance(request, bytes):
                 taken += self._finish(conn, request, reserved, io_thread=io_thread)
-            elif not self._inline(request):
+            elif not self._operations.runs_inline(request.op, request.params):
                 self._jobs.put((conn, request, reserved))
             elif io_thread:
                 self._ready.append((conn, request, reserved))
             else:
                 answer = self._execute_on_worker(request)
                 taken += self._finish(conn, answer, reserved, io_thread=False)
-
-    def _inline(self, request: wire.Request) -> bool:
-        try:
-            return self._operations.runs_inline(request.op, request.params)
-        except Exception:  # runs_inline does not raise; a worker is the safe side
-            return False
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -578,15 +572,6 @@ class EnclaveServer:
             return self._execute(request)
         except BaseException:  # _execute catches everything; belt and braces
             return _INTERNAL_ERROR
-
-    def _answer(self, body: bytes) -> bytes:
-        """One frame's whole CPU path on one thread: parse, the inline check, execution
-        (``bench/enclave_frame_cpu.py`` measures the warm path through it)."""
-        request = self._parse(body)
-        if isinstance(request, bytes):
-            return request
-        self._inline(request)
-        return self._execute(request)
 
     @staticmethod
     def _parse(body: bytes) -> wire.Request | bytes:
