@@ -214,13 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.one_round is not None:
         print(json.dumps(measure_here(args.one_round)))
         return 0
-    trees = {"this tree": ROOT}
-    if args.compare is not None:
-        trees[str(args.compare)] = args.compare.resolve()
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
-    for _ in range(args.rounds):
-        for name, tree in trees.items():
-            samples[name].append(measure_in(tree, args.frames))
+    from bench.alternate import alternated  # noqa: PLC0415 (not in the one-round child)
+
+    samples = alternated(
+        ROOT, args.compare, args.rounds, lambda tree: measure_in(tree, args.frames)
+    )
     summary = {
         name: {key: round(statistics.median(r[key] for r in runs), 1) for key in runs[0]}
         for name, runs in samples.items()

@@ -108,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.one_round is not None:
         print(json.dumps(measure_here(args.one_round, args.workers)))
         return 0
-    trees = {"this tree": ROOT}
-    if args.compare is not None:
-        trees[str(args.compare)] = args.compare.resolve()
-    samples: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in trees}
-    for _ in range(args.rounds):
-        for name, tree in trees.items():
-            samples[name].append(measure_in(tree, args.requests, args.workers))
-            print(f"{name}: {json.dumps(samples[name][-1])}", file=sys.stderr, flush=True)
+    from bench.alternate import alternated  # noqa: PLC0415 (not in the one-round child)
+
+    samples = alternated(
+        ROOT,
+        args.compare,
+        args.rounds,
+        lambda tree: measure_in(tree, args.requests, args.workers),
+        lambda name, sample: print(f"{name}: {json.dumps(sample)}", file=sys.stderr, flush=True),
+    )
     summary: dict[str, Any] = {
         name: {
             phase: {
